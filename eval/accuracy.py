@@ -1,0 +1,78 @@
+"""Accuracy on math suites: strict and flexible extraction side by side, results JSON + per-sample JSONL."""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from toolkit.answers import answers_match, extract_flexible, extract_strict
+from toolkit.problems import Problem
+from toolkit.rundir import atomic_write_json, atomic_write_jsonl, versions
+from toolkit.strategies import student_messages
+
+from toolkit.eval.generate import Generator
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stderr(p: float, n: int) -> float:
+    """Standard error of a mean of n 0/1 scores (sample variance, as lm-evaluation-harness reports)."""
+    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for k successes in n trials (sound for small n and p near 0)."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens: int,
+                on_done: Callable[[int], None] | None = None) -> tuple[dict, list[dict]]:
+    """Greedy answers for every problem; returns (aggregate metrics, per-sample rows)."""
+    prompts = [student_messages(p.question) for p in problems]
+    outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, on_done=on_done)
+    rows = []
+    for prob, prompt, out in zip(problems, prompts, outputs):
+        strict, flexible = extract_strict(out), extract_flexible(out)
+        rows.append({
+            "id": prob.id, "prompt": prompt, "output": out, "gold": prob.answer,
+            "strict": strict, "flexible": flexible,
+            "strict_match": answers_match(strict, prob.answer),
+            "flexible_extract": answers_match(flexible, prob.answer),
+            "prompt_hash": _sha(str(prompt)), "output_hash": _sha(out),
+        })
+    n = len(rows)
+    metrics: dict = {"n": n}
+    for key in ("strict_match", "flexible_extract"):
+        k = sum(r[key] for r in rows)
+        p = k / n if n else 0.0
+        lo, hi = wilson_interval(k, n)
+        metrics.update({key: p, f"{key}_stderr": stderr(p, n), f"{key}_ci95": [lo, hi]})
+    return metrics, rows
+
+
+def evaluate(generator: Generator, suites: dict[str, list[Problem]], out_path: Path, *, model: str,
+             max_new_tokens: int = 256, config: dict | None = None,
+             on_done: Callable[[int], None] | None = None) -> dict:
+    """Score every suite and write `out_path` (results JSON) and `samples_<suite>.jsonl` beside it."""
+    start = time.perf_counter()
+    results = {}
+    for name, problems in suites.items():
+        metrics, rows = score_suite(generator, problems, max_new_tokens=max_new_tokens, on_done=on_done)
+        results[name] = metrics
+        atomic_write_jsonl(out_path.parent / f"samples_{name}.jsonl", rows)
+    report = {
+        "model": model, "backend": generator.name, "strategy": "cot", "results": results,
+        "config": {"max_new_tokens": max_new_tokens, "temperature": 0.0, **(config or {})},
+        "versions": versions(), "duration_s": round(time.perf_counter() - start, 2),
+    }
+    atomic_write_json(out_path, report)
+    return report

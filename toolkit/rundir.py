@@ -1,0 +1,104 @@
+"""The run directory: atomic file writes and the manifest that records stages, counts and timings."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from toolkit.errors import ToolkitError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages whose behaviour shapes a run's results."""
+    out = {"python": platform.python_version()}
+    for name in ("toolkit", "torch", "transformers", "peft", "llama_cpp_python", "openai", "gguf"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class RunDir:
+    """`<output_dir>/<name>/`: one folder per round plus `manifest.json` at the top.
+
+    The manifest holds, per stage, its status, wall-clock seconds and counts; a stage marked
+    done is skipped on resume because its outputs were written atomically before the mark.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.manifest_path = self.root / "manifest.json"
+        self.manifest: dict[str, Any] = {}
+
+    def open(self, recipe_digest: str, recipe_dump: dict, seed: int, fresh: bool) -> None:
+        if fresh and self.root.exists():
+            shutil.rmtree(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ToolkitError(f"cannot create run folder {self.root}: {exc.strerror}") from None
+        if self.manifest_path.is_file():
+            self.manifest = json.loads(self.manifest_path.read_text())
+            if self.manifest.get("recipe_sha256") != recipe_digest:
+                raise ToolkitError(
+                    f"{self.root} was made by a different recipe; use --fresh to start over "
+                    f"or give the run another name"
+                )
+        else:
+            self.manifest = {"recipe_sha256": recipe_digest, "recipe": recipe_dump, "seed": seed,
+                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": {}}
+        self.manifest["versions"] = versions()
+        self.manifest["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+        self.save()
+
+    def round_dir(self, k: int) -> Path:
+        path = self.root / f"round-{k}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def done(self, stage: str) -> bool:
+        return self.manifest["stages"].get(stage, {}).get("status") == "done"
+
+    def stage(self, stage: str) -> dict:
+        return self.manifest["stages"].get(stage, {})
+
+    def finish(self, stage: str, seconds: float, **info: Any) -> None:
+        self.manifest["stages"][stage] = {"status": "done", "seconds": round(seconds, 2), **info}
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_json(self.manifest_path, self.manifest)

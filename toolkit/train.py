@@ -1,0 +1,188 @@
+"""Supervised fine-tuning of a causal LM: loss on answer tokens only, packed sequences, AdamW on CPU or GPU."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from toolkit.recipe import TrainConfig
+
+IGNORE = -100  # label value torch's cross-entropy skips: prompt tokens carry no loss
+
+
+@dataclass
+class Example:
+    """One tokenized training example: prompt tokens (no loss) followed by completion tokens."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def tokenize_example(tokenizer, messages: list[dict], completion: str, max_len: int) -> Example:
+    """Chat-format `messages` + the assistant's `completion`; labels mask everything but the completion.
+
+    The prompt is rendered with the generation prompt, exactly as at inference, and the completion
+    is followed by the template's end-of-turn token so the student learns to stop.
+    """
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": completion}], tokenize=False)
+    if not full.startswith(prompt):  # templates that rewrite earlier turns: fall back to appending
+        full = prompt + completion + (tokenizer.eos_token or "")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    # Drop trailing whitespace/newline tokens after the end-of-turn token: they carry no signal.
+    eos = tokenizer.eos_token_id
+    if eos in ids[len(prompt_ids):]:
+        ids = ids[: len(ids) - ids[::-1].index(eos)]
+    ids = ids[:max_len]
+    labels = [IGNORE] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
+    return Example(ids, labels)
+
+
+def pack(examples: list[Example], seq_len: int, seed: int) -> list[list[Example]]:
+    """Group whole examples into bins of at most seq_len tokens (first-fit decreasing).
+
+    Examples are never split, and each keeps its own positions, so packing changes only the
+    amount of padding, not what the model sees (see `collate`).
+    """
+    order = sorted(examples, key=lambda e: -len(e.input_ids))
+    bins: list[list[Example]] = []
+    room: list[int] = []
+    for ex in order:
+        n = len(ex.input_ids)
+        for i, free in enumerate(room):
+            if n <= free:
+                bins[i].append(ex)
+                room[i] -= n
+                break
+        else:
+            bins.append([ex])
+            room.append(seq_len - n)
+    random.Random(seed).shuffle(bins)
+    return bins
+
+
+def collate(batch: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Tensors for a batch of packed bins, with a block-diagonal causal mask per bin.
+
+    The 4-D additive mask lets a token attend only to earlier tokens of its own example, and
+    position ids restart at 0 for each example: a packed example trains exactly as it would alone.
+    """
+    width = max(sum(len(e.input_ids) for e in b) for b in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(batch), width), dtype=torch.long)
+    allowed = torch.zeros((len(batch), 1, width, width), dtype=torch.bool)
+    for r, b in enumerate(batch):
+        at = 0
+        for ex in b:
+            n = len(ex.input_ids)
+            ids[r, at:at + n] = torch.tensor(ex.input_ids)
+            labels[r, at:at + n] = torch.tensor(ex.labels)
+            pos[r, at:at + n] = torch.arange(n)
+            allowed[r, 0, at:at + n, at:at + n] = torch.tril(torch.ones(n, n, dtype=torch.bool))
+            at += n
+        # Padding rows attend to themselves only, so softmax never sees an all-masked row.
+        idx = torch.arange(at, width)
+        allowed[r, 0, idx, idx] = True
+    mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "attention_mask": mask}
+
+
+def planned_steps(n_bins: int, cfg: TrainConfig) -> int:
+    """Optimizer steps for `cfg.epochs` passes over n_bins packed sequences (or cfg.max_steps)."""
+    batches_per_epoch = math.ceil(n_bins / cfg.batch_size)
+    return cfg.max_steps or max(1, math.ceil(batches_per_epoch * cfg.epochs / cfg.grad_accum))
+
+
+def _shifted_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross-entropies over the labelled positions."""
+    logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
+    target = labels[:, 1:].reshape(-1)
+    return torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+
+
+def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
+          log: Callable[[dict], None] | None = None) -> dict:
+    """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`.
+
+    The folder appears only when complete (written beside it, then renamed). Returns statistics:
+    steps, tokens seen, loss curve, seconds.
+    """
+    torch.manual_seed(seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora, lora_alpha=2 * cfg.lora, lora_dropout=0.05,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()
+    bins = pack(examples, cfg.seq_len, seed)
+    steps = planned_steps(len(bins), cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = int(steps * cfg.warmup_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    curve, tokens, start = [], 0, time.perf_counter()
+    batch_iter = _batches(bins, cfg.batch_size, seed)
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        micro = [next(batch_iter) for _ in range(cfg.grad_accum)]
+        # Normalise by the step's counted tokens so every answer token weighs the same.
+        n_tokens = sum(sum(l != IGNORE for l in e.labels[1:]) for b in micro for bn in b for e in bn)
+        step_loss = 0.0
+        for batch in micro:
+            t = collate(batch, pad_id)
+            logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                           position_ids=t["position_ids"]).logits
+            loss_sum = _shifted_loss(logits, t["labels"])
+            (loss_sum / max(1, n_tokens)).backward()
+            step_loss += loss_sum.item()
+            tokens += int(t["input_ids"].numel())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        row = {"step": step + 1, "loss": step_loss / max(1, n_tokens), "lr": sched.get_last_lr()[0],
+               "seconds": round(time.perf_counter() - start, 2)}
+        curve.append(row)
+        if log:
+            log(row)
+    seconds = time.perf_counter() - start
+    if cfg.lora:
+        model = model.merge_and_unload()  # a plain HF folder that every exporter and runtime loads
+    model.eval()
+    _save(model, tokenizer, out_dir, {"steps": steps, "bins": len(bins), "examples": len(examples)})
+    return {"steps": steps, "examples": len(examples), "packed_sequences": len(bins), "tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1), "final_loss": curve[-1]["loss"],
+            "first_loss": curve[0]["loss"], "seconds": round(seconds, 2), "curve": curve}
+
+
+def _batches(bins: list[list[Example]], batch_size: int, seed: int):
+    """Endless epochs over the bins, reshuffled each epoch."""
+    rng = random.Random(seed)
+    while True:
+        order = bins[:]
+        rng.shuffle(order)
+        for i in range(0, len(order), batch_size):
+            yield order[i:i + batch_size]
+
+
+def _save(model, tokenizer, out_dir: Path, info: dict) -> None:
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
