@@ -17,6 +17,7 @@ SUITE_NAMES = ("gsm8k", "svamp", "asdiv", "multiarith", "addsub", "singleeq")
 def _quiet_libraries() -> None:
     """transformers/llama.cpp chatter (GGUF dequantization bars, TP notes) hides our own output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF dequantization uses bare tqdm
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

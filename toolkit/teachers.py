@@ -50,6 +50,7 @@ class OpenAITeacher:
         self.max_retries = max_retries
         self.seed = seed
         self.requests_sent = 0
+        self.server: LlamaServer | None = None  # the local llama.cpp server behind it, if any
 
     @property
     def base_url(self) -> str:
@@ -156,6 +157,8 @@ def open_teacher(cfg: TeacherConfig, cache: RequestCache, *, base_dir: Path, log
 
     try:
         # The cache key uses the model's file name, not the server's port, so a restart still hits.
-        yield OpenAITeacher(start, ref.path.name, cache, **common)
+        teacher = OpenAITeacher(start, ref.path.name, cache, **common)
+        teacher.server = server
+        yield teacher
     finally:
         server.stop()

@@ -165,7 +165,7 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     _save(model, tokenizer, out_dir, {"steps": steps, "bins": len(bins), "examples": len(examples)})
     return {"steps": steps, "examples": len(examples), "packed_sequences": len(bins), "tokens": tokens,
             "tokens_per_s": round(tokens / seconds, 1), "final_loss": curve[-1]["loss"],
-            "first_loss": curve[0]["loss"], "seconds": round(seconds, 2), "curve": curve}
+            "first_loss": curve[0]["loss"], "train_seconds": round(seconds, 2), "curve": curve}
 
 
 def _batches(bins: list[list[Example]], batch_size: int, seed: int):

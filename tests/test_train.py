@@ -1,0 +1,95 @@
+"""Trainer: answer-only labels, packing that changes nothing but padding, and real steps that lower the loss."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from toolkit.recipe import TrainConfig
+from toolkit.train import IGNORE, Example, collate, pack, tokenize_example, train
+
+MESSAGES = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.models import resolve_model
+
+    return load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
+
+
+def test_labels_cover_only_the_completion(tiny):
+    _, tok = tiny
+    ex = tokenize_example(tok, MESSAGES, "3 + 5 = 8. The answer is 8.", max_len=512)
+    labelled = [t for t, l in zip(ex.input_ids, ex.labels) if l != IGNORE]
+    assert tok.decode(labelled) == "3 + 5 = 8. The answer is 8.<|im_end|>"
+    prompt = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    assert tok.decode(ex.input_ids[: ex.labels.count(IGNORE)]) == prompt
+
+
+def test_pack_keeps_every_example_whole_and_within_length():
+    examples = [Example(list(range(n)), list(range(n))) for n in (50, 40, 30, 30, 20, 10, 90)]
+    bins = pack(examples, seq_len=100, seed=0)
+    assert sorted(len(e.input_ids) for b in bins for e in b) == sorted(len(e.input_ids) for e in examples)
+    assert all(sum(len(e.input_ids) for e in b) <= 100 for b in bins)
+    assert len(bins) == 3  # 270 tokens, first-fit decreasing: 90+10, 50+40, 30+30+20
+    assert pack(examples, 100, seed=0) == bins
+
+
+def test_packed_loss_equals_separate_loss(tiny):
+    """The block-diagonal mask and restarted positions make a packed example train exactly as alone."""
+    model, tok = tiny
+    a = tokenize_example(tok, MESSAGES, "3 + 5 = 8. The answer is 8.", 512)
+    b = tokenize_example(tok, [{"role": "user", "content": "Divide 28 pencils by 4 boxes."}],
+                         "28 / 4 = 7. The answer is 7.", 512)
+
+    def logits(batch):
+        t = collate(batch, tok.pad_token_id)
+        with torch.no_grad():
+            return model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                         position_ids=t["position_ids"]).logits
+
+    packed = logits([[a, b]])[0]
+    alone_a, alone_b = logits([[a]])[0], logits([[b]])[0]
+    n = len(a.input_ids)
+    torch.testing.assert_close(packed[:n], alone_a, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(packed[n:n + len(b.input_ids)], alone_b, atol=1e-4, rtol=1e-4)
+
+
+def test_training_lowers_loss_and_saves_a_loadable_folder(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.models import resolve_model
+
+    model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
+    examples = [tokenize_example(tok, MESSAGES, "3 + 5 = 8. The answer is 8.", 256)] * 8
+    cfg = TrainConfig(max_steps=30, batch_size=2, seq_len=256, lr=3e-3, warmup_ratio=0.0, threads=1)
+    stats = train(model, tok, examples, cfg, tmp_path / "student", seed=0)
+    assert stats["steps"] == 30
+    assert stats["final_loss"] < 0.5 * stats["first_loss"]
+    out = tmp_path / "student"
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert json.loads((out / "training_info.json").read_text())["examples"] == 8
+    assert not (tmp_path / "student.tmp").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|im_end|>"
+    for p, q in zip(model.parameters(), reloaded.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+def test_lora_training_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.models import resolve_model
+
+    model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
+    examples = [tokenize_example(tok, MESSAGES, "The answer is 8.", 256)] * 4
+    cfg = TrainConfig(max_steps=5, batch_size=2, seq_len=256, lr=1e-2, lora=4, threads=1)
+    stats = train(model, tok, examples, cfg, tmp_path / "lora", seed=0)
+    assert stats["final_loss"] < stats["first_loss"]
+    assert not (tmp_path / "lora" / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(tmp_path / "lora")
