@@ -60,7 +60,8 @@ class TorchGenerator:
             else:  # silence the model's generation_config sampling defaults under greedy decoding
                 kwargs.update(temperature=None, top_p=None, top_k=None)
             with torch.inference_mode():
-                gen = self.model.generate(**enc, **kwargs)
+                gen = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                          **kwargs)
             for row, i in enumerate(idx):
                 results[i] = self.tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             if on_done:

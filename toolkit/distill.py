@@ -55,11 +55,20 @@ class Distiller:
     def __init__(self, recipe: Recipe, console: Console | None = None, fresh: bool = False):
         self.recipe = recipe
         self.console = console or Console()
+        self._check_models()
         self.run = RunDir(Path(recipe.output_dir) / recipe.name)
         self.run.open(recipe.digest(), recipe.model_dump(mode="json"), recipe.seed, fresh)
         self.threads = recipe.train.threads or os.cpu_count() or 1
         self.cache_path = Path(recipe.cache_dir).expanduser() if recipe.cache_dir else cache_root()
         self._model = None  # (model, tokenizer) of the base student while it is in memory
+
+    def _check_models(self) -> None:
+        """Fail before any work when a model reference cannot be resolved (clear error, no run folder)."""
+        from toolkit.models import resolve_model
+
+        resolve_model(self.recipe.student.model, self.recipe.base_dir)
+        if self.recipe.teacher.backend == "llama.cpp":
+            resolve_model(self.recipe.teacher.model, self.recipe.base_dir)
 
     @contextmanager
     def stage(self, name: str, title: str):

@@ -73,12 +73,12 @@ class RunDir:
             raise ToolkitError(f"cannot create run folder {self.root}: {exc.strerror}") from None
         if self.manifest_path.is_file():
             self.manifest = json.loads(self.manifest_path.read_text())
-            if self.manifest.get("recipe_sha256") != recipe_digest:
-                raise ToolkitError(
-                    f"{self.root} was made by a different recipe; use --fresh to start over "
-                    f"or give the run another name"
-                )
-        else:
+        if self.manifest.get("stages") and self.manifest.get("recipe_sha256") != recipe_digest:
+            raise ToolkitError(
+                f"{self.root} was made by a different recipe; use --fresh to start over "
+                f"or give the run another name"
+            )
+        if not self.manifest.get("stages"):  # nothing finished yet: (re)start under this recipe
             self.manifest = {"recipe_sha256": recipe_digest, "recipe": recipe_dump, "seed": seed,
                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": {}}
         self.manifest["versions"] = versions()
