@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,66 @@ def smollm2_gguf() -> Path:
         pytest.skip(str(exc))
 
 
+# Problems easy enough that SmolLM2-135M, the test teacher, gets some of them right.
+EASY = [
+    ("What is 2 plus 3?", 5), ("What is 4 plus 4?", 8), ("What is 10 minus 3?", 7),
+    ("What is 3 plus 3?", 6), ("What is 5 plus 1?", 6), ("What is 9 minus 4?", 5),
+    ("What is 2 times 3?", 6), ("What is 1 plus 1?", 2),
+]
+
+
+def write_tiny_recipe(tmp_path: Path, student: Path, base_url: str) -> Path:
+    """A tiny distillation recipe: 8 easy problems, a real teacher at `base_url`, a tiny student."""
+    write_jsonl(tmp_path / "easy.jsonl", [{"id": f"e{i}", "question": q, "answer": a}
+                                          for i, (q, a) in enumerate(EASY)])
+    text = f"""\
+name: tiny
+seed: 0
+output_dir: {tmp_path / 'runs'}
+data:
+  train: {{path: easy.jsonl}}
+  train_size: 6
+  heldout_size: 2
+teacher:
+  model: smollm2
+  backend: openai
+  base_url: {base_url}
+  temperature: 0.7
+  max_tokens: 48
+student:
+  model: {student}
+distill:
+  paths_per_problem: 2
+train:
+  max_steps: 2
+  batch_size: 2
+  seq_len: 256
+  threads: 1
+eval:
+  max_new_tokens: 8
+  batch_size: 2
+"""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def toolkit(*args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def teacher_server(smollm2_gguf, tmp_path_factory):
+    """A real llama.cpp server with SmolLM2-135M on 127.0.0.1 as the test teacher; its log counts requests."""
+    from toolkit.llama_server import LlamaServer
+
+    with LlamaServer(smollm2_gguf, tmp_path_factory.mktemp("teacher") / "server.log", n_ctx=1024,
+                     threads=2) as srv:
+        yield srv

@@ -2,70 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_jsonl
-from toolkit.llama_server import LlamaServer
-
-# Problems easy enough that SmolLM2-135M, the test teacher, gets some of them right.
-EASY = [
-    ("What is 2 plus 3?", 5), ("What is 4 plus 4?", 8), ("What is 10 minus 3?", 7),
-    ("What is 3 plus 3?", 6), ("What is 5 plus 1?", 6), ("What is 9 minus 4?", 5),
-    ("What is 2 times 3?", 6), ("What is 1 plus 1?", 2),
-]
-
-
-def toolkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def teacher_server(smollm2_gguf, tmp_path_factory):
-    with LlamaServer(smollm2_gguf, tmp_path_factory.mktemp("teacher") / "server.log", n_ctx=1024,
-                     threads=2) as srv:
-        yield srv
+from tests.conftest import toolkit, write_tiny_recipe
 
 
 @pytest.fixture()
 def recipe(tmp_path, tiny_model_dir, teacher_server) -> Path:
-    write_jsonl(tmp_path / "easy.jsonl", [{"id": f"e{i}", "question": q, "answer": a}
-                                          for i, (q, a) in enumerate(EASY)])
-    text = f"""\
-name: tiny
-seed: 0
-output_dir: {tmp_path / 'runs'}
-data:
-  train: {{path: easy.jsonl}}
-  train_size: 6
-  heldout_size: 2
-teacher:
-  model: smollm2
-  backend: openai
-  base_url: {teacher_server.base_url}
-  temperature: 0.7
-  max_tokens: 48
-student:
-  model: {tiny_model_dir}
-distill:
-  paths_per_problem: 2
-train:
-  max_steps: 2
-  batch_size: 2
-  seq_len: 256
-  threads: 1
-eval:
-  max_new_tokens: 8
-  batch_size: 2
-"""
-    path = tmp_path / "tiny.yaml"
-    path.write_text(text)
-    return path
+    return write_tiny_recipe(tmp_path, tiny_model_dir, teacher_server.base_url)
 
 
 def test_help_explains_the_commands(tmp_path):
@@ -124,7 +70,7 @@ def test_distill_end_to_end_then_cached_rerun_sends_nothing(recipe, tmp_path, te
     assert results["results"]["heldout"]["n"] == 2 and results["backend"] == "torch"
     samples = (run / "round-0" / "eval" / "samples_heldout.jsonl").read_text().splitlines()
     assert len(samples) == 2 and {"id", "prompt", "output", "gold", "strict", "flexible"} <= set(json.loads(samples[0]))
-    assert "distilled (round 0)" in r.stdout and "stage times" in r.stdout
+    assert "round-0" in r.stdout and "stage times" in r.stdout
     assert not list(run.rglob("*.tmp")) and not list(run.rglob(".*.tmp"))
 
     # Resume of a finished run: every stage is skipped, no request is sent.
@@ -155,3 +101,29 @@ def test_eval_cli_writes_results_and_samples(tiny_model_dir, tmp_path, data_root
         assert m["n"] == 3 and 0 <= m["strict_match"] <= 1 and "flexible_extract_stderr" in m
         assert len((out.parent / f"samples_{suite}.jsonl").read_text().splitlines()) == 3
     assert res["backend"] == "torch" and res["model"] == str(tiny_model_dir) and res["versions"]["transformers"]
+
+
+def test_eval_cli_llama_cpp_backend_on_the_packaged_gguf(smollm2_gguf, tmp_path, data_root):
+    out = tmp_path / "results.json"
+    r = toolkit("eval", "pkg:smollm2-135m-instruct", "--suite", "multiarith", "--limit", "2", "--threads", "2",
+                "--max-new-tokens", "24", "--data-root", str(data_root), "--out", str(out), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["backend"] == "llama.cpp" and res["results"]["multiarith"]["n"] == 2
+    assert json.loads(r.stdout)["multiarith"]["n"] == 2
+    samples = [json.loads(line) for line in (tmp_path / "samples_multiarith.jsonl").read_text().splitlines()]
+    assert all(s["output"].strip() for s in samples)  # a real model wrote real text
+
+
+def test_unreachable_teacher_ends_with_one_line_and_keeps_the_data_stage(recipe, tmp_path):
+    from toolkit.llama_server import free_port
+
+    # Another model name: nothing of it is in the cache, so the run must reach the endpoint.
+    r = toolkit("distill", str(recipe), f"teacher.base_url=http://127.0.0.1:{free_port()}/v1",
+                "teacher.model=nobody", "teacher.max_retries=1", "teacher.timeout_s=2", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error: teacher at http://127.0.0.1:")
+    assert len(r.stderr.strip().splitlines()) == 1
+    manifest = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["data"]  # finished work is kept for the resumed run
+    assert (tmp_path / "runs" / "tiny" / "round-0" / "problems.jsonl").is_file()

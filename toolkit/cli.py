@@ -52,22 +52,24 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def _print_summary(console, manifest: dict, seconds: float) -> None:
     from rich.table import Table
 
+    from toolkit.rounds_report import round_rows
+
     summary = manifest["summary"]
     table = Table(title="distillation result (held-out problems, greedy)")
-    table.add_column("student")
-    table.add_column("strict match", justify="right")
-    table.add_column("flexible extract", justify="right")
-    table.add_column("n", justify="right")
-    for label, key in (("base", "base"), ("distilled (round 0)", "round-0")):
-        s = summary[key]
-        table.add_row(label, f"{s['strict_match']:.1%}", f"{s['flexible_extract']:.1%}", str(s["n"]))
+    for col in ("student", "strict match (95% CI)", "flexible extract", "n", "training problems", "rationales"):
+        table.add_column(col, justify="left" if col == "student" else "right")
+    for r in round_rows(summary["rounds"]):
+        lo, hi = r["strict_ci95"]
+        table.add_row(r["model"], f"{r['strict_match']:.1%} ({lo:.0%}–{hi:.0%})", f"{r['flexible_extract']:.1%}",
+                      str(r["n"]), str(r["problems"]), str(r["rationales"]))
     console.print(table)
     times = Table(title="stage times", show_header=False)
     for name, stage in manifest["stages"].items():
         times.add_row(name, f"{stage['seconds']:.1f} s")
     times.add_row("this invocation", f"{seconds:.1f} s")
     console.print(times)
-    console.print(f"run folder: {Path(summary['student']).parent.parent.resolve()}")
+    run = Path(summary["student"]).parent.parent
+    console.print(f"run folder: {run.resolve()}  (rounds.md, accuracy.png, manifest.json)")
     console.print(f"student:    {summary['student']}")
 
 

@@ -27,8 +27,7 @@ def _progress(console: Console) -> Progress:
 
 def _load_source(src: DataSource, recipe: Recipe) -> list[Problem]:
     if src.suite:
-        root = os.environ.get("TOOLKIT_DATA") or recipe.resolve(recipe.data.root)
-        return load_suite(src.suite, root)
+        return load_suite(src.suite, os.environ.get("TOOLKIT_DATA") or recipe.resolve(recipe.data.root))
     if src.path:
         return load_file(recipe.resolve(src.path), src.format, src.question_field, src.answer_field)
     return load_hf(src.hf, src.hf_config, src.hf_split, src.question_field, src.answer_field)
@@ -71,6 +70,29 @@ class Distiller:
             resolve_model(self.recipe.teacher.model, self.recipe.base_dir)
 
     @contextmanager
+    def progress(self, what: str, total: int):
+        """A progress bar; yields `advance(n)`."""
+        with _progress(self.console) as bar:
+            task = bar.add_task(what, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+    @contextmanager
+    def teacher(self, max_tokens: int | None = None):
+        """The recipe's teacher behind the request cache, for one stage (a local server stops after)."""
+        from toolkit.teachers import open_teacher
+
+        cfg = self.recipe.teacher
+        if max_tokens:
+            cfg = cfg.model_copy(update={"max_tokens": max_tokens})
+        cache = RequestCache(self.cache_path / "teacher.sqlite")
+        try:
+            with open_teacher(cfg, cache, base_dir=self.recipe.base_dir, log_dir=self.run.root / "logs",
+                              seed=self.recipe.seed) as teacher:
+                yield teacher
+        finally:
+            cache.close()
+
+    @contextmanager
     def stage(self, name: str, title: str):
         """Time a stage and record it as done with the counts the block put in `info`."""
         info: dict = {}
@@ -98,18 +120,12 @@ class Distiller:
         rdir = self.run.round_dir(k_round)
         name = f"round-{k_round}/rationales"
         if not self.run.done(name):
-            from toolkit.teachers import open_teacher
-
             k = self.recipe.distill.paths_per_problem
             with self.stage(name, f"teacher: {k} rationales for each of {len(problems)} problems") as info:
-                cache = RequestCache(self.cache_path / "teacher.sqlite")
-                with open_teacher(self.recipe.teacher, cache, base_dir=self.recipe.base_dir,
-                                  log_dir=self.run.root / "logs", seed=self.recipe.seed) as teacher, \
-                        _progress(self.console) as bar:
-                    task = bar.add_task("teacher requests", total=len(problems) * k)
+                with self.teacher() as teacher, self.progress("teacher requests", len(problems) * k) as advance:
                     texts = teacher.complete([teacher_messages(p.question) for p in problems], n=k,
                                              temperature=self.recipe.teacher.temperature,
-                                             on_done=lambda: bar.advance(task))
+                                             on_done=lambda: advance(1))
                 rows, train = [], []
                 for prob, outs in zip(problems, texts):
                     for j, text in enumerate(outs):
@@ -125,8 +141,7 @@ class Distiller:
                 atomic_write_jsonl(rdir / "train.jsonl", train)
                 info.update(requested=len(rows), kept=len(train),
                             problems_covered=len({r["problem_id"] for r in train}),
-                            teacher_requests_sent=teacher.requests_sent, cache_hits=cache.hits)
-                cache.close()
+                            teacher_requests_sent=teacher.requests_sent)
                 if not train:
                     raise DataError(f"the teacher got no training problem right ({len(rows)} rationales in "
                                     f"{rdir / 'rationales.jsonl'}); check the teacher model and prompt")
@@ -149,11 +164,9 @@ class Distiller:
             with self.stage(name, title) as info:
                 model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
                 gen = TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
-                with _progress(self.console) as bar:
-                    task = bar.add_task("answering held-out problems", total=len(heldout))
+                with self.progress("answering held-out problems", len(heldout)) as advance:
                     report = evaluate(gen, {"heldout": heldout}, out, model=str(out.parent),
-                                      max_new_tokens=self.recipe.eval.max_new_tokens,
-                                      on_done=lambda n: bar.advance(task, n))
+                                      max_new_tokens=self.recipe.eval.max_new_tokens, on_done=advance)
                 res = report["results"]["heldout"]
                 info.update(n=res["n"], strict_match=res["strict_match"], flexible_extract=res["flexible_extract"],
                             results=str(out))
@@ -187,23 +200,50 @@ class Distiller:
 
     # -- the whole run ------------------------------------------------------------------------
     def run_all(self) -> dict:
+        """Round 0, then `rounds - 1` feedback rounds; each round retrains from the base checkpoint."""
         import torch
 
+        from toolkit import fdd
+        from toolkit.hygiene import LeakageIndex
+
         torch.set_num_threads(self.threads)
-        train_problems, heldout = self.data()
-        rows = self.rationales(0, train_problems)  # the teacher server stops before torch starts
-        base = self.evaluate("eval/base", "eval: base student on held-out problems", self.base_student,
-                             heldout, self.run.root / "eval-base" / "results.json")
-        student_dir = self.train(0, rows)
-        student = self.evaluate(
-            "round-0/eval", "eval: distilled student on held-out problems", lambda: _load_student(student_dir),
-            heldout, self.run.round_dir(0) / "eval" / "results.json")
-        self.run.manifest["summary"] = {"base": base, "round-0": student, "student": str(student_dir)}
+        seeds, heldout = self.data()
+        rows = self.rationales(0, seeds)  # the teacher server stops before torch starts
+        rounds = {"base": self.evaluate("eval/base", "eval: base student on held-out problems",
+                                        self.base_student, heldout, self.run.root / "eval-base" / "results.json")}
+        rounds["base"].update(problems=0, rationales=0)
+        problems = seeds  # the labelled training problems; grows by the accepted new ones each round
+        student_dir = None
+        leakage = None
+        for k in range(self.recipe.distill.rounds):
+            if k > 0:
+                easy, hard = fdd.feedback(self, k, problems, student_dir)
+                if leakage is None:
+                    # Our own training problems may come from an eval suite: they are not leakage.
+                    leakage = LeakageIndex.from_suites(self.data_root(), n=self.recipe.distill.leakage_ngram,
+                                                       exclude=[p.id for p in seeds])
+                new = fdd.new_questions(self, k, problems, easy, known=problems + heldout, leakage=leakage)
+                accepted, new_rows = fdd.pseudo_label(self, k, new)
+                problems, rows = problems + accepted, rows + new_rows
+                atomic_write_jsonl(self.run.round_dir(k) / "train.jsonl", rows)
+            student_dir = self.train(k, rows)
+            rounds[f"round-{k}"] = self.evaluate(
+                f"round-{k}/eval", f"eval: round {k} student on held-out problems",
+                lambda d=student_dir: load_student(d), heldout, self.run.round_dir(k) / "eval" / "results.json")
+            rounds[f"round-{k}"].update(problems=len(problems), rationales=len(rows))
+        self.run.manifest["summary"] = {"rounds": rounds, "student": str(student_dir)}
         self.run.save()
+        from toolkit.rounds_report import write_round_report
+
+        write_round_report(self.run.root, rounds)
         return self.run.manifest
 
+    def data_root(self) -> Path:
+        return Path(os.environ.get("TOOLKIT_DATA") or self.recipe.resolve(self.recipe.data.root))
 
-def _load_student(path: Path):
+
+def load_student(path: Path):
+    """(model, tokenizer) of a trained student folder."""
     from toolkit.loading import load_model_and_tokenizer
     from toolkit.models import resolve_model
 

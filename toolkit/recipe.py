@@ -111,13 +111,46 @@ class StudentConfig(_Section):
 
 
 class DistillConfig(_Section):
-    """The distillation method.
+    """The method: feedback-driven distillation (FDD) over rounds.
 
-    paths_per_problem: k, reasoning paths the teacher writes per training problem (FDD: more
-        paths help).
+    rounds: how many rounds; round 0 trains on teacher rationales for the seed problems, every later
+        round first asks the previous student for feedback and grows the data (1 = round 0 only).
+    paths_per_problem: k, reasoning paths the teacher writes per problem (FDD: more paths help).
+    feedback_samples: student answers per training problem for feedback (1 = greedy); with more,
+        a problem is easy when the fraction answered right reaches `feedback_threshold`.
+    feedback_temperature: sampling temperature when feedback_samples > 1.
+    new_per_problem: m, new problems the teacher writes per training problem: harder variants of
+        easy problems, new problems of similar difficulty for hard ones.
+    question_temperature / question_max_tokens: sampling of the teacher's question writing.
+    label_solves: n, teacher solutions per generated problem for the self-consistency vote.
+    vote_fraction / vote_min: a generated problem is kept when its majority answer has at least this
+        share of the n solutions and at least this many votes.
+    dedup_ngram / dedup_threshold: word n-gram Jaccard similarity at which two problems are
+        near-duplicates (only the first is kept).
+    leakage_ngram: a generated problem sharing a word n-gram of this length with any evaluation
+        suite question is dropped (13, the GPT-3 / lm-evaluation-harness contamination convention).
     """
 
+    rounds: int = Field(1, ge=1, le=20)
     paths_per_problem: int = Field(4, ge=1)
+    feedback_samples: int = Field(1, ge=1)
+    feedback_threshold: float = Field(0.5, gt=0, le=1)
+    feedback_temperature: float = Field(0.7, ge=0, le=2)
+    new_per_problem: int = Field(1, ge=1, le=20)
+    question_temperature: float = Field(0.8, ge=0, le=2)
+    question_max_tokens: int = Field(300, ge=16)
+    label_solves: int = Field(4, ge=1)
+    vote_fraction: float = Field(0.5, gt=0, le=1)
+    vote_min: int = Field(2, ge=1)
+    dedup_ngram: int = Field(3, ge=1)
+    dedup_threshold: float = Field(0.7, gt=0, le=1)
+    leakage_ngram: int = Field(13, ge=4)
+
+    @model_validator(mode="after")
+    def _votes_possible(self) -> DistillConfig:
+        if self.vote_min > self.label_solves:
+            raise ValueError(f"vote_min {self.vote_min} can never be reached with label_solves {self.label_solves}")
+        return self
 
 
 class TrainConfig(_Section):

@@ -71,6 +71,7 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ToolkitError(f"cannot create run folder {self.root}: {exc.strerror}") from None
+        self._sweep_temporaries()
         if self.manifest_path.is_file():
             self.manifest = json.loads(self.manifest_path.read_text())
         if self.manifest.get("stages") and self.manifest.get("recipe_sha256") != recipe_digest:
@@ -84,6 +85,14 @@ class RunDir:
         self.manifest["versions"] = versions()
         self.manifest["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
         self.save()
+
+    def _sweep_temporaries(self) -> None:
+        """Remove what a killed run was still writing: temp files and half-saved model folders."""
+        for tmp in self.root.rglob("*.tmp"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
 
     def round_dir(self, k: int) -> Path:
         path = self.root / f"round-{k}"

@@ -1,0 +1,127 @@
+"""FDD end to end: two rounds against a real llama.cpp teacher, and kill -9 at several moments."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA, toolkit, write_tiny_recipe
+
+TWO_ROUNDS = [f"data.root={DATA}", "distill.rounds=2", "distill.new_per_problem=2", "distill.label_solves=2", "distill.vote_min=1",
+              "teacher.max_tokens=48", "distill.question_max_tokens=96"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_rounds_grow_the_data_and_report_each_round(tmp_path, tiny_model_dir, teacher_server):
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, teacher_server.base_url)
+    r = toolkit("distill", str(recipe), *TWO_ROUNDS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "tiny"
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert list(stages) == ["data", "round-0/rationales", "eval/base", "round-0/train", "round-0/eval",
+                            "round-1/feedback", "round-1/questions", "round-1/labels", "round-1/train",
+                            "round-1/eval"]
+    fb = stages["round-1/feedback"]
+    assert fb["easy"] + fb["hard"] == 6  # every seed training problem got a verdict
+    q = stages["round-1/questions"]
+    assert q["requests"] == 6
+    assert q["parsed"] == q["kept"] + q["duplicates"] + q["leaked"]
+    assert q["leakage"]["suites"] and q["leakage"]["checked"] == q["parsed"] - q["duplicates"]
+    labels = stages["round-1/labels"]
+    assert labels["questions"] == q["kept"] and labels["accepted"] + labels["rejected"] == q["kept"]
+    generated = _rows(run / "round-1" / "generated.jsonl")
+    assert len(generated) == labels["accepted"]
+    assert all(g["origin"].startswith(("harder-of:", "similar-of:")) and g["origin"].endswith("@round-1")
+               and g["answer"] for g in generated)
+    # Round 1 trains on everything so far, from the base checkpoint.
+    r0 = _rows(run / "round-0" / "train.jsonl")
+    r1 = _rows(run / "round-1" / "train.jsonl")
+    assert r1[: len(r0)] == r0 and len(r1) == len(r0) + labels["new_rationales"]
+    assert stages["round-1/train"]["examples"] == len(r1)
+    rounds = json.loads((run / "rounds.json").read_text())
+    assert [x["model"] for x in rounds] == ["base", "round-0", "round-1"]
+    assert all(0 <= x["strict_ci95"][0] <= x["strict_match"] <= x["strict_ci95"][1] <= 1 for x in rounds)
+    assert (run / "rounds.md").read_text().count("\n") == 5
+    assert (run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _served(server) -> int:
+    return server.requests_served()
+
+
+def _kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 300) -> None:
+    """Start the CLI, wait until `ready()` holds, then kill -9 its whole process group."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the run ended before the kill point"
+            assert time.monotonic() < deadline, "kill point never reached"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_kill_9_at_several_moments_then_resume(tmp_path, tiny_model_dir, teacher_server):
+    """Killed during teacher calls, training and question labelling, the run resumes to the same data.
+
+    A request in flight at the moment of a kill never reaches the cache, so it may be paid twice:
+    at most one per kill with one request in flight; every completed request is never repeated.
+    """
+    # Reference: an uninterrupted run in its own folder and cache.
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    env_cache = os.environ["TOOLKIT_CACHE"]
+    os.environ["TOOLKIT_CACHE"] = str(tmp_path / "ref-cache")
+    try:
+        before = _served(teacher_server)
+        ref = toolkit("distill", str(write_tiny_recipe(ref_dir, tiny_model_dir, teacher_server.base_url)),
+                      *TWO_ROUNDS, "seed=7", cwd=ref_dir)
+        assert ref.returncode == 0, ref.stderr
+        uninterrupted = _served(teacher_server) - before
+    finally:
+        os.environ["TOOLKIT_CACHE"] = env_cache
+
+    work = tmp_path / "killed"
+    work.mkdir()
+    os.environ["TOOLKIT_CACHE"] = str(tmp_path / "killed-cache")
+    try:
+        recipe = write_tiny_recipe(work, tiny_model_dir, teacher_server.base_url)
+        cmd = [sys.executable, "-m", "toolkit.cli", "distill", str(recipe), *TWO_ROUNDS, "seed=7"]
+        manifest = work / "runs" / "tiny" / "manifest.json"
+
+        def stages() -> dict:
+            try:
+                return json.loads(manifest.read_text())["stages"]
+            except (OSError, ValueError):
+                return {}
+
+        start = _served(teacher_server)
+        _kill_when(cmd, work, lambda: _served(teacher_server) - start >= 3)  # amid round-0 rationales
+        _kill_when(cmd, work, lambda: "eval/base" in stages())  # the base eval done, training under way
+        _kill_when(cmd, work, lambda: "round-1/questions" in stages())  # labelling under way
+        for path in (work / "runs").rglob("*.json*"):  # every visible file is whole
+            if not path.name.startswith("."):
+                text = path.read_text()
+                json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines()]
+        done = toolkit(*cmd[3:], cwd=work)
+        assert done.returncode == 0, done.stderr
+        assert not list((work / "runs").rglob("*.tmp"))  # the resumed run swept what the kills left
+        killed_total = _served(teacher_server) - start
+    finally:
+        os.environ["TOOLKIT_CACHE"] = env_cache
+
+    assert uninterrupted <= killed_total <= uninterrupted + 3
+    for rel in ("round-0/train.jsonl", "round-1/questions.jsonl", "round-1/generated.jsonl", "round-1/train.jsonl"):
+        assert (work / "runs/tiny" / rel).read_text() == (ref_dir / "runs/tiny" / rel).read_text(), rel

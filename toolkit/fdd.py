@@ -1,0 +1,126 @@
+"""FDD rounds after round 0: student feedback, teacher-written new problems, self-consistency labels."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from toolkit.answers import answers_match, extract_strict
+from toolkit.hygiene import LeakageIndex, dedupe
+from toolkit.problems import Problem, read_jsonl, write_jsonl
+from toolkit.questions import harder_messages, parse_questions, similar_messages
+from toolkit.rundir import atomic_write_jsonl
+from toolkit.rundir import read_jsonl as read_rows
+from toolkit.strategies import clean_rationale, student_messages, teacher_messages
+from toolkit.voting import majority_vote
+
+if TYPE_CHECKING:
+    from toolkit.distill import Distiller
+
+
+def feedback(d: Distiller, k: int, problems: list[Problem], student_dir: Path) -> tuple[list[str], list[str]]:
+    """The round k-1 student answers every training problem: ids of (easy, hard) problems."""
+    cfg = d.recipe.distill
+    path = d.run.round_dir(k) / "feedback.jsonl"
+    name = f"round-{k}/feedback"
+    if not d.run.done(name):
+        from toolkit.eval.generate import TorchGenerator
+
+        from toolkit.distill import load_student
+
+        n = cfg.feedback_samples
+        with d.stage(name, f"feedback: round {k - 1} student answers {len(problems)} training problems") as info:
+            model, tok = load_student(student_dir)
+            gen = TorchGenerator(model, tok, batch_size=d.recipe.eval.batch_size, threads=d.threads)
+            prompts = [student_messages(p.question) for p in problems for _ in range(n)]
+            with d.progress("student answers", len(prompts)) as advance:
+                outs = gen.generate(prompts, max_new_tokens=d.recipe.eval.max_new_tokens,
+                                    temperature=cfg.feedback_temperature if n > 1 else 0.0, on_done=advance)
+            rows = []
+            for i, p in enumerate(problems):
+                answers = [extract_strict(o) for o in outs[i * n:(i + 1) * n]]
+                right = sum(answers_match(a, p.answer) for a in answers)
+                rows.append({"id": p.id, "answers": answers, "gold": p.answer, "right": right, "samples": n,
+                             "label": "easy" if right / n >= cfg.feedback_threshold else "hard"})
+            atomic_write_jsonl(path, rows)
+            info.update(easy=sum(r["label"] == "easy" for r in rows), hard=sum(r["label"] == "hard" for r in rows))
+    rows = read_rows(path)
+    return [r["id"] for r in rows if r["label"] == "easy"], [r["id"] for r in rows if r["label"] == "hard"]
+
+
+def new_questions(d: Distiller, k: int, problems: list[Problem], easy: list[str], known: list[Problem],
+                  leakage: LeakageIndex) -> list[Problem]:
+    """m harder variants of every easy problem and m similar new ones for every hard problem.
+
+    New questions are deduplicated (exact and near) against each other and every known problem,
+    and dropped when they overlap an evaluation suite; every count lands in the manifest.
+    """
+    cfg = d.recipe.distill
+    path = d.run.round_dir(k) / "questions.jsonl"
+    name = f"round-{k}/questions"
+    if not d.run.done(name):
+        easy_set = set(easy)
+        m = cfg.new_per_problem
+        with d.stage(name, f"teacher: {m} new problem(s) for each of {len(problems)} problems") as info:
+            prompts = [harder_messages(p, m) if p.id in easy_set else similar_messages(p, m) for p in problems]
+            with d.teacher(max_tokens=cfg.question_max_tokens) as teacher, \
+                    d.progress("question requests", len(prompts)) as advance:
+                texts = teacher.complete(prompts, n=1, temperature=cfg.question_temperature,
+                                         on_done=lambda: advance(1))
+            generated, malformed = [], 0
+            for p, (text,) in zip(problems, texts):
+                questions, bad = parse_questions(text, m)
+                malformed += bad
+                kind = "harder-of" if p.id in easy_set else "similar-of"
+                for i, q in enumerate(questions):
+                    generated.append(Problem(id=f"r{k}-{p.id}-{i}", question=q, answer="", source="generated",
+                                             origin=f"{kind}:{p.id}@round-{k}"))
+            kept, dups = dedupe(generated, n=cfg.dedup_ngram, threshold=cfg.dedup_threshold, existing=known)
+            clean, leaked, stats = leakage.filter(kept)
+            if not stats["suites"]:
+                d.console.print(f"[yellow]warning: no evaluation suite found under {d.data_root()}: the "
+                                f"leakage check compared against nothing (set data.root or TOOLKIT_DATA)[/yellow]")
+            write_jsonl(path, clean)
+            atomic_write_jsonl(d.run.round_dir(k) / "dropped_questions.jsonl",
+                               [{"reason": "duplicate", **x} for x in dups] +
+                               [{"reason": "leakage", **x} for x in leaked])
+            info.update(requests=len(prompts), parsed=len(generated), malformed=malformed,
+                        duplicates=len(dups), leaked=len(leaked), kept=len(clean),
+                        teacher_requests_sent=teacher.requests_sent,
+                        leakage={"checked": stats["checked"], "leaked": stats["leaked"],
+                                 "by_suite": stats["by_suite"], "suites": stats["suites"]})
+    return read_jsonl(path)
+
+
+def pseudo_label(d: Distiller, k: int, questions: list[Problem]) -> tuple[list[Problem], list[dict]]:
+    """The teacher solves each new problem n times; a majority answer with enough agreement becomes
+    its label, and the rationales that reach it become training rows."""
+    cfg = d.recipe.distill
+    rdir = d.run.round_dir(k)
+    name = f"round-{k}/labels"
+    if not d.run.done(name):
+        n = cfg.label_solves
+        with d.stage(name, f"teacher: {n} solutions for each of {len(questions)} new problems") as info:
+            texts: list[list[str]] = []
+            if questions:
+                with d.teacher() as teacher, d.progress("labelling requests", len(questions) * n) as advance:
+                    texts = teacher.complete([teacher_messages(q.question) for q in questions], n=n,
+                                             temperature=d.recipe.teacher.temperature, on_done=lambda: advance(1))
+            accepted, rows, votes = [], [], []
+            for q, outs in zip(questions, texts):
+                cleaned = [clean_rationale(t) for t in outs]
+                answers = [extract_strict(c) if c else None for c in cleaned]
+                vote = majority_vote(answers, cfg.vote_fraction, cfg.vote_min)
+                votes.append({"id": q.id, "answers": answers, "answer": vote.answer, "votes": vote.votes,
+                              "agreement": vote.agreement, "accepted": vote.accepted})
+                if not vote.accepted:
+                    continue
+                labelled = Problem(q.id, q.question, vote.answer, q.source, q.origin)
+                accepted.append(labelled)
+                rows += [{"problem_id": q.id, "strategy": "cot", "messages": student_messages(q.question),
+                          "completion": c} for c, a in zip(cleaned, answers) if c and answers_match(a, vote.answer)]
+            write_jsonl(rdir / "generated.jsonl", accepted)
+            atomic_write_jsonl(rdir / "votes.jsonl", votes)
+            atomic_write_jsonl(rdir / "new_train.jsonl", rows)
+            info.update(questions=len(questions), accepted=len(accepted), rejected=len(questions) - len(accepted),
+                        new_rationales=len(rows))
+    return read_jsonl(rdir / "generated.jsonl"), read_rows(rdir / "new_train.jsonl")

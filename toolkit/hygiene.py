@@ -1,0 +1,195 @@
+"""Data hygiene for generated problems: exact and near-duplicate removal, and eval-suite leakage checks."""
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from toolkit.problems import SUITES, Problem, load_suite
+
+log = logging.getLogger(__name__)
+
+_APOSTROPHE = re.compile(r"['’‘`]")  # "Janet’s" -> "janets", one word as in "Janets"
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")  # "1,080" -> "1080", as the answers normalise it
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+
+
+def normalize_text(q: str) -> str:
+    """Lowercase, punctuation removed (a word separator, except apostrophes and thousands commas),
+    whitespace collapsed; digits are kept, so problems that differ in a number stay different."""
+    text = unicodedata.normalize("NFKC", q).casefold()
+    text = _THOUSANDS.sub("", _APOSTROPHE.sub("", text))
+    return " ".join(_PUNCTUATION.sub(" ", text).split())
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    """Word n-grams of normalize_text(text). A text of fewer than n words is one gram of its full
+    length, which can only equal the gram of the very same short text."""
+    return set(_windows(normalize_text(text).split(), n))
+
+
+def _windows(words: list[str], n: int) -> list[tuple[str, ...]]:
+    """The n-grams of `words` in text order (a shorter text: itself)."""
+    if len(words) < n:
+        return [tuple(words)] if words else []
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+class NearDuplicateIndex:
+    """Texts by key, found again by word-n-gram Jaccard similarity.
+
+    An inverted index from gram to the texts that hold it means a lookup only touches texts that
+    share a gram with the query, not every stored text.
+    """
+
+    def __init__(self, n: int = 3, threshold: float = 0.7) -> None:
+        self.n = n
+        self.threshold = threshold
+        self._keys: list[str] = []
+        self._grams: list[set[tuple[str, ...]]] = []
+        self._postings: dict[tuple[str, ...], list[int]] = {}  # gram -> positions in _keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: str, text: str) -> None:
+        grams = ngrams(text, self.n)
+        for gram in grams:
+            self._postings.setdefault(gram, []).append(len(self._keys))
+        self._keys.append(key)
+        self._grams.append(grams)
+
+    def find(self, text: str) -> tuple[str, float] | None:
+        """The stored key most similar to `text` with similarity >= threshold, and that similarity.
+
+        Equal similarities go to the text added first.
+        """
+        grams = ngrams(text, self.n)
+        shared: Counter[int] = Counter()
+        for gram in grams:
+            shared.update(self._postings.get(gram, ()))
+        best, best_score = -1, 0.0
+        for i, inter in shared.items():
+            score = inter / (len(grams) + len(self._grams[i]) - inter)
+            if score >= self.threshold and (score > best_score or (score == best_score and i < best)):
+                best, best_score = i, score
+        return (self._keys[best], best_score) if best >= 0 else None
+
+
+def dedupe(problems: list[Problem], n: int = 3, threshold: float = 0.7,
+           existing: Iterable[Problem] = ()) -> tuple[list[Problem], list[dict[str, Any]]]:
+    """Keep the first of every exact or near duplicate, within `problems` and against `existing`.
+
+    Exact means equal after normalize_text; near means word-n-gram Jaccard >= threshold. Returns
+    (kept, dropped), each dropped entry {"id", "duplicate_of", "similarity"}.
+    """
+    exact: dict[str, str] = {}
+    index = NearDuplicateIndex(n, threshold)
+    for problem in existing:
+        exact.setdefault(normalize_text(problem.question), problem.id)
+        index.add(problem.id, problem.question)
+    kept, dropped = [], []
+    for problem in problems:
+        norm = normalize_text(problem.question)
+        if norm in exact:
+            dropped.append({"id": problem.id, "duplicate_of": exact[norm], "similarity": 1.0})
+            continue
+        near = index.find(problem.question)
+        if near is not None:
+            dropped.append({"id": problem.id, "duplicate_of": near[0], "similarity": round(near[1], 4)})
+            continue
+        exact[norm] = problem.id
+        index.add(problem.id, problem.question)
+        kept.append(problem)
+    return kept, dropped
+
+
+class LeakageIndex:
+    """Evaluation questions, to catch generated training problems that copy one.
+
+    A text leaks when it equals an eval question after normalize_text, or shares a word n-gram
+    (n=13, the GPT-3 / lm-evaluation-harness contamination convention) with one. An eval question
+    of fewer than n words counts only when the text equals it.
+    """
+
+    def __init__(self, problems: Iterable[Problem], n: int = 13, suites: Sequence[str] = ()) -> None:
+        self.n = n
+        self.suites = list(suites)  # the suites indexed, for the record
+        self._problems: list[Problem] = []
+        self._exact: dict[str, int] = {}
+        self._postings: dict[tuple[str, ...], list[int]] = {}
+        for i, problem in enumerate(problems):
+            self._problems.append(problem)
+            self._exact.setdefault(normalize_text(problem.question), i)
+            for gram in ngrams(problem.question, n):
+                self._postings.setdefault(gram, []).append(i)
+
+    def __len__(self) -> int:
+        return len(self._problems)
+
+    @classmethod
+    def from_suites(cls, data_root: str | Path, suites: Sequence[str] | None = None,
+                    n: int = 13, exclude: Iterable[str] = ()) -> LeakageIndex:
+        """Every evaluation suite whose file is under data_root (all of SUITES but the GSM8K
+        training split by default); suites without a file are skipped and left out of `.suites`.
+
+        `exclude` names problem ids to leave out: a recipe that trains on part of a suite passes
+        its training ids, since a variant that reuses its own seed's wording is not leakage.
+        """
+        names = [s for s in SUITES if s != "gsm8k_train"] if suites is None else list(suites)
+        excluded = set(exclude)
+        problems: list[Problem] = []
+        indexed = []
+        for name in names:
+            if name in SUITES and not (Path(data_root) / SUITES[name][0]).is_file():
+                log.info("leakage check: suite %s not found under %s, skipped", name, data_root)
+                continue
+            # An unknown name or a corrupt file is an error the user must fix, not a skip.
+            problems += [x for x in load_suite(name, data_root) if x.id not in excluded]
+            indexed.append(name)
+        return cls(problems, n=n, suites=indexed)
+
+    def check(self, text: str) -> dict[str, Any] | None:
+        """None when `text` is clean; else the eval question it copies most (the most shared
+        n-grams; ties to the first indexed): {"suite_id", "suite", "kind", "overlap", "ngram"}.
+
+        "overlap" counts the shared n-grams ("exact": all of the question's); "ngram" is one
+        shared n-gram as text, for a reader to see the copied span.
+        """
+        norm = normalize_text(text)
+        windows = _windows(norm.split(), self.n)
+        grams = set(windows)
+        exact = self._exact.get(norm)
+        if exact is not None:
+            problem = self._problems[exact]
+            return {"suite_id": problem.id, "suite": problem.source, "kind": "exact",
+                    "overlap": len(grams), "ngram": " ".join(windows[0]) if windows else ""}
+        shared: Counter[int] = Counter()
+        for gram in grams:
+            shared.update(self._postings.get(gram, ()))
+        if not shared:
+            return None
+        best = max(shared, key=lambda i: (shared[i], -i))
+        problem = self._problems[best]
+        first = next(g for g in windows if best in self._postings.get(g, ()))
+        return {"suite_id": problem.id, "suite": problem.source, "kind": "ngram",
+                "overlap": shared[best], "ngram": " ".join(first)}
+
+    def filter(self, problems: Iterable[Problem]) -> tuple[list[Problem], list[dict[str, Any]], dict[str, Any]]:
+        """(clean problems, leaked entries {"id", **check}, statistics {"checked", "leaked",
+        "by_suite", "suites"})."""
+        clean, leaked = [], []
+        by_suite: Counter[str] = Counter()
+        for problem in problems:
+            hit = self.check(problem.question)
+            if hit is None:
+                clean.append(problem)
+            else:
+                leaked.append({"id": problem.id, **hit})
+                by_suite[hit["suite"]] += 1
+        stats = {"checked": len(clean) + len(leaked), "leaked": len(leaked),
+                 "by_suite": dict(sorted(by_suite.items())), "suites": list(self.suites)}
+        return clean, leaked, stats
