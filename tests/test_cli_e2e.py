@@ -28,7 +28,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(recipe, tmp_path, teacher_serv
     r = toolkit("distill", str(recipe), "--dry-run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "6 training problems" in r.stdout and "2 held-out" in r.stdout
-    assert "12 (2 rationales per problem" in r.stdout
+    assert "12 in round 0 (2 rationales per problem" in r.stdout
     assert not (tmp_path / "runs").exists()
     assert teacher_server.requests_served() == before
 

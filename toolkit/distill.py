@@ -27,7 +27,13 @@ def _progress(console: Console) -> Progress:
 
 def _load_source(src: DataSource, recipe: Recipe) -> list[Problem]:
     if src.suite:
-        return load_suite(src.suite, os.environ.get("TOOLKIT_DATA") or recipe.resolve(recipe.data.root))
+        from toolkit.hygiene import dedupe
+
+        root = os.environ.get("TOOLKIT_DATA") or recipe.resolve(recipe.data.root)
+        names = [s.strip() for s in src.suite.split(",") if s.strip()]
+        problems = [p for name in names for p in load_suite(name, root)]
+        # Suites overlap (AddSub and SingleEq share questions): keep each question once.
+        return dedupe(problems)[0] if len(names) > 1 else problems
     if src.path:
         return load_file(recipe.resolve(src.path), src.format, src.question_field, src.answer_field)
     return load_hf(src.hf, src.hf_config, src.hf_split, src.question_field, src.answer_field)
@@ -253,7 +259,8 @@ def load_student(path: Path):
 def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
     """The resolved plan for --dry-run: what would run, on what, and where it would write."""
     train, heldout = select_problems(recipe)
-    k = recipe.distill.paths_per_problem
+    dc = recipe.distill
+    k = dc.paths_per_problem
     t = recipe.train
     run = Path(recipe.output_dir) / recipe.name
 
@@ -272,7 +279,11 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
                     f"temperature {recipe.teacher.temperature}, max {recipe.teacher.max_tokens} tokens"),
         ("student", model_line(recipe.student.model)),
         ("data", f"{len(train)} training problems ({train[0].source}), {len(heldout)} held-out ({heldout[0].source})"),
-        ("teacher requests", f"{len(train) * k} ({k} rationales per problem; cached requests are free)"),
+        ("teacher requests", f"{len(train) * k} in round 0 ({k} rationales per problem; cached requests are free)"),
+        ("rounds", f"{dc.rounds}" + (f": each later round asks the student for feedback, writes {dc.new_per_problem} "
+                                      f"new problem(s) per training problem and keeps those whose {dc.label_solves} "
+                                      f"teacher solutions agree (≥ {dc.vote_min} votes, ≥ {dc.vote_fraction:.0%})"
+                                      if dc.rounds > 1 else " (round 0 only)")),
         ("training", (f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs")
          + f", batch {t.batch_size} × {t.seq_len} packed tokens, lr {t.lr}"
          + (f", LoRA r={t.lora}" if t.lora else "")),

@@ -21,7 +21,8 @@ class DataSource(_Section):
     """Where problems come from: exactly one of `suite`, `path` or `hf`.
 
     suite: a built-in suite read under `data.root` (gsm8k, gsm8k_train, svamp, asdiv, multiarith,
-        addsub, singleeq).
+        addsub, singleeq), or several joined by commas ("multiarith,svamp"); repeated questions
+        across them are dropped.
     path: a data file (GSM8K jsonl, SVAMP/MultiArith json, ASDiv xml, plain JSONL/CSV), relative to
         the recipe file.
     format: the file's format when it cannot be told from the file (gsm8k, svamp, asdiv, multiarith,
