@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from toolkit.distill import Distiller
 
 
+def classify(answers: list[str | None], gold: str, threshold: float) -> str:
+    """"easy" when the share of the student's answers that match gold reaches `threshold`, else "hard"."""
+    right = sum(answers_match(a, gold) for a in answers)
+    return "easy" if answers and right / len(answers) >= threshold else "hard"
+
+
 def feedback(d: Distiller, k: int, problems: list[Problem], student_dir: Path) -> tuple[list[str], list[str]]:
     """The round k-1 student answers every training problem: ids of (easy, hard) problems."""
     cfg = d.recipe.distill
@@ -38,9 +44,8 @@ def feedback(d: Distiller, k: int, problems: list[Problem], student_dir: Path) -
             rows = []
             for i, p in enumerate(problems):
                 answers = [extract_strict(o) for o in outs[i * n:(i + 1) * n]]
-                right = sum(answers_match(a, p.answer) for a in answers)
-                rows.append({"id": p.id, "answers": answers, "gold": p.answer, "right": right, "samples": n,
-                             "label": "easy" if right / n >= cfg.feedback_threshold else "hard"})
+                rows.append({"id": p.id, "answers": answers, "gold": p.answer, "samples": n,
+                             "label": classify(answers, p.answer, cfg.feedback_threshold)})
             atomic_write_jsonl(path, rows)
             info.update(easy=sum(r["label"] == "easy" for r in rows), hard=sum(r["label"] == "hard" for r in rows))
     rows = read_rows(path)

@@ -1,4 +1,4 @@
-"""The PoT sandbox: runs one untrusted model-written Python program in a confined process and reads back its `answer`."""
+"""The PoT sandbox: runs untrusted model-written Python in a confined process and reads back its `answer`."""
 from __future__ import annotations
 
 import ctypes
@@ -46,7 +46,8 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 
 # Runs in the child under `python -I -S -B`: reads the program from stdin, installs an audit hook (which
 # cannot be removed from Python code), execs the program in a fresh namespace, writes one JSON line to
-# the result pipe. The hook is a tripwire for what a model's program might do by accident; the hard
+# the result pipe. The hook is a tripwire for what a model's program might do by accident, not a wall
+# (importlib.import_module, for one, skips the "import" event and can reach _posixsubprocess); the hard
 # boundary is the kernel's: the unprivileged uid, the rlimits and the empty network namespace.
 _RUNNER = r'''
 import builtins, json, os, sys
@@ -203,7 +204,8 @@ def _confine(cpu_s: int, memory_bytes: int, drop: bool) -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _exchange(proc: subprocess.Popen, result_fd: int, code: bytes, deadline: float) -> tuple[bytes, int, bytes, str | None]:
+def _exchange(proc: subprocess.Popen, result_fd: int, code: bytes,
+              deadline: float) -> tuple[bytes, int, bytes, str | None]:
     """Feeds `code` to the child's stdin and drains its output and result pipes until both close and the
     child has exited (without reaping it: its pid must stay reserved for the killpg that follows).
     Returns (kept output, output bytes seen, result bytes, "timeout" | "output_limit" | None)."""
