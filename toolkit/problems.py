@@ -5,10 +5,8 @@ import csv
 import io
 import json
 import logging
-import os
 import random
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import MISSING, asdict, dataclass, fields
 from decimal import Decimal
@@ -76,7 +74,7 @@ def _split_rationale(text: str) -> tuple[str | None, str]:
     return _CALCULATOR_NOTE.sub("", rationale).strip() or None, final
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, allow_empty: bool = False) -> str:
     try:
         # utf-8-sig also reads files saved with a byte-order mark (spreadsheet CSV exports).
         text = path.read_text(encoding="utf-8-sig")
@@ -84,7 +82,7 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
-    if not text.strip():
+    if not text.strip() and not allow_empty:
         raise DataError(f"{path}: file is empty")
     return text
 
@@ -378,30 +376,15 @@ def dedupe_exact(problems: Iterable[Problem]) -> list[Problem]:
 
 def write_jsonl(path: str | Path, problems: Iterable[Problem]) -> None:
     """Write one problem per line atomically: a killed run leaves the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for problem in problems:
-                f.write(json.dumps(problem.to_dict(), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from toolkit.rundir import atomic_write_jsonl
+
+    atomic_write_jsonl(Path(path), (p.to_dict() for p in problems))
 
 
 def read_jsonl(path: str | Path) -> list[Problem]:
     """Read a file written by `write_jsonl`; an empty file is zero problems (a round may generate none)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
+    text = _read_text(path, allow_empty=True)
     problems = []
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
