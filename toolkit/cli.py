@@ -86,8 +86,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     unknown = [s for s in suites if s not in SUITE_NAMES]
     if unknown:
         raise ToolkitError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITE_NAMES)}")
-    if args.strategy != "cot":
-        raise ToolkitError("only --strategy cot is available so far")
     data_root = args.data_root or os.environ.get("TOOLKIT_DATA") or "data"
     problems = {s: load_suite(s, data_root)[: args.limit] if args.limit else load_suite(s, data_root)
                 for s in suites}
@@ -123,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     d = sub.add_parser("distill", help="run a distillation recipe (resumes a stopped run)",
-                       description="Run the recipe: teacher rationales, student fine-tuning and evaluation. "
-                                   "A run that was stopped resumes where it stopped; teacher requests are "
-                                   "cached, so nothing is paid for twice.")
+                       description="Run the recipe's feedback-driven distillation: teacher rationales, "
+                                   "student fine-tuning and evaluation (round 0), then per later round student "
+                                   "feedback, teacher-written new problems with self-consistency labels and "
+                                   "retraining from the base. A run that was stopped resumes where it stopped; "
+                                   "teacher requests are cached, so nothing is paid for twice.")
     d.add_argument("recipe", help="the recipe YAML file (see recipes/)")
     d.add_argument("overrides", nargs="*", metavar="key.path=value",
                    help="override recipe values, e.g. train.lr=3e-4 data.train_size=32")

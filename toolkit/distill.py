@@ -187,7 +187,6 @@ class Distiller:
             model, tok = self.base_student()
             examples = [tokenize_example(tok, r["messages"], r["completion"], self.recipe.train.seq_len)
                         for r in rows]
-            steps_log = []
             with self.stage(name, f"train: fine-tune the student on {len(examples)} rationales") as info:
                 cfg = self.recipe.train.model_copy(update={"threads": self.threads})
                 with _progress(self.console) as bar:
@@ -195,7 +194,6 @@ class Distiller:
                     task = bar.add_task("training steps", total=total)
 
                     def log(row: dict) -> None:
-                        steps_log.append(row)
                         bar.update(task, completed=row["step"], description=f"training (loss {row['loss']:.3f})")
 
                     stats = train(model, tok, examples, cfg, out, seed=self.recipe.seed, log=log)
