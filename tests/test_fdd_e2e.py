@@ -21,15 +21,17 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_two_rounds_grow_the_data_and_report_each_round(tmp_path, tiny_model_dir, teacher_server):
+def test_rounds_grow_the_data_and_report_each_round(tmp_path, tiny_model_dir, teacher_server):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, teacher_server.base_url)
-    r = toolkit("distill", str(recipe), *TWO_ROUNDS, cwd=tmp_path)
+    r = toolkit("distill", str(recipe), *TWO_ROUNDS, "distill.rounds=3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "tiny"
     stages = json.loads((run / "manifest.json").read_text())["stages"]
-    assert list(stages) == ["data", "round-0/rationales", "eval/base", "round-0/train", "round-0/eval",
-                            "round-1/feedback", "round-1/questions", "round-1/labels", "round-1/train",
-                            "round-1/eval"]
+    later = [f"round-{k}/{s}" for k in (1, 2) for s in ("feedback", "questions", "labels", "train", "eval")]
+    assert list(stages) == ["data", "round-0/rationales", "eval/base", "round-0/train", "round-0/eval", *later]
+    # Round 2 asks the same seed problems again: it must get fresh problems, not round 1's cached ones.
+    q2 = stages["round-2/questions"]
+    assert q2["teacher_requests_sent"] == q2["requests"] >= 6
     fb = stages["round-1/feedback"]
     assert fb["easy"] + fb["hard"] == 6  # every seed training problem got a verdict
     q = stages["round-1/questions"]
@@ -42,15 +44,17 @@ def test_two_rounds_grow_the_data_and_report_each_round(tmp_path, tiny_model_dir
     assert len(generated) == labels["accepted"]
     assert all(g["origin"].startswith(("harder-of:", "similar-of:")) and g["origin"].endswith("@round-1")
                and g["answer"] for g in generated)
-    # Round 1 trains on everything so far, from the base checkpoint.
+    # Each round trains on everything so far, from the base checkpoint.
     r0 = _rows(run / "round-0" / "train.jsonl")
     r1 = _rows(run / "round-1" / "train.jsonl")
+    r2 = _rows(run / "round-2" / "train.jsonl")
     assert r1[: len(r0)] == r0 and len(r1) == len(r0) + labels["new_rationales"]
-    assert stages["round-1/train"]["examples"] == len(r1)
+    assert r2[: len(r1)] == r1 and len(r2) == len(r1) + stages["round-2/labels"]["new_rationales"]
+    assert stages["round-1/train"]["examples"] == len(r1) and stages["round-2/train"]["examples"] == len(r2)
     rounds = json.loads((run / "rounds.json").read_text())
-    assert [x["model"] for x in rounds] == ["base", "round-0", "round-1"]
+    assert [x["model"] for x in rounds] == ["base", "round-0", "round-1", "round-2"]
     assert all(0 <= x["strict_ci95"][0] <= x["strict_match"] <= x["strict_ci95"][1] <= 1 for x in rounds)
-    assert (run / "rounds.md").read_text().count("\n") == 5
+    assert (run / "rounds.md").read_text().count("\n") == 6
     assert (run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -83,8 +83,12 @@ class Distiller:
             yield lambda n=1: bar.advance(task, n)
 
     @contextmanager
-    def teacher(self, max_tokens: int | None = None):
-        """The recipe's teacher behind the request cache, for one stage (a local server stops after)."""
+    def teacher(self, max_tokens: int | None = None, seed_offset: int = 0):
+        """The recipe's teacher behind the request cache, for one stage (a local server stops after).
+
+        `seed_offset` shifts the sampling seeds, and with them the cache keys: a stage that sends the
+        same prompt as an earlier round gets fresh samples instead of the cached ones.
+        """
         from toolkit.teachers import open_teacher
 
         cfg = self.recipe.teacher
@@ -93,7 +97,7 @@ class Distiller:
         cache = RequestCache(self.cache_path / "teacher.sqlite")
         try:
             with open_teacher(cfg, cache, base_dir=self.recipe.base_dir, log_dir=self.run.root / "logs",
-                              seed=self.recipe.seed) as teacher:
+                              seed=self.recipe.seed + seed_offset) as teacher:
                 yield teacher
         finally:
             cache.close()

@@ -67,7 +67,9 @@ def new_questions(d: Distiller, k: int, problems: list[Problem], easy: list[str]
         m = cfg.new_per_problem
         with d.stage(name, f"teacher: {m} new problem(s) for each of {len(problems)} problems") as info:
             prompts = [harder_messages(p, m) if p.id in easy_set else similar_messages(p, m) for p in problems]
-            with d.teacher(max_tokens=cfg.question_max_tokens) as teacher, \
+            # Round k samples the question writer with seed + k - 1: the seed problems' prompts repeat
+            # every round, and the same seed would return round 1's cached problems again.
+            with d.teacher(max_tokens=cfg.question_max_tokens, seed_offset=k - 1) as teacher, \
                     d.progress("question requests", len(prompts)) as advance:
                 texts = teacher.complete(prompts, n=1, temperature=cfg.question_temperature,
                                          on_done=lambda: advance(1))
