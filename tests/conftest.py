@@ -19,11 +19,12 @@ CHATML = (
 )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
-    """No test reads or writes the user's ~/.cache/toolkit: a stale teacher cache would hide requests."""
-    os.environ["TOOLKIT_CACHE"] = str(tmp_path_factory.mktemp("toolkit-cache"))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Each test gets its own teacher cache, never the user's ~/.cache/toolkit: a cache another test
+    filled would hide the requests a test counts at the server."""
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "toolkit-cache"))
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from toolkit.errors import DataError
 from toolkit.problems import (
     SUITES,
     Problem,
-    dedupe_exact,
     load_file,
     load_suite,
     read_jsonl,
@@ -284,11 +283,13 @@ def test_split_asking_too_many_names_counts() -> None:
         split_problems(make_problems(10), {"train": 8, "heldout": 5}, seed=0)
 
 
-def test_dedupe_exact_keeps_first() -> None:
+def test_exact_duplicates_keep_the_first() -> None:
+    from toolkit.hygiene import dedupe
+
     a = Problem(id="a", question="What is 2 + 2?", answer="4", source="t")
     b = Problem(id="b", question="  what IS 2 +\n2?  ", answer="4", source="t")
     c = Problem(id="c", question="What is 2 + 3?", answer="5", source="t")
-    assert dedupe_exact([a, b, c]) == [a, c]
+    assert dedupe([a, b, c])[0] == [a, c]
 
 
 # --- records and JSONL ---------------------------------------------------------------------

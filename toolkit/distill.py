@@ -25,11 +25,16 @@ def _progress(console: Console) -> Progress:
                     TimeElapsedColumn(), console=console, transient=True)
 
 
+def data_root(recipe: Recipe) -> Path:
+    """The folder of the built-in suites: $TOOLKIT_DATA, else the recipe's data.root."""
+    return Path(os.environ.get("TOOLKIT_DATA") or recipe.resolve(recipe.data.root))
+
+
 def _load_source(src: DataSource, recipe: Recipe) -> list[Problem]:
     if src.suite:
         from toolkit.hygiene import dedupe
 
-        root = os.environ.get("TOOLKIT_DATA") or recipe.resolve(recipe.data.root)
+        root = data_root(recipe)
         names = [s.strip() for s in src.suite.split(",") if s.strip()]
         problems = [p for name in names for p in load_suite(name, root)]
         # Suites overlap (AddSub and SingleEq share questions): keep each question once.
@@ -247,7 +252,7 @@ class Distiller:
         return self.run.manifest
 
     def data_root(self) -> Path:
-        return Path(os.environ.get("TOOLKIT_DATA") or self.recipe.resolve(self.recipe.data.root))
+        return data_root(self.recipe)
 
 
 def load_student(path: Path):

@@ -362,18 +362,6 @@ def split_problems(problems: Iterable[Problem], sizes: dict[str, int], seed: int
     return splits
 
 
-def dedupe_exact(problems: Iterable[Problem]) -> list[Problem]:
-    """Drop problems whose question repeats an earlier one up to whitespace and case."""
-    seen: set[str] = set()
-    kept = []
-    for problem in problems:
-        key = " ".join(problem.question.casefold().split())
-        if key not in seen:
-            seen.add(key)
-            kept.append(problem)
-    return kept
-
-
 def write_jsonl(path: str | Path, problems: Iterable[Problem]) -> None:
     """Write one problem per line atomically: a killed run leaves the old file or the new one, never half."""
     from toolkit.rundir import atomic_write_jsonl
