@@ -25,3 +25,7 @@ class ModelError(ToolkitError):
 
 class TeacherError(ToolkitError):
     """The teacher endpoint is unreachable or keeps failing after all retries."""
+
+
+class ExportError(ToolkitError):
+    """An export cannot be made (unsupported architecture or type, corrupt input) or failed its checks."""

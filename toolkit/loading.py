@@ -44,6 +44,10 @@ def load_model_and_tokenizer(ref: ModelRef, dtype: str = "float32"):
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model {ref.ref}: {str(exc).splitlines()[0]}") from None
     fix_special_tokens(tok, model)
+    if ref.kind == "gguf":
+        # Saved into config.json with every fine-tuned student: the GGUF exporter carries this base's
+        # tokenizer.ggml.* metadata over (DESIGN.md, tokenizer trap). `ref` (e.g. pkg:NAME) resolves anywhere.
+        model.config.toolkit_base = {"ref": ref.ref, "gguf": str(ref.path)}
     return model, tok
 
 

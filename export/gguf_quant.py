@@ -1,0 +1,67 @@
+"""GGUF quantization through llama.cpp's own quantizer (llama-cpp-python), and what it actually stored."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from toolkit.errors import ExportError
+
+# Block width (elements along a row) each GGML type needs; a row length not divisible by it cannot take it.
+_K_BLOCK = 256
+_BASE_TYPE = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q5_1": "Q5_1",
+              "q6_k": "Q6_K", "q2_k": "Q2_K"}
+
+
+def ftypes() -> dict[str, int]:
+    """llama.cpp file types by lower-case name (q4_k_m, q8_0, …, f16, bf16, f32)."""
+    import llama_cpp
+
+    names = {k[len("LLAMA_FTYPE_MOSTLY_"):].lower(): getattr(llama_cpp, k)
+             for k in dir(llama_cpp) if k.startswith("LLAMA_FTYPE_MOSTLY_")}
+    names["f32"] = llama_cpp.LLAMA_FTYPE_ALL_F32
+    return names
+
+
+def quantize(src: Path, out: Path, quant: str, threads: int) -> None:
+    """llama_model_quantize(src → out) to the llama.cpp type `quant` (e.g. q4_k_m)."""
+    import llama_cpp
+
+    types = ftypes()
+    if quant not in types:
+        raise ExportError(f"unknown GGUF type {quant!r}; llama.cpp types: {', '.join(sorted(types))}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = types[quant]
+    params.nthread = threads
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+    if rc != 0 or not out.is_file():
+        raise ExportError(f"llama.cpp could not quantize {src.name} to {quant} (return code {rc})")
+
+
+def stored_types(path: Path, quant: str) -> tuple[dict[str, int], list[str]]:
+    """(count of tensors per GGML type, notes on tensors that could not take the requested type)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    counts = Counter(t.tensor_type.name for t in reader.tensors)
+    notes = []
+    wanted = quant.upper()
+    k_quant = "_K" in wanted
+    odd: dict[str, list[str]] = {}
+    for t in reader.tensors:
+        if len(t.shape) < 2:
+            continue  # norms and biases stay f32 by design
+        row = int(t.shape[0])  # GGUF shapes list the row length (columns) first
+        if k_quant and row % _K_BLOCK:
+            odd.setdefault(f"{row} columns", []).append(f"{t.name}→{t.tensor_type.name}")
+        elif quant in _BASE_TYPE and t.tensor_type.name != _BASE_TYPE[quant]:
+            odd.setdefault(f"kept {t.tensor_type.name}", []).append(t.name)
+    for why, names in odd.items():
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        if why.endswith("columns"):
+            notes.append(f"{len(names)} tensor(s) with {why} cannot take {wanted} (k-quants need a multiple of "
+                         f"{_K_BLOCK}); llama.cpp used a fallback type: {shown}")
+        else:
+            notes.append(f"{len(names)} tensor(s) not stored as {_BASE_TYPE[quant]} ({why}): {shown}")
+    if k_quant and wanted.endswith(("_M", "_L")):
+        notes.append(f"{wanted} mixes types by design (more bits for attn_v/ffn_down/output)")
+    return dict(sorted(counts.items())), notes

@@ -1,0 +1,106 @@
+"""Plain ONNX export through optimum (text-generation-with-past), then int8 dynamic or int4 weight-only quantization."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.errors import ExportError
+
+QUANTS = ("fp32", "int8", "int4")
+# Protobuf's hard limit is 2 GiB; past ~1.8 GB the weights go to model.onnx_data beside the graph.
+_EXTERNAL_BYTES = 1_800_000_000
+
+
+@contextlib.contextmanager
+def _quiet():
+    """optimum and the quantizers print per-node progress; keep it out of the user's console."""
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield buf
+
+
+def untie_transposed_weights(model) -> int:
+    """Replace Transpose(initializer) nodes by a transposed initializer; returns how many.
+
+    optimum exports a tied LM head as Transpose(embed_tokens) → MatMul. A quantizer only quantizes a
+    MatMul whose weight is an initializer, so the head (and, for int4, the embedding it shares) would stay
+    fp32; with its own initializer both the Gather and the head get quantized.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    done = []
+    for node in model.graph.node:
+        if node.op_type != "Transpose" or node.input[0] not in inits:
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        w = numpy_helper.to_array(inits[node.input[0]])
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(np.transpose(w, perm)),
+                                                               node.output[0]))
+        done.append(node)
+    for node in done:
+        model.graph.node.remove(node)
+    used = {i for n in model.graph.node for i in n.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
+    return len(done)
+
+
+def _quantize(src: Path, dst: Path, quant: str, block_size: int, notes: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(src))
+    if untie_transposed_weights(model):
+        notes.append("tied LM head given its own initializer so that the embedding and the head are both quantized")
+    large = sum(len(i.raw_data) for i in model.graph.initializer) > _EXTERNAL_BYTES
+    if quant == "int8":
+        untied = src.with_name("untied.onnx")
+        onnx.save(model, str(untied), save_as_external_data=large, location="untied.onnx_data")
+        # Per-channel symmetric int8 weights, activations quantized at run time (MatMulInteger, Gather).
+        quantize_dynamic(untied, dst, per_channel=True, weight_type=QuantType.QInt8, use_external_data_format=large)
+        notes.append("int8: dynamic quantization, per-channel int8 weights for MatMul and Gather (embedding)")
+        return
+    # int4: weight-only, symmetric blocks of `block_size` along K (MatMulNBits) and along the hidden axis
+    # of the embedding table (GatherBlockQuantized); accuracy level 4 = int8 activations in the CPU kernel.
+    cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                       op_types_to_quantize=("MatMul", "Gather"),
+                                       quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer = MatMulNBitsQuantizer(model, algo_config=cfg)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
+    notes.append(f"int4: weight-only MatMulNBits + GatherBlockQuantized, block size {block_size}, symmetric")
+
+
+def export_onnx(hf_dir: Path, quant: str, out: Path, work: Path, *, block_size: int = 32) -> list[str]:
+    """Write optimum's layout into `out` (model.onnx [+ data], config, tokenizer); returns notes."""
+    from optimum.exporters.onnx import main_export
+
+    if quant not in QUANTS:
+        raise ExportError(f"ONNX quantization {quant!r}: choose one of {', '.join(QUANTS)} "
+                          "(fp16 ONNX needs a GPU export)")
+    if quant == "int4" and (block_size < 16 or block_size & (block_size - 1)):
+        raise ExportError(f"int4 block size {block_size}: use a power of two ≥ 16 (32, 64, 128)")
+    plain = work / "onnx-fp32"
+    shutil.rmtree(plain, ignore_errors=True)
+    try:
+        with _quiet():
+            main_export(str(hf_dir), plain, task="text-generation-with-past", do_validation=False, device="cpu")
+    except Exception as exc:  # optimum raises bare ValueError/RuntimeError for unexportable models
+        raise ExportError(f"optimum could not export {hf_dir}: {str(exc).splitlines()[0]}") from None
+    notes: list[str] = []
+    out.mkdir(parents=True, exist_ok=True)
+    for f in plain.iterdir():
+        if quant == "fp32" or not f.name.startswith("model.onnx"):
+            shutil.copy2(f, out / f.name)
+    if quant != "fp32":
+        with _quiet():
+            _quantize(plain / "model.onnx", out / "model.onnx", quant, block_size, notes)
+    return notes

@@ -1,0 +1,133 @@
+"""`toolkit export` as one library call: build the files, compare them with the source, write export.json."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from toolkit.errors import ExportError
+from toolkit.export import genai, onnx, parity
+from toolkit.export.manifest import MANIFEST, file_rows, versions, write_manifest
+from toolkit.export.source import Source, open_source, read_config
+
+FORMATS = ("onnx", "genai", "gguf")
+
+
+def _check_request(fmt: str, quant: str) -> None:
+    """Refuse an impossible format/quantization pair before any model is loaded."""
+    from toolkit.export.gguf_quant import ftypes
+
+    choices = {"onnx": onnx.QUANTS, "genai": genai.QUANTS, "gguf": tuple(sorted(ftypes()))}
+    if fmt not in choices:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if quant not in choices[fmt]:
+        raise ExportError(f"--format {fmt} takes --quant {', '.join(choices[fmt])}; got {quant!r}")
+
+
+def _prepare_out(out: Path) -> None:
+    """An empty OUT, or one holding a previous export (replaced); never someone else's files."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise ExportError(f"{out} is not empty and holds no previous export; give an empty or new folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _export_gguf(src: Source, quant: str, out: Path, work: Path, threads: int) -> tuple[list[str], dict]:
+    from toolkit.export.gguf_quant import quantize, stored_types
+    from toolkit.export.gguf_vocab import built_metadata, carried_metadata
+    from toolkit.export.gguf_writer import write_gguf
+
+    cfg = read_config(src.hf_dir)
+    if src.tokenizer_gguf is not None:
+        entries = carried_metadata(src.tokenizer_gguf, cfg["vocab_size"])
+        notes = [f"tokenizer.ggml.* carried over from the base GGUF {src.tokenizer_gguf.name}"]
+    else:
+        entries = built_metadata(src.hf_dir, cfg["vocab_size"])
+        pre = next(v for k, v, _, _ in entries if k == "tokenizer.ggml.pre")
+        notes = [f"tokenizer.ggml.* built from tokenizer.json (byte-level BPE, pre-tokenizer {pre})"]
+    target = out / f"model-{quant}.gguf"
+    if quant in ("f16", "f32"):
+        write_gguf(src.hf_dir, target, src.arch, cfg, entries, outtype=quant)
+    else:
+        f16 = work / "model-f16.gguf"
+        write_gguf(src.hf_dir, f16, src.arch, cfg, entries, outtype="f16")
+        quantize(f16, target, quant, threads)
+    types, type_notes = stored_types(target, quant)
+    return notes + type_notes, types
+
+
+def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, check: bool = False,
+                 bundle: bool = False, threads: int | None = None, max_new_tokens: int = 16, block_size: int = 32,
+                 min_first_token_match: float | None = None, min_token_agreement: float | None = None,
+                 tokenizer_gguf: str | None = None, base_dir: Path | None = None) -> dict:
+    """Export `model_ref` to `fmt`/`quant` in `out_dir` and return the manifest (also OUT/export.json).
+
+    threads: CPU threads for torch, onnxruntime and llama.cpp (default: all cores, at most 8).
+    max_new_tokens: greedy tokens compared per sample prompt. block_size: int4 block (ONNX and genai).
+    min_first_token_match / min_token_agreement: parity thresholds (defaults in parity.compare).
+    tokenizer_gguf: a GGUF whose tokenizer metadata a GGUF export carries over (default: the recorded base).
+    check: raise ExportError when parity is below the thresholds (files and export.json are kept).
+    A GGUF whose llama.cpp token ids differ from the HF tokenizer's is always refused.
+    """
+    fmt, quant = fmt.lower(), quant.lower()
+    _check_request(fmt, quant)
+    threads = threads or min(8, os.cpu_count() or 1)
+    out = Path(out_dir)
+    _prepare_out(out)
+    start = time.perf_counter()
+    gguf_types: dict = {}
+    error = None
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        src = open_source(model_ref, work, tokenizer_gguf=tokenizer_gguf, base_dir=base_dir)
+        notes = list(src.notes)
+        if fmt == "onnx":
+            notes += onnx.export_onnx(src.hf_dir, quant, out, work, block_size=block_size)
+        elif fmt == "genai":
+            notes += genai.export_genai(src.hf_dir, quant, out, work, block_size=block_size)
+        else:
+            gguf_notes, gguf_types = _export_gguf(src, quant, out, work, threads)
+            notes += gguf_notes
+        ref = parity.Reference(src.hf_dir, threads, max_new_tokens)
+        runtime = {"onnx": parity.onnx_outputs, "genai": parity.genai_outputs, "gguf": parity.gguf_outputs}[fmt]
+        target = next(out.glob("*.gguf")) if fmt == "gguf" else out
+        try:
+            text_ids, greedy = runtime(ref, target, threads)
+            result = parity.compare(ref, text_ids, greedy, quant, min_first_token_match, min_token_agreement)
+        except ExportError as exc:
+            error, result = exc, {"error": str(exc), "passed": False}
+    files = file_rows(out)
+    manifest = {
+        "source": {"ref": model_ref, "kind": src.kind, "architecture": src.arch,
+                   "tokenizer_gguf": str(src.tokenizer_gguf) if src.tokenizer_gguf else None},
+        "format": fmt, "quant": quant, "files": files, "total_bytes": sum(r["bytes"] for r in files),
+        "versions": versions(), "threads": threads, "seconds": round(time.perf_counter() - start, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parity": result, "notes": notes, "passed": bool(result["passed"]),
+    }
+    if gguf_types:
+        manifest["gguf_tensor_types"] = gguf_types
+    if fmt == "gguf" and error is None and not result["tokenizer"]["exact"]:
+        error = ExportError(f"llama.cpp token ids differ from the HF tokenizer's on "
+                            f"{result['tokenizer']['texts'] - result['tokenizer']['agree']} sample text(s): "
+                            f"GGUF refused (details in {out / MANIFEST}); try --tokenizer-gguf BASE.gguf")
+    if bundle and error is None:
+        from toolkit.export.bundle import write_bundle
+
+        path = write_bundle(out, fmt, quant, Path(model_ref.replace("pkg:", "")).name or "model")
+        manifest["bundle"] = {"path": path.name, "bytes": path.stat().st_size}
+    if error is not None:
+        manifest["passed"] = False
+        manifest["error"] = str(error)
+    write_manifest(out, manifest)
+    if error is not None:
+        raise error
+    if check and not manifest["passed"]:
+        g = result["greedy"]
+        raise ExportError(f"parity below thresholds (first token {g['first_token_match']:.0%}, agreement "
+                          f"{g['token_agreement']:.0%}, tokenizer exact {result['tokenizer']['exact']}; "
+                          f"thresholds {result['thresholds']}): files kept, {out / MANIFEST} says passed: false")
+    return manifest

@@ -1,0 +1,129 @@
+"""The model an export starts from: a checked local HF folder (dequantized first when given a GGUF)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import ExportError, ModelError
+from toolkit.models import resolve_model
+
+# Architectures every exporter handles (HF `model_type` == GGUF `general.architecture` for these).
+SUPPORTED = ("llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model ready to export.
+
+    hf_dir: a save_pretrained folder (config, safetensors, tokenizer). tokenizer_gguf: a GGUF whose
+    `tokenizer.ggml.*` metadata the GGUF exporter carries over (the base the model was tuned from),
+    or None to build that metadata from tokenizer.json.
+    """
+
+    ref: str
+    kind: str
+    hf_dir: Path
+    arch: str
+    tokenizer_gguf: Path | None
+    notes: tuple[str, ...] = ()
+
+
+def _unsupported(arch: str, where: str) -> ExportError:
+    return ExportError(f"{where}: architecture {arch!r} is not supported for export; "
+                       f"supported: {', '.join(SUPPORTED)}")
+
+
+def gguf_architecture(path: Path) -> str:
+    """general.architecture of a GGUF file, refusing files that do not parse (truncated, not a GGUF)."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        return str(reader.fields["general.architecture"].contents())
+    except (ValueError, KeyError, IndexError, OSError) as exc:
+        raise ModelError(f"{path}: not a readable GGUF file (truncated or corrupt?): {exc}") from None
+
+
+def read_config(hf_dir: Path) -> dict:
+    try:
+        return json.loads((hf_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{hf_dir / 'config.json'}: cannot read the model config: {exc}") from None
+
+
+def check_weights(hf_dir: Path) -> None:
+    """Open every safetensors header so a truncated or corrupt weights file fails here, by name."""
+    from safetensors import safe_open
+
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{hf_dir}: no *.safetensors weights (save the model with safe_serialization=True)")
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    st.get_slice(key)
+        except Exception as exc:  # safetensors raises its own SafetensorError and OSErrors
+            raise ModelError(f"{f}: weights file is corrupt or truncated ({str(exc).splitlines()[0]})") from None
+
+
+def _recorded_base(hf_dir: Path, config: dict) -> tuple[Path | None, str | None]:
+    """The base GGUF a student was fine-tuned from, as recorded by toolkit.loading in config.json."""
+    base = config.get("toolkit_base") or {}
+    for candidate in (base.get("ref"), base.get("gguf")):
+        if not candidate:
+            continue
+        try:
+            ref = resolve_model(candidate)
+        except ModelError:
+            continue
+        if ref.kind == "gguf":
+            return ref.path, None
+    if base:
+        return None, (f"recorded base {base.get('ref')} is not available here; "
+                      "GGUF tokenizer metadata built from tokenizer.json")
+    return None, None
+
+
+def open_source(model_ref: str, work: Path, *, tokenizer_gguf: str | None = None,
+                base_dir: Path | None = None) -> Source:
+    """Resolve `model_ref`, check its architecture and files; a GGUF is dequantized into `work`."""
+    ref = resolve_model(model_ref, base_dir)
+    notes: list[str] = []
+    if ref.kind == "gguf":
+        arch = gguf_architecture(ref.path)
+        if arch not in SUPPORTED:
+            raise _unsupported(arch, str(ref.path))
+        from toolkit.loading import load_model_and_tokenizer
+
+        model, tok = load_model_and_tokenizer(ref)
+        hf_dir = work / "source"
+        model.save_pretrained(hf_dir, safe_serialization=True)
+        tok.save_pretrained(hf_dir)
+        notes.append(f"source GGUF dequantized to float32 by transformers; its tokenizer metadata is carried over")
+        base = ref.path
+    else:
+        if ref.kind == "hub":
+            from huggingface_hub import snapshot_download
+
+            try:
+                hf_dir = Path(snapshot_download(ref.hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt",
+                                                                           "*.model", "*.jinja"]))
+            except Exception as exc:  # offline, unknown repo, gated: all user-fixable
+                raise ModelError(f"cannot download {ref.hub_id}: {str(exc).splitlines()[0]}") from None
+        else:
+            hf_dir = ref.path
+        config = read_config(hf_dir)
+        arch = config.get("model_type", "?")
+        if arch not in SUPPORTED:
+            raise _unsupported(arch, str(hf_dir))
+        check_weights(hf_dir)
+        base, note = _recorded_base(hf_dir, config)
+        if note:
+            notes.append(note)
+    if tokenizer_gguf:
+        base = resolve_model(tokenizer_gguf, base_dir).path
+        if base is None or base.suffix != ".gguf":
+            raise ExportError(f"--tokenizer-gguf {tokenizer_gguf}: not a GGUF file")
+    return Source(model_ref, ref.kind, hf_dir, arch, base, tuple(notes))
