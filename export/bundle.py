@@ -103,11 +103,15 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_bundle(out: Path, fmt: str, quant: str, name: str) -> Path:
-    """OUT/<name>-<fmt>-<quant>.tar.gz holding one folder of that name; returns its path."""
+def check_bundle_format(fmt: str) -> None:
     if fmt not in _ROWS:
         raise ExportError("--bundle is for --format gguf or genai (their runners need only llama_cpp or "
                           "onnxruntime_genai); an optimum ONNX folder is loaded with optimum or onnxruntime")
+
+
+def write_bundle(out: Path, fmt: str, quant: str, name: str) -> Path:
+    """OUT/<name>-<fmt>-<quant>.tar.gz holding one folder of that name; returns its path."""
+    check_bundle_format(fmt)
     files = sorted(p for p in out.iterdir() if p.is_file() and not p.name.endswith(".tar.gz"))
     if fmt == "gguf":
         model = next(p.name for p in files if p.suffix == ".gguf")

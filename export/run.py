@@ -15,8 +15,9 @@ from toolkit.export.source import Source, open_source, read_config
 FORMATS = ("onnx", "genai", "gguf")
 
 
-def _check_request(fmt: str, quant: str) -> None:
-    """Refuse an impossible format/quantization pair before any model is loaded."""
+def _check_request(fmt: str, quant: str, bundle: bool) -> None:
+    """Refuse an impossible format/quantization/bundle request before any model is loaded."""
+    from toolkit.export.bundle import check_bundle_format
     from toolkit.export.gguf_quant import ftypes
 
     choices = {"onnx": onnx.QUANTS, "genai": genai.QUANTS, "gguf": tuple(sorted(ftypes()))}
@@ -24,6 +25,8 @@ def _check_request(fmt: str, quant: str) -> None:
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if quant not in choices[fmt]:
         raise ExportError(f"--format {fmt} takes --quant {', '.join(choices[fmt])}; got {quant!r}")
+    if bundle:
+        check_bundle_format(fmt)
 
 
 def _prepare_out(out: Path) -> None:
@@ -73,7 +76,7 @@ def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, c
     A GGUF whose llama.cpp token ids differ from the HF tokenizer's is always refused.
     """
     fmt, quant = fmt.lower(), quant.lower()
-    _check_request(fmt, quant)
+    _check_request(fmt, quant, bundle)
     threads = threads or min(8, os.cpu_count() or 1)
     out = Path(out_dir)
     _prepare_out(out)

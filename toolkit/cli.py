@@ -112,6 +112,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from toolkit.export.run import export_model
+
+    _quiet_libraries()
+    console = Console(quiet=args.quiet or args.json)
+    with console.status(f"exporting {args.model} to {args.format} {args.quant}"):
+        manifest = export_model(args.model, args.format, args.quant, args.out, check=args.check, bundle=args.bundle,
+                                threads=args.threads, max_new_tokens=args.max_new_tokens, block_size=args.block_size,
+                                min_first_token_match=args.min_first_token_match,
+                                min_token_agreement=args.min_token_agreement, tokenizer_gguf=args.tokenizer_gguf)
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    table = Table(title=f"{args.model} → {args.format} {args.quant} ({manifest['seconds']:.0f} s)")
+    for col in ("file", "MB", "sha256"):
+        table.add_column(col, justify="right" if col == "MB" else "left")
+    for f in manifest["files"]:
+        table.add_row(f["path"], f"{f['bytes'] / 1e6:.1f}", f["sha256"][:16])
+    console.print(table)
+    par = manifest["parity"]
+    console.print(f"tokenizer: {par['tokenizer']['agree']}/{par['tokenizer']['texts']} texts identical; greedy: "
+                  f"first token {par['greedy']['first_token_match']:.0%}, token agreement "
+                  f"{par['greedy']['token_agreement']:.0%} over {par['greedy']['prompts']} prompts; "
+                  f"passed: {manifest['passed']}")
+    for note in manifest["notes"]:
+        console.print(f"note: {note}")
+    if "bundle" in manifest:
+        console.print(f"bundle: {Path(args.out) / manifest['bundle']['path']}")
+    console.print(f"manifest: {Path(args.out) / 'export.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toolkit",
@@ -152,6 +187,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="export a model to ONNX, onnxruntime-genai or GGUF, checked against it",
+                       description="Turn a student folder, hub model or GGUF into files a plain runtime loads "
+                                   "(onnx: optimum/onnxruntime; genai: onnxruntime-genai; gguf: llama.cpp), then "
+                                   "compare token ids and greedy continuations with the source; writes "
+                                   "OUT/export.json.")
+    x.add_argument("model", help="save_pretrained folder, hub id, .gguf file or pkg:NAME")
+    x.add_argument("--format", required=True, choices=["onnx", "genai", "gguf"])
+    x.add_argument("--quant", required=True,
+                   help="onnx: fp32|int8|int4; genai: int4|fp32; gguf: f16|f32|q8_0|q4_k_m|q4_0|… (llama.cpp types)")
+    x.add_argument("--out", required=True, help="output folder (empty, or a previous export to replace)")
+    x.add_argument("--check", action="store_true", help="exit non-zero when parity is below the thresholds")
+    x.add_argument("--bundle", action="store_true", help="also write a .tar.gz with a runtime-only runner (gguf, genai)")
+    x.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores, at most 8)")
+    x.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens compared per sample prompt")
+    x.add_argument("--block-size", type=int, default=32, help="int4 block size (onnx, genai)")
+    x.add_argument("--min-first-token-match", type=float, default=None,
+                   help="share of prompts whose first greedy token must match (default 1.0 unquantized, 0 else)")
+    x.add_argument("--min-token-agreement", type=float, default=None,
+                   help="mean matched share of the source's greedy tokens (default 0.5 quantized, 0 else)")
+    x.add_argument("--tokenizer-gguf", default=None,
+                   help="GGUF (or pkg:NAME) whose tokenizer metadata a gguf export carries over (default: recorded base)")
+    x.add_argument("--quiet", action="store_true")
+    x.add_argument("--json", action="store_true", help="print export.json")
+    x.set_defaults(func=cmd_export)
     return parser
 
 

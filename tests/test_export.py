@@ -1,0 +1,262 @@
+"""`toolkit export`: every format and quantization on tiny random llama and qwen2 models, loaded back with the
+plain runtime; the packaged-GGUF tokenizer round trip; parity failures, bundles and clear errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import build_tiny_tokenizer, toolkit
+from toolkit.errors import ExportError, ModelError
+from toolkit.export.run import export_model
+
+
+def _build(path: Path, arch: str) -> Path:
+    """A 2-layer hidden-64 random model with weights large enough (std 0.3) that greedy output varies."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tok = build_tiny_tokenizer(path)
+    torch.manual_seed(0)
+    config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    config = config_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                        initializer_range=0.3, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id, tie_word_embeddings=arch == "qwen2")
+    model = model_cls(config)
+    if arch == "qwen2":  # qwen2 has q/k/v biases (zero at init): make them count
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.3)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, tmp_path_factory) -> Path:
+    """Tiny llama (untied head) and tiny qwen2 (tied head, biases)."""
+    return _build(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
+
+
+def _hf_ids(model_dir: Path, text: str) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)(text, add_special_tokens=False)["input_ids"]
+
+
+def _common(m: dict, fmt: str, quant: str) -> None:
+    assert m["format"] == fmt and m["quant"] == quant
+    assert {"source", "files", "versions", "seconds", "parity", "notes", "passed"} <= set(m)
+    assert m["parity"]["tokenizer"]["exact"], m["parity"]["tokenizer"]
+    for f in m["files"]:
+        assert f["bytes"] > 0 and len(f["sha256"]) == 64
+
+
+TEXT = "Tom has 1,080 apples; he eats 3/4 of them. How many are left?"
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_0", "q4_k_m"])
+def test_gguf(tiny, tmp_path, quant):
+    from llama_cpp import Llama
+
+    out = tmp_path / "out"
+    m = export_model(str(tiny), "gguf", quant, out, threads=1)
+    _common(m, "gguf", quant)
+    assert [f["path"] for f in m["files"]] == [f"model-{quant}.gguf"]
+    saved = json.loads((out / "export.json").read_text())
+    assert saved["passed"] == m["passed"] and saved["files"] == m["files"]
+    if quant == "f16":  # unquantized: the whole greedy continuation equals torch's
+        assert m["parity"]["greedy"]["exact_sequences"] == 1.0 and m["passed"]
+    if quant == "q4_k_m":  # 64/128-column rows cannot take k-quants: the manifest says so
+        assert any("cannot take Q4_K_M" in n for n in m["notes"]), m["notes"]
+    llm = Llama(str(out / f"model-{quant}.gguf"), n_ctx=128, n_threads=1, verbose=False)
+    assert llm.tokenize(TEXT.encode(), add_bos=False, special=True) == _hf_ids(tiny, TEXT)
+    assert len(llm.create_completion(TEXT, max_tokens=4, temperature=0.0)["choices"][0]["text"]) > 0
+
+
+def test_gguf_llama_rope_layout_is_what_parity_checks(tmp_path, monkeypatch):
+    """Writing llama q/k without the RoPE row interleave gives a loadable file that answers differently:
+    parity must see it and --check must fail."""
+    from toolkit.export import gguf_writer
+
+    src = _build(tmp_path / "llama", "llama")
+    monkeypatch.setattr(gguf_writer, "rope_interleave", lambda w, n_head: w)
+    with pytest.raises(ExportError, match="parity below thresholds"):
+        export_model(str(src), "gguf", "f16", tmp_path / "out", threads=1, check=True)
+    saved = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert saved["passed"] is False and saved["parity"]["greedy"]["exact_sequences"] < 1.0
+    assert (tmp_path / "out" / "model-f16.gguf").is_file()  # files kept, marked failed
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int8", "int4"])
+def test_onnx(tiny, tmp_path, quant):
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    out = tmp_path / "out"
+    m = export_model(str(tiny), "onnx", quant, out, threads=1)
+    _common(m, "onnx", quant)
+    if quant == "fp32":
+        assert m["passed"] and m["parity"]["greedy"]["exact_sequences"] == 1.0
+    names = {f["path"] for f in m["files"]}
+    assert {"model.onnx", "config.json", "tokenizer.json"} <= names
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(out / "model.onnx"), so, providers=["CPUExecutionProvider"])
+    assert "input_ids" in [i.name for i in session.get_inputs()]
+    model = ORTModelForCausalLM.from_pretrained(out, session_options=so)
+    ids = torch.tensor([_hf_ids(tiny, TEXT)])
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    graph = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in graph.graph.node}
+    inits = {i.name: list(i.dims) for i in graph.graph.initializer}
+    vocab = len(json.loads((tiny / "tokenizer.json").read_text())["model"]["vocab"])
+    float_tables = [n for n in graph.graph.initializer if n.data_type == onnx.TensorProto.FLOAT and vocab in n.dims]
+    if quant == "int4":  # embedding and (tied) LM head quantized too: no fp32 vocab-sized table left
+        assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and not float_tables, inits
+    if quant == "int8":
+        assert "MatMulInteger" in ops and not float_tables, inits
+
+
+def test_onnx_int4_smaller_than_int8(tmp_path):
+    """The tied embedding no longer stays fp32 in int4 (DESIGN: stock int4 was larger than int8)."""
+    src = _build(tmp_path / "qwen2", "qwen2")
+    sizes = {q: export_model(str(src), "onnx", q, tmp_path / q, threads=1)["total_bytes"] for q in ("int8", "int4")}
+    assert sizes["int4"] < sizes["int8"], sizes
+
+
+@pytest.mark.parametrize("quant", ["int4", "fp32"])
+def test_genai(tiny, tmp_path, quant):
+    import onnxruntime_genai as og
+
+    out = tmp_path / "out"
+    m = export_model(str(tiny), "genai", quant, out, threads=1)
+    _common(m, "genai", quant)
+    if quant == "fp32":
+        assert m["passed"] and m["parity"]["greedy"]["first_token_match"] == 1.0
+    assert (out / "genai_config.json").is_file() and (out / "model.onnx").is_file()
+    model = og.Model(str(out))
+    assert list(og.Tokenizer(model).encode(TEXT)) == _hf_ids(tiny, TEXT)
+
+
+def test_packaged_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
+    """A student built from pkg:smollm2 (as training saves it) exports to a GGUF whose llama.cpp token ids are
+    the HF tokenizer's: the base GGUF's tokenizer metadata is found through config.json and carried over."""
+    from llama_cpp import Llama
+
+    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.models import resolve_model
+
+    model, tok = load_model_and_tokenizer(resolve_model("pkg:smollm2-135m-instruct"))
+    student = tmp_path / "student"
+    model.save_pretrained(student, safe_serialization=True)
+    tok.save_pretrained(student)
+    assert json.loads((student / "config.json").read_text())["toolkit_base"]["ref"] == "pkg:smollm2-135m-instruct"
+    m = export_model(str(student), "gguf", "q8_0", tmp_path / "out", threads=1, max_new_tokens=8)
+    assert m["source"]["tokenizer_gguf"] == str(smollm2_gguf)
+    assert m["parity"]["tokenizer"]["exact"] and m["parity"]["tokenizer"]["texts"] >= 6
+    assert m["parity"]["greedy"]["first_token_match"] == 1.0, m["parity"]["greedy"]
+    llm = Llama(str(tmp_path / "out" / "model-q8_0.gguf"), n_ctx=256, n_threads=1, vocab_only=True, verbose=False)
+    text = tok.apply_chat_template([{"role": "user", "content": TEXT}], add_generation_prompt=True, tokenize=False)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_check_thresholds_fail_but_keep_files(tmp_path):
+    src = _build(tmp_path / "llama", "llama")
+    with pytest.raises(ExportError, match="files kept"):
+        export_model(str(src), "gguf", "q8_0", tmp_path / "out", threads=1, check=True, min_token_agreement=1.01)
+    saved = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert saved["passed"] is False and saved["parity"]["thresholds"]["min_token_agreement"] == 1.01
+    assert (tmp_path / "out" / "model-q8_0.gguf").stat().st_size == saved["files"][0]["bytes"]
+
+
+def _unpack(bundle: Path, into: Path) -> Path:
+    with tarfile.open(bundle) as tar:
+        tar.extractall(into, filter="data")
+    (folder,) = into.iterdir()
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ")
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+    readme = (folder / "README.md").read_text()
+    assert "Raspberry Pi" in readme and "Termux" in readme and "Laptop" in readme
+    runner = (folder / "run.py").read_text()
+    assert "toolkit" not in runner.split('"""')[2]  # the runner imports only the runtime
+    return folder
+
+
+@pytest.mark.parametrize("fmt, quant", [("gguf", "q4_0"), ("genai", "int4")])
+def test_bundle_runs_with_the_runtime_only(tmp_path, fmt, quant):
+    src = _build(tmp_path / "qwen2", "qwen2")
+    m = export_model(str(src), fmt, quant, tmp_path / "out", threads=1, bundle=True)
+    folder = _unpack(tmp_path / "out" / m["bundle"]["path"], tmp_path / "unpacked")
+    args = ["--threads", "1"] if fmt == "gguf" else []
+    # -I: isolated mode, so the toolkit checkout on sys.path cannot help the runner
+    proc = subprocess.run([sys.executable, "-I", str(folder / "run.py"), "What is 2 plus 3?", "--max-tokens", "4",
+                           *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_unsupported_architecture_and_corrupt_inputs(tmp_path, tiny_model_dir):
+    import shutil
+
+    gpt2 = tmp_path / "gpt2"
+    shutil.copytree(tiny_model_dir, gpt2)
+    config = json.loads((gpt2 / "config.json").read_text())
+    (gpt2 / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(ExportError, match="'gpt2' is not supported for export; supported: llama, qwen2"):
+        export_model(str(gpt2), "gguf", "f16", tmp_path / "o1")
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_model_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelError, match="model.safetensors: weights file is corrupt or truncated"):
+        export_model(str(truncated), "onnx", "fp32", tmp_path / "o2")
+
+    bad_config = tmp_path / "bad-config"
+    shutil.copytree(tiny_model_dir, bad_config)
+    (bad_config / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="cannot read the model config"):
+        export_model(str(bad_config), "genai", "int4", tmp_path / "o3")
+
+    gguf = tmp_path / "half.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 20)
+    with pytest.raises(ModelError, match="not a readable GGUF file"):
+        export_model(str(gguf), "gguf", "q8_0", tmp_path / "o4")
+
+
+def test_request_errors(tmp_path, tiny_model_dir):
+    with pytest.raises(ExportError, match="--format onnx takes --quant fp32, int8, int4; got 'q4_k_m'"):
+        export_model(str(tiny_model_dir), "onnx", "q4_k_m", tmp_path / "a")
+    with pytest.raises(ExportError, match="unknown format 'tflite'"):
+        export_model(str(tiny_model_dir), "tflite", "int8", tmp_path / "a")
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty and holds no previous export"):
+        export_model(str(tiny_model_dir), "gguf", "f16", busy)
+    assert (busy / "notes.txt").read_text() == "mine"
+    with pytest.raises(ExportError, match="--bundle is for --format gguf or genai"):
+        export_model(str(tiny_model_dir), "onnx", "fp32", tmp_path / "b", bundle=True)
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli(tmp_path, tiny_model_dir):
+    proc = toolkit("export", str(tiny_model_dir), "--format", "gguf", "--quant", "q8_0", "--out", str(tmp_path / "o"),
+                   "--threads", "1", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest == json.loads((tmp_path / "o" / "export.json").read_text())
+    bad = toolkit("export", str(tmp_path / "nope"), "--format", "gguf", "--quant", "f16", "--out",
+                  str(tmp_path / "o2"), cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: model") and "Traceback" not in bad.stderr
