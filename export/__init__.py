@@ -1,0 +1,1 @@
+"""Export: HF checkpoints and GGUFs → ONNX (optimum), onnxruntime-genai and GGUF, with parity checks (toolkit.export)."""

@@ -51,7 +51,7 @@ def rope_interleave(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _hparams(writer, arch: str, cfg: dict, n_vocab: int) -> None:
+def _hparams(writer, cfg: dict, n_vocab: int) -> None:
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     scaling = cfg.get("rope_scaling")
@@ -86,7 +86,7 @@ def write_gguf(hf_dir: Path, out: Path, arch: str, cfg: dict, tokenizer: list[En
     writer.add_name(cfg.get("_name_or_path") or hf_dir.name)
     writer.add_file_type(LlamaFileType.MOSTLY_F16 if outtype == "f16" else LlamaFileType.ALL_F32)
     n_vocab = cfg["vocab_size"]
-    _hparams(writer, arch, cfg, n_vocab)
+    _hparams(writer, cfg, n_vocab)
     for key, value, vtype, sub in tokenizer:
         writer.add_key_value(key, value, vtype, sub_type=sub)
     seen = set()

@@ -49,7 +49,7 @@ class Reference:
 
         torch.set_num_threads(threads)
         self.tok = AutoTokenizer.from_pretrained(hf_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         self.max_new_tokens = max_new_tokens
         eos = self.model.config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id} - {None}

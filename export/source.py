@@ -101,7 +101,7 @@ def open_source(model_ref: str, work: Path, *, tokenizer_gguf: str | None = None
         hf_dir = work / "source"
         model.save_pretrained(hf_dir, safe_serialization=True)
         tok.save_pretrained(hf_dir)
-        notes.append(f"source GGUF dequantized to float32 by transformers; its tokenizer metadata is carried over")
+        notes.append("source GGUF dequantized to float32 by transformers; its tokenizer metadata is carried over")
         base = ref.path
     else:
         if ref.kind == "hub":
