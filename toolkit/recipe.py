@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolkit.errors import RecipeError
 
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo such as `epoch:` must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never meant (an `.inf` learning rate passes `gt=0`).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSource(_Section):
@@ -66,6 +67,36 @@ class DataConfig(_Section):
     heldout_size: int = Field(50, ge=1)
 
 
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _check_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    if "@" in url.split("//", 1)[1].split("/", 1)[0]:
+        # A URL with user:key@ would land in the manifest and in error messages.
+        raise ValueError("must not carry credentials; put the key in an environment variable named by "
+                         "api_key_env")
+    return url
+
+
+class EndpointConfig(_Section):
+    """One OpenAI-compatible endpoint of a teacher served from several places.
+
+    base_url: the endpoint (e.g. http://10.0.0.5:8000/v1).
+    weight: its share of the requests relative to the others (2 takes twice the requests of 1).
+    concurrency: requests in flight at once on this endpoint (default: the teacher's concurrency).
+    api_key_env: the environment variable holding this endpoint's key (default: the teacher's).
+    """
+
+    base_url: str
+    weight: float = Field(1.0, gt=0)
+    concurrency: int | None = Field(None, ge=1)
+    api_key_env: str | None = Field(None, pattern=_ENV_NAME)
+
+    _url = field_validator("base_url")(_check_url)
+
+
 class TeacherConfig(_Section):
     """The teacher LLM that writes rationales.
 
@@ -74,11 +105,25 @@ class TeacherConfig(_Section):
     backend: `llama.cpp` starts a local llama.cpp server on 127.0.0.1 for a GGUF model; `openai`
         talks to any OpenAI-compatible endpoint (OpenAI, vLLM, SGLang, Ollama, llama.cpp servers).
     base_url: the endpoint for `openai` (e.g. http://127.0.0.1:8000/v1).
-    api_key_env: the environment variable that holds the API key (never written anywhere).
+    endpoints: instead of `base_url`, several endpoints serving the same model, each
+        `{base_url, weight, concurrency, api_key_env}` (see EndpointConfig). Requests are spread by
+        weight over the endpoints that are up and have a free slot; a failed attempt moves at once to
+        another endpoint, and an endpoint that fails 3 times in a row is skipped for 30 s. The cache
+        key does not depend on which endpoint answered.
+    api_key_env: the NAME of the environment variable that holds the API key. Keys are read from
+        the environment only: a recipe cannot hold one (an `api_key:` key is refused), and the key
+        is never written to the manifest, logs or the request cache.
     max_tokens: the longest rationale, in tokens.
     temperature: sampling temperature for the k rationales per problem.
-    concurrency: requests in flight at once (a one-slot llama.cpp server gains nothing from more).
-    timeout_s / max_retries: per-request timeout in seconds; retries with exponential backoff.
+    concurrency: requests in flight at once, per endpoint (a one-slot llama.cpp server gains
+        nothing from more).
+    timeout_s: per-attempt timeout in seconds.
+    max_retries: backoff rounds per request; each round tries every endpoint that is up once. The
+        wait before a round honours the server's Retry-After, else doubles from `backoff_s`
+        (jittered to 0.5–1.5×, at most 30 s). When a request still fails, no new request starts,
+        those in flight finish into the cache, and the run ends with one message; run it again to
+        resume.
+    backoff_s: the first backoff wait, in seconds.
     n_ctx / threads: context length and CPU threads of the local llama.cpp server (threads: all
         cores when absent).
     """
@@ -86,19 +131,35 @@ class TeacherConfig(_Section):
     model: str
     backend: Literal["llama.cpp", "openai"] = "llama.cpp"
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    endpoints: list[EndpointConfig] | None = Field(None, min_length=1)
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=_ENV_NAME)
     max_tokens: int = Field(256, ge=8)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     concurrency: int = Field(1, ge=1)
     timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, gt=0, le=60)
     n_ctx: int = Field(2048, ge=256)
     threads: int | None = Field(None, ge=1)
 
+    _url = field_validator("base_url")(lambda v: v if v is None else _check_url(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_keys_in_recipes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in ("api_key", "key", "token")):
+            raise ValueError("API keys are not read from recipes: export the key in an environment "
+                             "variable and name that variable in api_key_env")
+        return data
+
     @model_validator(mode="after")
     def _openai_needs_url(self) -> TeacherConfig:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs base_url")
+        if self.backend == "openai" and not (self.base_url or self.endpoints):
+            raise ValueError("backend 'openai' needs base_url or endpoints")
+        if self.base_url and self.endpoints:
+            raise ValueError("give base_url or endpoints, not both")
+        if self.backend == "llama.cpp" and (self.base_url or self.endpoints):
+            raise ValueError("backend 'llama.cpp' serves the model itself; base_url/endpoints need backend 'openai'")
         return self
 
 
@@ -311,7 +372,8 @@ def _describe(exc: ValidationError, path: Path, lines: dict[tuple, int], overrid
             msg = "required key is missing"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and not isinstance(err["input"], dict):
+            # Values of URL and key-name fields are not echoed: a misplaced key would reach the terminal.
+            if "input" in err and not isinstance(err["input"], dict) and loc[-1:] not in (("base_url",), ("api_key_env",)):
                 msg += f" (got {err['input']!r})"
         out.append(f"{where}: {key}: {msg}")
     return "; ".join(out)
