@@ -17,8 +17,9 @@ exhaust a client's retries by chance. Answers are derived from the request: a so
 rationale ending in the right number for the arithmetic question it asks (wrong for one seed in
 four, so votes and answer filters have something to do); a question-writing request gets new
 arithmetic word problems this server can solve. Every attempt is one JSON line in the log
-(`body`, `attempt`, `fault`, `auth`, `t`); `fault` is "ok" once the answer was written whole.
+(`body`, `attempt`, `fault`, `auth`, `t0` arrival, `t` end); `fault` is "ok" once the answer was written whole.
 
+With `--api-key-env VAR`, a request without `Authorization: Bearer $VAR` is refused with 401.
 POST /_control takes JSON: `down` (true: every request is refused with 503), `stall_after` (after
 that many answered requests, hold every new one unanswered until the next control call; logged as
 "stalled"), `rates`. The tests stop the server by its PID.
@@ -102,6 +103,7 @@ class _State:
         self.rates: dict[str, float] = json.loads(args.rates)
         self.retry_after = args.retry_after
         self.hang_s = args.hang_s
+        self.delay_s = args.delay_s
         self.max_faults = args.max_faults
         self.api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
         self.log = open(args.log, "a", buffering=1)
@@ -175,7 +177,11 @@ class Handler(BaseHTTPRequestHandler):
         key = digest(body)
         auth = self.headers.get("Authorization")
         auth_ok = None if st.api_key is None else auth == f"Bearer {st.api_key}"
-        row = {"body": key, "model": body.get("model"), "seed": body.get("seed"), "auth": auth_ok}
+        row = {"body": key, "model": body.get("model"), "seed": body.get("seed"), "auth": auth_ok,
+               "t0": time.time()}
+        if auth_ok is False:
+            st.record(**row, attempt=-1, fault="unauthorized")
+            return self._error(401, "Incorrect API key provided")
         if st.down:
             st.record(**row, attempt=-1, fault="down")
             return self._error(503, "the teacher is down")
@@ -210,6 +216,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         else:
+            time.sleep(st.delay_s)
             self._send(200, self._completion(body))
             with st.lock:
                 st.answered += 1
@@ -231,10 +238,11 @@ class FaultTeacher:
 
     def __init__(self, log: Path, *, seed: int = 0, rates: dict[str, float] | None = None,
                  retry_after: float = 0.2, hang_s: float = 3.0, max_faults: int = 3,
-                 api_key_env: str | None = None):
+                 api_key_env: str | None = None, delay_s: float = 0.0):
         self.log = Path(log)
         self.args = ["--log", str(self.log), "--seed", str(seed), "--rates", json.dumps(rates or {}),
-                     "--retry-after", str(retry_after), "--hang-s", str(hang_s), "--max-faults", str(max_faults)]
+                     "--retry-after", str(retry_after), "--hang-s", str(hang_s), "--max-faults", str(max_faults),
+                     "--delay-s", str(delay_s)]
         if api_key_env:
             self.args += ["--api-key-env", api_key_env]
         self.proc: subprocess.Popen | None = None
@@ -289,6 +297,7 @@ def main() -> None:
     p.add_argument("--retry-after", type=float, default=0.2, help="seconds in a 429's Retry-After")
     p.add_argument("--hang-s", type=float, default=3.0)
     p.add_argument("--max-faults", type=int, default=3)
+    p.add_argument("--delay-s", type=float, default=0.0, help="seconds before each good answer")
     p.add_argument("--api-key-env", default=None, help="check `Authorization: Bearer $VAR` (logged as auth)")
     args = p.parse_args()
     Handler.state = _State(args)

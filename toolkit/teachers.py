@@ -164,6 +164,9 @@ class OpenAITeacher:
                     return None
                 if attempts == 0 and not self._any_ok.is_set():
                     continue  # the teacher failed while this request waited for its slot
+                now = time.monotonic()
+                if not ep.up(now) and any(e.up(now) for e in endpoints):
+                    continue  # its endpoint went down while it waited: choose again
                 ep.sent += 1
                 self.requests_sent += 1
                 attempts += 1
