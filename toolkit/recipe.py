@@ -283,18 +283,28 @@ class Recipe(_Section):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
-    """Map every key path in a composed YAML document to its 1-based line number."""
+def _key_lines(node: yaml.Node, prefix: tuple = (), seen: set[int] | None = None) -> dict[tuple, int]:
+    """Map every key path in a composed YAML document to its 1-based line number.
+
+    A node reached again through an alias is not walked twice: `&a [*a]` would recurse for ever and
+    nested aliases ("billion laughs") would take exponential time.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return {}
+    seen.add(id(node))
     lines: dict[tuple, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a list or mapping as a key is never a recipe key; validation says so
             path = prefix + (key_node.value,)
             lines[path] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, path))
+            lines.update(_key_lines(value_node, path, seen))
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[prefix + (i,)] = item.start_mark.line + 1
-            lines.update(_key_lines(item, prefix + (i,)))
+            lines.update(_key_lines(item, prefix + (i,), seen))
     return lines
 
 
@@ -330,14 +340,20 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise RecipeError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
+        raise RecipeError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
     lines = _key_lines(node) if node is not None else {}
@@ -350,6 +366,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_describe(exc, path, lines, overridden)) from None
+    except RecursionError:
+        raise RecipeError(f"{path}: a YAML alias refers to itself") from None
     recipe.base_dir = path.resolve().parent
     return recipe
 
@@ -359,7 +377,8 @@ def _describe(exc: ValidationError, path: Path, lines: dict[tuple, int], overrid
     out = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        # A key with a line break or control character is quoted so the message stays one line.
+        key = ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc) or "(top level)"
         if loc in overridden:
             where = "command-line override"
         else:
