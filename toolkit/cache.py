@@ -1,6 +1,7 @@
 """Persistent per-request cache of teacher completions (SQLite): a re-run never pays twice."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -8,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from toolkit.errors import ToolkitError
 
 
 def request_key(model: str, messages: list[dict], params: dict[str, Any], sample_index: int) -> str:
@@ -28,17 +31,20 @@ class RequestCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One connection shared by the async teacher's worker threads, guarded by a lock.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
         self._lock = threading.Lock()
-        with self._lock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One connection shared by the async teacher's worker threads, guarded by the lock.
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS completions ("
                 " key TEXT PRIMARY KEY, model TEXT, request TEXT, completion TEXT, created REAL)"
             )
             self._db.commit()
+        except (OSError, sqlite3.Error) as exc:
+            raise ToolkitError(f"cannot open the teacher cache {self.path}: {_reason(exc)} "
+                               f"(set TOOLKIT_CACHE or cache_dir to a writable folder)") from None
         self.hits = 0
         self.misses = 0
 
@@ -52,12 +58,19 @@ class RequestCache:
         return row[0]
 
     def put(self, key: str, model: str, request: dict, completion: str) -> None:
+        """Store one completion; `request` must not hold credentials (it is kept for inspection)."""
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
-                (key, model, json.dumps(request, ensure_ascii=False), completion, time.time()),
-            )
-            self._db.commit()
+            try:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
+                    (key, model, json.dumps(request, ensure_ascii=False), completion, time.time()),
+                )
+                self._db.commit()
+            except sqlite3.Error as exc:  # a full disk: earlier entries stay committed
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.rollback()
+                raise ToolkitError(f"cannot write the teacher cache {self.path}: {_reason(exc)}; "
+                                   f"completed requests are kept") from None
 
     def __len__(self) -> int:
         with self._lock:
@@ -66,3 +79,8 @@ class RequestCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

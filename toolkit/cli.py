@@ -222,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     except ToolkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a write the stages did not expect to fail: full disk, read-only folder
+        from toolkit.storage import write_failure
+
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        print(f"error: {reason}; finished stages and cached teacher requests are kept", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished stages and cached teacher requests are kept; run again to resume",
               file=sys.stderr)

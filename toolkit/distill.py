@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from toolkit.answers import answers_match, extract_strict
 from toolkit.cache import RequestCache
-from toolkit.errors import DataError
+from toolkit.errors import DataError, ToolkitError
 from toolkit.models import PACKAGED, cache_root
 from toolkit.problems import Problem, load_file, load_hf, load_suite, read_jsonl, split_problems, write_jsonl
 from toolkit.recipe import DataSource, Recipe
@@ -76,9 +76,11 @@ class Distiller:
         """Fail before any work when a model reference cannot be resolved (clear error, no run folder)."""
         from toolkit.models import resolve_model
 
-        resolve_model(self.recipe.student.model, self.recipe.base_dir)
+        from toolkit.integrity import check_model
+
+        check_model(resolve_model(self.recipe.student.model, self.recipe.base_dir))
         if self.recipe.teacher.backend == "llama.cpp":
-            resolve_model(self.recipe.teacher.model, self.recipe.base_dir)
+            check_model(resolve_model(self.recipe.teacher.model, self.recipe.base_dir))
 
     @contextmanager
     def progress(self, what: str, total: int):
@@ -113,7 +115,17 @@ class Distiller:
         info: dict = {}
         self.console.print(f"[bold]▶ {title}[/bold]")
         start = time.perf_counter()
-        yield info
+        try:
+            yield info
+        except Exception as exc:
+            from toolkit.storage import write_failure
+
+            reason = write_failure(exc)
+            if reason is None:
+                raise
+            self.run.sweep_temporaries()  # no half-written file stays behind
+            raise ToolkitError(f"{name}: {reason}; finished stages and cached teacher requests are kept, "
+                               f"free space (or fix the folder) and run again to resume") from None
         seconds = time.perf_counter() - start
         self.run.finish(name, seconds, **info)
         self.console.print(f"  done in {seconds:.1f} s " + " ".join(f"{k}={v}" for k, v in info.items()

@@ -35,6 +35,9 @@ def load_model_and_tokenizer(ref: ModelRef, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from toolkit.integrity import check_model
+
+    check_model(ref)  # a truncated weight file is one clear error, not a loader traceback
     src, kw = _source(ref)
     tok = load_tokenizer(ref)
     # transformers logs a warning per tensor-name mismatch while reading GGUFs; keep the console clean.

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolkit.errors import RecipeError
 
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo such as `epoch:` must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never meant (an `.inf` learning rate passes `gt=0`).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSource(_Section):
@@ -66,6 +67,36 @@ class DataConfig(_Section):
     heldout_size: int = Field(50, ge=1)
 
 
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def _check_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    if "@" in url.split("//", 1)[1].split("/", 1)[0]:
+        # A URL with user:key@ would land in the manifest and in error messages.
+        raise ValueError("must not carry credentials; put the key in an environment variable named by "
+                         "api_key_env")
+    return url
+
+
+class EndpointConfig(_Section):
+    """One OpenAI-compatible endpoint of a teacher served from several places.
+
+    base_url: the endpoint (e.g. http://10.0.0.5:8000/v1).
+    weight: its share of the requests relative to the others (2 takes twice the requests of 1).
+    concurrency: requests in flight at once on this endpoint (default: the teacher's concurrency).
+    api_key_env: the environment variable holding this endpoint's key (default: the teacher's).
+    """
+
+    base_url: str
+    weight: float = Field(1.0, gt=0)
+    concurrency: int | None = Field(None, ge=1)
+    api_key_env: str | None = Field(None, pattern=_ENV_NAME)
+
+    _url = field_validator("base_url")(_check_url)
+
+
 class TeacherConfig(_Section):
     """The teacher LLM that writes rationales.
 
@@ -74,11 +105,25 @@ class TeacherConfig(_Section):
     backend: `llama.cpp` starts a local llama.cpp server on 127.0.0.1 for a GGUF model; `openai`
         talks to any OpenAI-compatible endpoint (OpenAI, vLLM, SGLang, Ollama, llama.cpp servers).
     base_url: the endpoint for `openai` (e.g. http://127.0.0.1:8000/v1).
-    api_key_env: the environment variable that holds the API key (never written anywhere).
+    endpoints: instead of `base_url`, several endpoints serving the same model, each
+        `{base_url, weight, concurrency, api_key_env}` (see EndpointConfig). Requests are spread by
+        weight over the endpoints that are up and have a free slot; a failed attempt moves at once to
+        another endpoint, and an endpoint that fails 3 times in a row is skipped for 30 s. The cache
+        key does not depend on which endpoint answered.
+    api_key_env: the NAME of the environment variable that holds the API key. Keys are read from
+        the environment only: a recipe cannot hold one (an `api_key:` key is refused), and the key
+        is never written to the manifest, logs or the request cache.
     max_tokens: the longest rationale, in tokens.
     temperature: sampling temperature for the k rationales per problem.
-    concurrency: requests in flight at once (a one-slot llama.cpp server gains nothing from more).
-    timeout_s / max_retries: per-request timeout in seconds; retries with exponential backoff.
+    concurrency: requests in flight at once, per endpoint (a one-slot llama.cpp server gains
+        nothing from more).
+    timeout_s: per-attempt timeout in seconds.
+    max_retries: backoff rounds per request; each round tries every endpoint that is up once. The
+        wait before a round honours the server's Retry-After, else doubles from `backoff_s`
+        (jittered to 0.5–1.5×, at most 30 s). When a request still fails, no new request starts,
+        those in flight finish into the cache, and the run ends with one message; run it again to
+        resume.
+    backoff_s: the first backoff wait, in seconds.
     n_ctx / threads: context length and CPU threads of the local llama.cpp server (threads: all
         cores when absent).
     """
@@ -86,19 +131,35 @@ class TeacherConfig(_Section):
     model: str
     backend: Literal["llama.cpp", "openai"] = "llama.cpp"
     base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
+    endpoints: list[EndpointConfig] | None = Field(None, min_length=1)
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=_ENV_NAME)
     max_tokens: int = Field(256, ge=8)
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     concurrency: int = Field(1, ge=1)
     timeout_s: float = Field(300.0, gt=0)
     max_retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, gt=0, le=60)
     n_ctx: int = Field(2048, ge=256)
     threads: int | None = Field(None, ge=1)
 
+    _url = field_validator("base_url")(lambda v: v if v is None else _check_url(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_keys_in_recipes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in ("api_key", "key", "token")):
+            raise ValueError("API keys are not read from recipes: export the key in an environment "
+                             "variable and name that variable in api_key_env")
+        return data
+
     @model_validator(mode="after")
     def _openai_needs_url(self) -> TeacherConfig:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError("backend 'openai' needs base_url")
+        if self.backend == "openai" and not (self.base_url or self.endpoints):
+            raise ValueError("backend 'openai' needs base_url or endpoints")
+        if self.base_url and self.endpoints:
+            raise ValueError("give base_url or endpoints, not both")
+        if self.backend == "llama.cpp" and (self.base_url or self.endpoints):
+            raise ValueError("backend 'llama.cpp' serves the model itself; base_url/endpoints need backend 'openai'")
         return self
 
 
@@ -222,18 +283,28 @@ class Recipe(_Section):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
-    """Map every key path in a composed YAML document to its 1-based line number."""
+def _key_lines(node: yaml.Node, prefix: tuple = (), seen: set[int] | None = None) -> dict[tuple, int]:
+    """Map every key path in a composed YAML document to its 1-based line number.
+
+    A node reached again through an alias is not walked twice: `&a [*a]` would recurse for ever and
+    nested aliases ("billion laughs") would take exponential time.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return {}
+    seen.add(id(node))
     lines: dict[tuple, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a list or mapping as a key is never a recipe key; validation says so
             path = prefix + (key_node.value,)
             lines[path] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, path))
+            lines.update(_key_lines(value_node, path, seen))
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[prefix + (i,)] = item.start_mark.line + 1
-            lines.update(_key_lines(item, prefix + (i,)))
+            lines.update(_key_lines(item, prefix + (i,), seen))
     return lines
 
 
@@ -269,14 +340,20 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read ({exc.strerror})") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise RecipeError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
+        raise RecipeError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
     lines = _key_lines(node) if node is not None else {}
@@ -289,6 +366,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(_describe(exc, path, lines, overridden)) from None
+    except RecursionError:
+        raise RecipeError(f"{path}: a YAML alias refers to itself") from None
     recipe.base_dir = path.resolve().parent
     return recipe
 
@@ -298,7 +377,8 @@ def _describe(exc: ValidationError, path: Path, lines: dict[tuple, int], overrid
     out = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        # A key with a line break or control character is quoted so the message stays one line.
+        key = ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc) or "(top level)"
         if loc in overridden:
             where = "command-line override"
         else:
@@ -311,7 +391,8 @@ def _describe(exc: ValidationError, path: Path, lines: dict[tuple, int], overrid
             msg = "required key is missing"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and not isinstance(err["input"], dict):
+            # Values of URL and key-name fields are not echoed: a misplaced key would reach the terminal.
+            if "input" in err and not isinstance(err["input"], dict) and loc[-1:] not in (("base_url",), ("api_key_env",)):
                 msg += f" (got {err['input']!r})"
         out.append(f"{where}: {key}: {msg}")
     return "; ".join(out)

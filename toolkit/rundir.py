@@ -1,6 +1,7 @@
 """The run directory: atomic file writes and the manifest that records stages, counts and timings."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -15,17 +16,26 @@ from toolkit.errors import ToolkitError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write through a temporary file in the same folder and rename: readers never see half a file.
+
+    A failed write (full disk, read-only folder) leaves the old file, no temporary, and raises a
+    ToolkitError naming the path.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ToolkitError(f"cannot write {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ToolkitError(f"cannot write {path}: {exc.strerror}") from None
         raise
 
 
@@ -71,7 +81,7 @@ class RunDir:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ToolkitError(f"cannot create run folder {self.root}: {exc.strerror}") from None
-        self._sweep_temporaries()
+        self.sweep_temporaries()
         if self.manifest_path.is_file():
             self.manifest = json.loads(self.manifest_path.read_text())
         if self.manifest.get("stages") and self.manifest.get("recipe_sha256") != recipe_digest:
@@ -86,13 +96,14 @@ class RunDir:
         self.manifest["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
         self.save()
 
-    def _sweep_temporaries(self) -> None:
+    def sweep_temporaries(self) -> None:
         """Remove what a killed run was still writing: temp files and half-saved model folders."""
         for tmp in self.root.rglob("*.tmp"):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # a read-only folder: the save after says so
+                    tmp.unlink(missing_ok=True)
 
     def round_dir(self, k: int) -> Path:
         path = self.root / f"round-{k}"

@@ -1,16 +1,18 @@
-"""Teachers: `complete(prompts, n, temperature)` over any OpenAI-compatible endpoint, through the cache."""
+"""Teachers: `complete(prompts, n, temperature)` over OpenAI-compatible endpoints, through the cache."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
 import random
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import openai
 
 from toolkit.cache import RequestCache, request_key
+from toolkit.endpoints import Endpoint, backoff_s, pick, retry_after_s
 from toolkit.errors import TeacherError
 from toolkit.llama_server import LlamaServer
 from toolkit.models import resolve_model
@@ -20,43 +22,60 @@ Messages = list[dict[str, str]]
 
 # Failures worth another try: the server is busy, restarting, slow or returned nonsense.
 _RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-              openai.InternalServerError)
+              openai.InternalServerError, openai.APIResponseValidationError)
 
 
 class _Malformed(Exception):
-    """The endpoint answered 200 with no usable choice."""
+    """The endpoint answered 200 with no usable choice (or a body that is not JSON)."""
 
 
 class OpenAITeacher:
-    """A teacher behind an OpenAI-compatible chat endpoint (OpenAI, vLLM, SGLang, Ollama, llama.cpp).
+    """A teacher behind one or several OpenAI-compatible chat endpoints (OpenAI, vLLM, llama.cpp, …).
 
     Every (prompt, sample index) pair is one request with its own seed, looked up in the cache
-    first and stored the moment it arrives, so an interrupted batch keeps what it got.
-    `endpoint` is a URL, or a callable that returns one: it is called only on the first cache
-    miss, so a fully cached run never starts a local server. `requests_sent` counts requests
-    that reached the network (retries included).
+    first and stored the moment it arrives, so an interrupted batch keeps what it got. The cache
+    key holds the model name, never the endpoint, so any endpoint's answer serves every later run.
+    `endpoint` is a URL, a callable that returns one (called only on the first cache miss, so a
+    fully cached run never starts a local server), or a list of `Endpoint`s: each attempt goes to
+    an endpoint chosen by weight among those that are up and have a free slot, and a failed
+    attempt moves to another endpoint before any backoff. When a request fails for good, no new
+    request starts, those in flight finish into the cache, and a TeacherError says what happened.
+    `requests_sent` counts attempts that reached the network (retries included).
     """
 
-    def __init__(self, endpoint: str | Callable[[], str], model: str, cache: RequestCache, *,
+    def __init__(self, endpoint: str | Callable[[], str] | list[Endpoint], model: str, cache: RequestCache, *,
                  api_key: str | None = None, max_tokens: int = 256, concurrency: int = 1,
-                 timeout_s: float = 300.0, max_retries: int = 4, seed: int = 0):
+                 timeout_s: float = 300.0, max_retries: int = 4, seed: int = 0, backoff_base_s: float = 1.0,
+                 api_key_env: str | None = None):
         self._endpoint = endpoint
         self.model = model
         self.cache = cache
-        self.api_key = api_key or "not-needed"
+        self.api_key = api_key
+        self.api_key_env = api_key_env  # named in error messages about authentication, never read here
         self.max_tokens = max_tokens
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.seed = seed
+        self.backoff_base_s = backoff_base_s
         self.requests_sent = 0
+        self._rng = random.Random(seed)  # endpoint choice and backoff jitter
+        self._endpoints: list[Endpoint] | None = None
         self.server: LlamaServer | None = None  # the local llama.cpp server behind it, if any
 
     @property
+    def endpoints(self) -> list[Endpoint]:
+        if self._endpoints is None:
+            if isinstance(self._endpoint, list):
+                self._endpoints = self._endpoint
+            else:
+                url = self._endpoint() if callable(self._endpoint) else self._endpoint
+                self._endpoints = [Endpoint(url, 1.0, self.concurrency, self.api_key)]
+        return self._endpoints
+
+    @property
     def base_url(self) -> str:
-        if callable(self._endpoint):
-            self._endpoint = self._endpoint()
-        return self._endpoint
+        return ", ".join(e.base_url for e in self.endpoints)
 
     def complete(self, prompts: list[Messages], n: int, temperature: float,
                  on_done: Callable[[], None] | None = None) -> list[list[str]]:
@@ -73,17 +92,28 @@ class OpenAITeacher:
                 elif on_done:
                     on_done()
         if todo:
-            asyncio.run(self._fetch(prompts, todo, out, on_done))
+            asyncio.run(self._fetch(prompts, todo, out, on_done, total=len(prompts) * n))
         return out  # type: ignore[return-value]
 
-    async def _fetch(self, prompts, todo, out, on_done) -> None:
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key,
-                                    timeout=self.timeout_s, max_retries=0)
-        gate = asyncio.Semaphore(self.concurrency)
+    async def _fetch(self, prompts, todo, out, on_done, total: int) -> None:
+        endpoints = self.endpoints
+        for e in endpoints:
+            e.gate = asyncio.Semaphore(e.concurrency)
+        clients = {id(e): openai.AsyncOpenAI(base_url=e.base_url, api_key=e.api_key or "not-needed",
+                                             timeout=self.timeout_s, max_retries=0) for e in endpoints}
+        self._stop = asyncio.Event()
+        self._failure: TeacherError | None = None
+        # Set while some endpoint answered its last attempt. While it is clear, only retries go out:
+        # a dead teacher sees each failing request's retries, not every pending request once.
+        self._any_ok = asyncio.Event()
+        self._any_ok.set()
+        for e in endpoints:
+            e.ok = True
 
         async def one(i: int, j: int, key: str, params: dict) -> None:
-            async with gate:
-                text = await self._request(client, prompts[i], params)
+            text = await self._request(clients, prompts[i], params)
+            if text is None:  # abandoned: another request failed for good
+                return
             self.cache.put(key, self.model, {"messages": prompts[i], **params, "sample": j}, text)
             out[i][j] = text
             if on_done:
@@ -98,38 +128,82 @@ class OpenAITeacher:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         finally:
-            await client.close()
+            for client in clients.values():
+                await client.close()
+        if self._failure is not None:
+            done = sum(x is not None for row in out for x in row)
+            raise TeacherError(f"{self._failure}; {done} of {total} requests are done and cached, "
+                               f"run again to resume")
 
-    async def _request(self, client: openai.AsyncOpenAI, messages: Messages, params: dict) -> str:
-        delay = 1.0
-        for attempt in range(self.max_retries + 1):
-            self.requests_sent += 1
-            try:
-                resp = await client.chat.completions.create(model=self.model, messages=messages, **params)
-                if not resp.choices or resp.choices[0].message.content is None:
-                    raise _Malformed("no choices in the response")
-                return resp.choices[0].message.content
-            except (*_RETRYABLE, _Malformed) as exc:
-                if attempt == self.max_retries:
-                    raise TeacherError(
-                        f"teacher at {self.base_url} failed {attempt + 1} times "
-                        f"({type(exc).__name__}: {_short(exc)}); completed requests are cached"
-                    ) from None
-                wait = _retry_after(exc) or delay * (0.5 + random.random())  # jitter avoids herds
-                await asyncio.sleep(min(wait, 60.0))
-                delay = min(delay * 2, 30.0)
-            except openai.APIStatusError as exc:  # 4xx other than 429: retrying cannot help
-                raise TeacherError(f"teacher at {self.base_url} refused the request: {_short(exc)}") from None
-        raise AssertionError("unreachable")
+    def _give_up(self, message: str) -> None:
+        if self._failure is None:
+            self._failure = TeacherError(message)
+        self._stop.set()
+        self._any_ok.set()  # wake the requests waiting for a healthy endpoint: they see the stop
 
+    def _settle(self, ep: Endpoint, ok: bool) -> None:
+        ep.ok = ok
+        if any(e.ok for e in self.endpoints):
+            self._any_ok.set()
+        else:
+            self._any_ok.clear()
 
-def _retry_after(exc: Exception) -> float | None:
-    """Seconds from a Retry-After header, when the server sent one."""
-    response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+    async def _request(self, clients: dict, messages: Messages, params: dict) -> str | None:
+        """One request's attempts until it succeeds (its text) or is abandoned (None)."""
+        endpoints = self.endpoints
+        tried: set[int] = set()  # endpoints this request failed on since its last backoff
+        retries = 0
+        attempts = 0
+        while not self._stop.is_set():
+            if attempts == 0 and not self._any_ok.is_set():
+                await self._any_ok.wait()
+                continue
+            ep = pick(endpoints, tried, self._rng)
+            async with ep.gate:
+                if self._stop.is_set():
+                    return None
+                if attempts == 0 and not self._any_ok.is_set():
+                    continue  # the teacher failed while this request waited for its slot
+                now = time.monotonic()
+                if not ep.up(now) and any(e.up(now) for e in endpoints):
+                    continue  # its endpoint went down while it waited: choose again
+                ep.sent += 1
+                self.requests_sent += 1
+                attempts += 1
+                try:
+                    resp = await clients[id(ep)].chat.completions.create(model=self.model, messages=messages,
+                                                                         **params)
+                    if not resp.choices or resp.choices[0].message.content is None:
+                        raise _Malformed("no choices in the response")
+                    ep.succeeded()
+                    self._settle(ep, True)
+                    return resp.choices[0].message.content
+                except (*_RETRYABLE, _Malformed, ValueError) as exc:
+                    # ValueError: a 200 whose body is not JSON (the client's JSON decoding fails).
+                    error = exc
+                except openai.APIStatusError as exc:  # 4xx other than 429: retrying cannot help
+                    hint = ""
+                    if exc.status_code in (401, 403) and self.api_key_env:
+                        hint = f" (the API key comes from ${self.api_key_env})"
+                    self._give_up(f"teacher at {ep.base_url} refused the request: {_short(exc)}{hint}")
+                    return None
+            self._settle(ep, False)
+            if not isinstance(error, openai.RateLimitError):  # busy is not broken
+                ep.failed(others_up=any(e is not ep and e.up(time.monotonic()) for e in endpoints))
+            tried.add(id(ep))
+            now = time.monotonic()
+            if any(e.up(now) and id(e) not in tried for e in endpoints):
+                continue  # fail over at once to an endpoint that is up and this request has not failed on
+            if retries == self.max_retries:
+                self._give_up(f"teacher at {self.base_url} failed {attempts} times "
+                              f"({type(error).__name__}: {_short(error)})")
+                return None
+            wait = backoff_s(retries, retry_after_s(getattr(getattr(error, "response", None), "headers", None)),
+                             self._rng, self.backoff_base_s)
+            retries += 1
+            tried.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), wait)  # wakes early when the run gives up
         return None
 
 
@@ -137,15 +211,22 @@ def _short(exc: Exception) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
+def endpoints_of(cfg: TeacherConfig) -> list[Endpoint]:
+    """The recipe's endpoints (`endpoints`, or the single `base_url`), keys read from the environment."""
+    if cfg.endpoints:
+        return [Endpoint(e.base_url, e.weight, e.concurrency or cfg.concurrency,
+                         os.environ.get(e.api_key_env or cfg.api_key_env)) for e in cfg.endpoints]
+    return [Endpoint(cfg.base_url, 1.0, cfg.concurrency, os.environ.get(cfg.api_key_env))]
+
+
 @contextlib.contextmanager
 def open_teacher(cfg: TeacherConfig, cache: RequestCache, *, base_dir: Path, log_dir: Path,
                  seed: int) -> Iterator[OpenAITeacher]:
     """The recipe's teacher, ready to use; a llama.cpp teacher's server runs only inside the block."""
     common = dict(max_tokens=cfg.max_tokens, concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
-                  max_retries=cfg.max_retries, seed=seed)
+                  max_retries=cfg.max_retries, seed=seed, backoff_base_s=cfg.backoff_s)
     if cfg.backend == "openai":
-        yield OpenAITeacher(cfg.base_url, cfg.model, cache, api_key=os.environ.get(cfg.api_key_env),
-                            **common)
+        yield OpenAITeacher(endpoints_of(cfg), cfg.model, cache, api_key_env=cfg.api_key_env, **common)
         return
     ref = resolve_model(cfg.model, base_dir)
     if ref.kind != "gguf":

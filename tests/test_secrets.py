@@ -1,0 +1,65 @@
+"""Secrets: API keys come from the environment only and never reach a file the run writes."""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA, toolkit, write_tiny_recipe
+from tests.fault_teacher import FaultTeacher
+from toolkit.errors import RecipeError
+from toolkit.recipe import load_recipe
+
+
+def _files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_the_key_is_sent_but_never_written(tmp_path, tiny_model_dir, monkeypatch):
+    key = "sk-test-" + secrets.token_hex(16)
+    monkeypatch.setenv("TEACHER_KEY", key)
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "cache"))
+    with FaultTeacher(tmp_path / "server.jsonl", api_key_env="TEACHER_KEY",
+                      rates={"server_error": 0.2, "malformed": 0.1}) as srv:
+        recipe = write_tiny_recipe(tmp_path, tiny_model_dir, srv.base_url)
+        r = toolkit("distill", str(recipe), f"data.root={DATA}", "teacher.api_key_env=TEACHER_KEY",
+                    "teacher.backoff_s=0.05", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        rows = srv.rows()
+        # A wrong key: refused, and the message names the variable, not the key.
+        monkeypatch.setenv("TEACHER_KEY", "sk-wrong-" + secrets.token_hex(8))
+        bad = toolkit("distill", str(recipe), f"data.root={DATA}", "teacher.api_key_env=TEACHER_KEY",
+                      "name=refused", "seed=9", cwd=tmp_path)  # another seed: not cached
+    assert rows and all(x["auth"] is True for x in rows)  # the key did reach the teacher
+    assert bad.returncode == 2 and "refused the request" in bad.stderr and "$TEACHER_KEY" in bad.stderr
+    assert "sk-wrong-" not in bad.stderr and "Traceback" not in bad.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "server.jsonl"]
+    assert any(p.name == "teacher.sqlite" for p in written) and any(p.name == "manifest.json" for p in written)
+    assert _files_holding(tmp_path, key.encode()) == []  # manifest, logs, results, the SQLite cache (+WAL)
+    assert key not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("line", [
+    "  api_key: {secret}\n",
+    "  api_key_env: {secret}\n",
+    "  base_url: 'https://user:{secret}@api.example.com/v1'\n",
+])
+def test_a_key_put_in_the_recipe_is_refused_without_echo(tmp_path, line):
+    secret = "sk-live-" + secrets.token_hex(12)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\ndata:\n  train: {path: x.jsonl}\nstudent: {model: s}\nteacher:\n"
+                      "  model: m\n  backend: openai\n" + ("  base_url: http://a/v1\n" if "base_url" not in line
+                                                            else "") + line.format(secret=secret))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe)
+    assert secret not in str(err.value) and "\n" not in str(err.value)
+    assert "api_key_env" in str(err.value) or "environment variable" in str(err.value) \
+        or "pattern" in str(err.value)
+    # The same through a command-line override.
+    recipe.write_text("name: r\ndata:\n  train: {path: x.jsonl}\nstudent: {model: s}\nteacher:\n"
+                      "  model: m\n  backend: openai\n  base_url: http://a/v1\n")
+    key = line.split(":")[0].strip()
+    value = line.split(": ", 1)[1].strip().strip("'").format(secret=secret)
+    r = toolkit("distill", str(recipe), f"teacher.{key}={value}", "--dry-run", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and secret not in r.stderr + r.stdout and r.stderr.count("\n") == 1

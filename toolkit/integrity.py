@@ -1,0 +1,91 @@
+"""Cheap structural checks of model files (GGUF, safetensors, HF folders) before a run spends anything."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from toolkit.errors import ModelError
+from toolkit.models import ModelRef
+
+# A safetensors header is JSON of at most this many bytes (the format's own limit is 100 MB).
+_MAX_HEADER = 100 << 20
+
+
+def check_gguf(path: Path) -> None:
+    """Refuse a file that is not a GGUF or whose tensors reach past its end (a truncated download)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as exc:  # the reader fails in many ways on a cut file: index, reshape, struct errors
+        raise ModelError(f"{path}: truncated or corrupt GGUF ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); download it again") from None
+    size = path.stat().st_size
+    if end > size:
+        raise ModelError(f"{path}: truncated GGUF: its tensors need {end} bytes, the file has {size}")
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a safetensors file whose header does not parse or whose tensors reach past its end."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelError(f"{path}: truncated safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(_MAX_HEADER, size - 8):
+            raise ModelError(f"{path}: truncated or corrupt safetensors file (header of {n} bytes, file of {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise ModelError(f"{path}: corrupt safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: corrupt safetensors file (its header is not a JSON object)")
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise ModelError(f"{path}: corrupt safetensors file (a tensor entry has no data_offsets)") from None
+    if 8 + n + end > size:
+        raise ModelError(f"{path}: truncated safetensors file: its tensors need {8 + n + end} bytes, "
+                         f"the file has {size}")
+
+
+def check_hf_folder(path: Path) -> None:
+    """A save_pretrained folder: a config.json naming a model type, and whole weight files."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path / 'config.json'}: not a readable JSON file "
+                         f"({getattr(exc, 'msg', None) or getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ModelError(f"{path / 'config.json'}: no model_type; not a transformers model config")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ModelError(f"{index}: corrupt shard index (no weight_map)") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise ModelError(f"{path}: missing weight shard(s) {', '.join(missing)}")
+        weights = [path / s for s in shards]
+    else:
+        weights = sorted(path.glob("*.safetensors"))
+        if not weights and not any(path.glob("pytorch_model*.bin")):
+            raise ModelError(f"{path}: no weights (*.safetensors or pytorch_model.bin)")
+    for w in weights:
+        check_safetensors(w)
+
+
+def check_model(ref: ModelRef) -> None:
+    """Check a resolved local model reference; hub models are checked by transformers on download."""
+    if ref.kind == "gguf":
+        check_gguf(ref.path)
+    elif ref.kind == "hf":
+        check_hf_folder(ref.path)
