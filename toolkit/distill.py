@@ -205,11 +205,26 @@ class Distiller:
                     def log(row: dict) -> None:
                         bar.update(task, completed=row["step"], description=f"training (loss {row['loss']:.3f})")
 
-                    stats = train(model, tok, examples, cfg, out, seed=self.recipe.seed, log=log)
+                    if cfg.processes > 1:  # torchrun workers; this process only waits and reports
+                        stats = self._train_processes(k_round, cfg, out, log)
+                    else:
+                        stats = train(model, tok, examples, cfg, out, seed=self.recipe.seed, log=log)
+                if stats.get("resumed_from_step"):
+                    self.console.print(f"  resumed from step {stats['resumed_from_step']} of {stats['steps']}")
                 atomic_write_jsonl(self.run.round_dir(k_round) / "train_log.jsonl", stats.pop("curve"))
                 info.update(stats)
             self._model = None  # the weights changed: the base must be reloaded if needed again
         return out
+
+    def _train_processes(self, k_round: int, cfg, out: Path, log) -> dict:
+        from toolkit.train_job import launch, write_job
+
+        rdir = self.run.round_dir(k_round)
+        job = write_job(rdir / "train-job.json", student=self.recipe.student.model,
+                        base_dir=str(self.recipe.base_dir),
+                        rows=rdir / "train.jsonl", cfg=cfg, out=out, seed=self.recipe.seed)
+        self._model = None  # each worker loads its own copy; free this one
+        return launch(job, cfg.processes, max(1, self.threads // cfg.processes), on_step=log)
 
     # -- the whole run ------------------------------------------------------------------------
     def run_all(self) -> dict:

@@ -164,6 +164,10 @@ class TrainConfig(_Section):
     lr, weight_decay, warmup_ratio: AdamW with linear warm-up then linear decay.
     lora: when set, train LoRA adapters (peft) of this rank instead of all weights.
     threads: torch CPU threads (all cores when absent).
+    checkpoint_every: save the whole training state every this many optimizer steps (0: never); a
+        killed run resumes from the latest instead of starting the round's training over.
+    processes: data-parallel training processes on this machine (torchrun; gloo on CPU, nccl on
+        GPUs, one GPU each); batch_size stays the global batch, so the result matches one process.
     """
 
     epochs: float = Field(2.0, gt=0)
@@ -176,6 +180,8 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     lora: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(50, ge=0)
+    processes: int = Field(1, ge=1)
 
 
 class EvalConfig(_Section):
