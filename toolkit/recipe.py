@@ -81,6 +81,11 @@ class TeacherConfig(_Section):
     timeout_s / max_retries: per-request timeout in seconds; retries with exponential backoff.
     n_ctx / threads: context length and CPU threads of the local llama.cpp server (threads: all
         cores when absent).
+    server: the local server program: `llama_cpp.server` (llama-cpp-python, one request at a time)
+        or `llama-server` (llama.cpp's own, continuous batching over `slots`; on PATH or built by
+        scripts/build-llama-tools.sh).
+    slots: sequences `llama-server` decodes together (n_ctx tokens each); requests in flight are
+        raised to at least this many.
     """
 
     model: str
@@ -94,6 +99,8 @@ class TeacherConfig(_Section):
     max_retries: int = Field(4, ge=0)
     n_ctx: int = Field(2048, ge=256)
     threads: int | None = Field(None, ge=1)
+    server: Literal["llama_cpp.server", "llama-server"] = "llama_cpp.server"
+    slots: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> TeacherConfig:
