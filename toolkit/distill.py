@@ -171,14 +171,35 @@ class Distiller:
             self._model = load_model_and_tokenizer(ref)
         return self._model
 
-    def evaluate(self, name: str, title: str, model_and_tok, heldout: list[Problem], out: Path) -> dict:
-        from toolkit.eval.accuracy import evaluate
+    @contextmanager
+    def student_sampler(self, model_and_tok, path: Path | None, stage: str):
+        """The generator for the student's answers: transformers here, or a vLLM server on `path`
+        (None: the base student) that runs only inside the block (student.sampler)."""
+        st = self.recipe.student
+        if st.sampler == "vllm":
+            from toolkit.models import resolve_model
+            from toolkit.vllm_sampler import vllm_generator
+
+            if path is None:
+                ref = resolve_model(st.model, self.recipe.base_dir)
+                path = ref.path if ref.path is not None else ref.hub_id
+            log = self.run.root / "logs" / f"vllm-{stage.replace('/', '-')}.log"
+            max_len = self.recipe.train.seq_len + self.recipe.eval.max_new_tokens
+            with vllm_generator(path, log, seed=self.recipe.seed, max_model_len=max_len,
+                                concurrency=st.sampler_concurrency, extra_args=st.vllm_args) as gen:
+                yield gen
+            return
         from toolkit.eval.generate import TorchGenerator
 
+        model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
+        yield TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
+
+    def evaluate(self, name: str, title: str, model_and_tok, heldout: list[Problem], out: Path,
+                 path: Path | None = None) -> dict:
+        from toolkit.eval.accuracy import evaluate
+
         if not self.run.done(name):
-            with self.stage(name, title) as info:
-                model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
-                gen = TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
+            with self.stage(name, title) as info, self.student_sampler(model_and_tok, path, name) as gen:
                 with self.progress("answering held-out problems", len(heldout)) as advance:
                     report = evaluate(gen, {"heldout": heldout}, out, model=str(out.parent),
                                       max_new_tokens=self.recipe.eval.max_new_tokens, on_done=advance)
@@ -257,7 +278,8 @@ class Distiller:
             student_dir = self.train(k, rows)
             rounds[f"round-{k}"] = self.evaluate(
                 f"round-{k}/eval", f"eval: round {k} student on held-out problems",
-                lambda d=student_dir: load_student(d), heldout, self.run.round_dir(k) / "eval" / "results.json")
+                lambda d=student_dir: load_student(d), heldout, self.run.round_dir(k) / "eval" / "results.json",
+                path=student_dir)
             rounds[f"round-{k}"].update(problems=len(problems), rationales=len(rows))
         self.run.manifest["summary"] = {"rounds": rounds, "student": str(student_dir)}
         self.run.save()

@@ -47,9 +47,16 @@ class LlamaServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self, timeout_s: float = 180.0) -> LlamaServer:
+    label = "llama.cpp server"  # how errors name the server
+    start_timeout_s = 180.0  # seconds to wait for /v1/models to answer
+
+    def _check_model(self) -> None:
         if not self.model.is_file():
             raise ModelError(f"teacher model not found: {self.model}")
+
+    def start(self, timeout_s: float | None = None) -> LlamaServer:
+        timeout_s = timeout_s or self.start_timeout_s
+        self._check_model()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self._command()
         log = open(self.log_path, "ab")
@@ -60,7 +67,7 @@ class LlamaServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                raise ModelError(f"llama.cpp server for {self.model.name} exited: {' | '.join(tail)}")
+                raise ModelError(f"{self.label} for {self.model.name} exited: {' | '.join(tail)}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
                     if r.status == 200:
@@ -68,7 +75,7 @@ class LlamaServer:
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.3)
         self.stop()
-        raise ModelError(f"llama.cpp server for {self.model.name} did not answer within {timeout_s:.0f} s")
+        raise ModelError(f"{self.label} for {self.model.name} did not answer within {timeout_s:.0f} s")
 
     def _command(self) -> list[str]:
         if self.server == "llama-server":

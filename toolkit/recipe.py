@@ -113,9 +113,17 @@ class StudentConfig(_Section):
     """The student to distill into.
 
     model: a model reference: hub id, local HF folder, GGUF file or `pkg:NAME`.
+    sampler: where the student's own answers (feedback and evaluation) are generated:
+        `transformers` in this process, or `vllm`, a local vLLM server started for each
+        stage on the base or the round's student (GPU; `pip install vllm`).
+    vllm_args: extra command-line flags for that vLLM server, e.g. [--gpu-memory-utilization, "0.5"].
+    sampler_concurrency: requests in flight to the vLLM server.
     """
 
     model: str
+    sampler: Literal["transformers", "vllm"] = "transformers"
+    vllm_args: list[str] = Field(default_factory=list)
+    sampler_concurrency: int = Field(256, ge=1)
 
 
 class DistillConfig(_Section):
