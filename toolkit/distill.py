@@ -226,7 +226,7 @@ class Distiller:
                     def log(row: dict) -> None:
                         bar.update(task, completed=row["step"], description=f"training (loss {row['loss']:.3f})")
 
-                    if cfg.processes > 1:  # torchrun workers; this process only waits and reports
+                    if cfg.processes > 1 or cfg.nodes > 1:  # torchrun workers; this process only waits and reports
                         stats = self._train_processes(k_round, cfg, out, log)
                     else:
                         stats = train(model, tok, examples, cfg, out, seed=self.recipe.seed, log=log)
@@ -245,7 +245,13 @@ class Distiller:
                         base_dir=str(self.recipe.base_dir),
                         rows=rdir / "train.jsonl", cfg=cfg, out=out, seed=self.recipe.seed)
         self._model = None  # each worker loads its own copy; free this one
-        return launch(job, cfg.processes, max(1, self.threads // cfg.processes), on_step=log)
+        if cfg.nodes > 1:
+            from toolkit.train_job import launch_cmd
+
+            others = " ".join(launch_cmd(job, cfg, node_rank=1)).replace("--node-rank 1", "--node-rank R")
+            self.console.print(f"  waiting for {cfg.nodes - 1} more machine(s); on each, with R = 1..{cfg.nodes - 1}:"
+                               f"\n  {others}")
+        return launch(job, max(1, self.threads // cfg.processes), on_step=log)
 
     # -- the whole run ------------------------------------------------------------------------
     def run_all(self) -> dict:

@@ -183,6 +183,9 @@ class TrainConfig(_Section):
         killed run resumes from the latest instead of starting the round's training over.
     processes: data-parallel training processes on this machine (torchrun; gloo on CPU, nccl on
         GPUs, one GPU each); batch_size stays the global batch, so the result matches one process.
+    nodes / master_addr / master_port: training over several machines: this machine is node 0 at
+        master_addr:master_port and prints the torchrun command each other machine runs (the run
+        folder must be on storage every machine sees).
     """
 
     epochs: float = Field(2.0, gt=0)
@@ -197,6 +200,9 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(50, ge=0)
     processes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1)
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29500, ge=1, le=65535)
 
 
 class EvalConfig(_Section):

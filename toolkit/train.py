@@ -217,7 +217,8 @@ def _fingerprint(examples: list[Example], cfg: TrainConfig, seed: int) -> str:
     """What a checkpoint must match to be resumed: the data, the seed and the settings that shape training."""
     h = hashlib.sha256()
     # Thread/process counts and the checkpoint interval change neither the data order nor the steps.
-    h.update(json.dumps([seed, cfg.model_dump(exclude={"threads", "processes", "checkpoint_every"})],
+    h.update(json.dumps([seed, cfg.model_dump(exclude={"threads", "processes", "nodes", "master_addr", "master_port",
+                                                     "checkpoint_every"})],
                         sort_keys=True).encode())
     for e in examples:
         h.update(json.dumps([e.input_ids, e.labels]).encode())

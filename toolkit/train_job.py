@@ -61,27 +61,32 @@ def run_job(job_path: Path) -> dict:
     return stats
 
 
-def launch_cmd(job_path: Path, processes: int) -> list[str]:
-    """torchrun on this machine: `processes` workers, rendezvous on a free 127.0.0.1 port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(processes),
-            "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "toolkit.train_job", str(job_path)]
+def launch_cmd(job_path: Path, cfg: TrainConfig, node_rank: int = 0) -> list[str]:
+    """The torchrun command of one machine: `cfg.processes` workers; alone, rendezvous on a free local port."""
+    if cfg.nodes == 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            addr, port = "127.0.0.1", s.getsockname()[1]
+    else:
+        addr, port = cfg.master_addr, cfg.master_port
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(cfg.nodes), "--node-rank", str(node_rank),
+            "--nproc-per-node", str(cfg.processes), "--master-addr", addr, "--master-port", str(port),
+            "-m", "toolkit.train_job", str(Path(job_path).resolve())]
 
 
-def launch(job_path: Path, processes: int, threads: int | None, on_step=None, log_path: Path | None = None) -> dict:
-    """Run the job under torchrun and return rank 0's statistics; raises TrainJobError on failure.
+def launch(job_path: Path, threads: int | None, on_step=None, log_path: Path | None = None) -> dict:
+    """Run the job under torchrun (as node 0) and return rank 0's statistics; raises TrainJobError on failure.
 
     `threads` is the torch thread count of each process (OMP_NUM_THREADS too, so workers do not
     oversubscribe the cores); `on_step(row)` is called for each finished optimizer step.
     """
     job = json.loads(Path(job_path).read_text())
+    cfg = TrainConfig(**job["train"])
     result, progress = Path(job["result"]), Path(job["progress"])
     result.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}
     log = open(log_path or Path(job_path).with_name("train-processes.log"), "ab")
-    proc = subprocess.Popen(launch_cmd(job_path, processes), stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(launch_cmd(job_path, cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     seen = 0
     while proc.poll() is None:
