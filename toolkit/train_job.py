@@ -1,8 +1,8 @@
 """One training job described by a JSON file, run by every process of torchrun / accelerate launch.
 
-`toolkit distill` writes `round-K/train-job.json` and, with `train.processes > 1`, runs
-`python -m torch.distributed.run --standalone --nproc-per-node N -m toolkit.train_job JOB`. The same
-file can be launched by hand on several machines (torchrun --nnodes / accelerate launch), see docs/gpu.md.
+`toolkit distill` writes `round-K/train-job.json` and, with `train.processes > 1` or `train.nodes > 1`,
+runs `python -m torch.distributed.run ... -m toolkit.train_job JOB` (see launch_cmd). The same file can
+be launched by hand (torchrun, accelerate launch), see docs/gpu.md.
 """
 from __future__ import annotations
 
