@@ -21,8 +21,9 @@ from _common import machine, require_quiet
 
 def distill(recipe: Path, overrides: list[str], threads: int) -> float:
     """Seconds of one `toolkit distill` run (the process, start to exit)."""
-    cmd = [sys.executable, "-m", "toolkit.cli", "distill", str(recipe), "--quiet", *overrides,
-           f"train.threads={threads}", f"teacher.threads={threads}"]
+    # The overrides follow the recipe directly: argparse ends the positional list at the first option.
+    cmd = [sys.executable, "-m", "toolkit.cli", "distill", str(recipe), *overrides,
+           f"train.threads={threads}", f"teacher.threads={threads}", "--quiet"]
     start = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     seconds = time.perf_counter() - start
