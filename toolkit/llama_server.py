@@ -82,10 +82,10 @@ class LlamaServer:
             from toolkit.llama_tools import require_tool
 
             # -c is the context of all slots together; --jinja renders the GGUF's own chat template,
-            # as llama_cpp.server does; -lv 4 (trace) logs one "done request: POST ..." line per request.
+            # as llama_cpp.server does.
             return [str(require_tool("llama-server")), "-m", str(self.model), "--host", "127.0.0.1",
                     "--port", str(self.port), "-c", str(self.n_ctx * self.slots), "-np", str(self.slots),
-                    "-t", str(self.threads), "-tb", str(self.threads), "--jinja", "--no-webui", "-lv", "4"]
+                    "-t", str(self.threads), "-tb", str(self.threads), "--jinja", "--no-webui"]
         return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
                 "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]
@@ -116,6 +116,9 @@ class LlamaServer:
 
 
 def count_served(log_path: Path) -> int:
-    """Count `POST /v1/chat/completions` access lines in a llama_cpp.server or llama-server (-lv 4) log."""
-    return sum("POST /v1/chat/completions" in line
-               for line in Path(log_path).read_text(errors="replace").splitlines())
+    """Chat completions a server answered, from its log: llama_cpp.server writes an access line per
+    request; llama-server writes no access line at its default verbosity, but one timing summary
+    ("total time = ...") per finished generation."""
+    lines = Path(log_path).read_text(errors="replace").splitlines()
+    return sum("POST /v1/chat/completions" in line or "print_timing" in line and "total time =" in line
+               for line in lines)
