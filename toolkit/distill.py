@@ -183,14 +183,35 @@ class Distiller:
             self._model = load_model_and_tokenizer(ref)
         return self._model
 
-    def evaluate(self, name: str, title: str, model_and_tok, heldout: list[Problem], out: Path) -> dict:
-        from toolkit.eval.accuracy import evaluate
+    @contextmanager
+    def student_sampler(self, model_and_tok, path: Path | None, stage: str):
+        """The generator for the student's answers: transformers here, or a vLLM server on `path`
+        (None: the base student) that runs only inside the block (student.sampler)."""
+        st = self.recipe.student
+        if st.sampler == "vllm":
+            from toolkit.models import resolve_model
+            from toolkit.vllm_sampler import vllm_generator
+
+            if path is None:
+                ref = resolve_model(st.model, self.recipe.base_dir)
+                path = ref.path if ref.path is not None else ref.hub_id
+            log = self.run.root / "logs" / f"vllm-{stage.replace('/', '-')}.log"
+            max_len = self.recipe.train.seq_len + self.recipe.eval.max_new_tokens
+            with vllm_generator(path, log, seed=self.recipe.seed, max_model_len=max_len,
+                                concurrency=st.sampler_concurrency, extra_args=st.vllm_args) as gen:
+                yield gen
+            return
         from toolkit.eval.generate import TorchGenerator
 
+        model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
+        yield TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
+
+    def evaluate(self, name: str, title: str, model_and_tok, heldout: list[Problem], out: Path,
+                 path: Path | None = None) -> dict:
+        from toolkit.eval.accuracy import evaluate
+
         if not self.run.done(name):
-            with self.stage(name, title) as info:
-                model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
-                gen = TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
+            with self.stage(name, title) as info, self.student_sampler(model_and_tok, path, name) as gen:
                 with self.progress("answering held-out problems", len(heldout)) as advance:
                     report = evaluate(gen, {"heldout": heldout}, out, model=str(out.parent),
                                       max_new_tokens=self.recipe.eval.max_new_tokens, on_done=advance)
@@ -217,11 +238,32 @@ class Distiller:
                     def log(row: dict) -> None:
                         bar.update(task, completed=row["step"], description=f"training (loss {row['loss']:.3f})")
 
-                    stats = train(model, tok, examples, cfg, out, seed=self.recipe.seed, log=log)
+                    if cfg.processes > 1 or cfg.nodes > 1:  # torchrun workers; this process only waits and reports
+                        stats = self._train_processes(k_round, cfg, out, log)
+                    else:
+                        stats = train(model, tok, examples, cfg, out, seed=self.recipe.seed, log=log)
+                if stats.get("resumed_from_step"):
+                    self.console.print(f"  resumed from step {stats['resumed_from_step']} of {stats['steps']}")
                 atomic_write_jsonl(self.run.round_dir(k_round) / "train_log.jsonl", stats.pop("curve"))
                 info.update(stats)
             self._model = None  # the weights changed: the base must be reloaded if needed again
         return out
+
+    def _train_processes(self, k_round: int, cfg, out: Path, log) -> dict:
+        from toolkit.train_job import launch, write_job
+
+        rdir = self.run.round_dir(k_round)
+        job = write_job(rdir / "train-job.json", student=self.recipe.student.model,
+                        base_dir=str(self.recipe.base_dir),
+                        rows=rdir / "train.jsonl", cfg=cfg, out=out, seed=self.recipe.seed)
+        self._model = None  # each worker loads its own copy; free this one
+        if cfg.nodes > 1:
+            from toolkit.train_job import launch_cmd
+
+            others = " ".join(launch_cmd(job, cfg, node_rank=1)).replace("--node-rank 1", "--node-rank R")
+            self.console.print(f"  waiting for {cfg.nodes - 1} more machine(s); on each, with R = 1..{cfg.nodes - 1}:"
+                               f"\n  {others}")
+        return launch(job, max(1, self.threads // cfg.processes), on_step=log)
 
     # -- the whole run ------------------------------------------------------------------------
     def run_all(self) -> dict:
@@ -254,7 +296,8 @@ class Distiller:
             student_dir = self.train(k, rows)
             rounds[f"round-{k}"] = self.evaluate(
                 f"round-{k}/eval", f"eval: round {k} student on held-out problems",
-                lambda d=student_dir: load_student(d), heldout, self.run.round_dir(k) / "eval" / "results.json")
+                lambda d=student_dir: load_student(d), heldout, self.run.round_dir(k) / "eval" / "results.json",
+                path=student_dir)
             rounds[f"round-{k}"].update(problems=len(problems), rationales=len(rows))
         self.run.manifest["summary"] = {"rounds": rounds, "student": str(student_dir)}
         self.run.save()

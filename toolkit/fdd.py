@@ -29,14 +29,11 @@ def feedback(d: Distiller, k: int, problems: list[Problem], student_dir: Path) -
     path = d.run.round_dir(k) / "feedback.jsonl"
     name = f"round-{k}/feedback"
     if not d.run.done(name):
-        from toolkit.eval.generate import TorchGenerator
-
         from toolkit.distill import load_student
 
         n = cfg.feedback_samples
-        with d.stage(name, f"feedback: round {k - 1} student answers {len(problems)} training problems") as info:
-            model, tok = load_student(student_dir)
-            gen = TorchGenerator(model, tok, batch_size=d.recipe.eval.batch_size, threads=d.threads)
+        with d.stage(name, f"feedback: round {k - 1} student answers {len(problems)} training problems") as info, \
+                d.student_sampler(lambda: load_student(student_dir), student_dir, name) as gen:
             prompts = [student_messages(p.question) for p in problems for _ in range(n)]
             with d.progress("student answers", len(prompts)) as advance:
                 outs = gen.generate(prompts, max_new_tokens=d.recipe.eval.max_new_tokens,

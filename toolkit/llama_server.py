@@ -22,15 +22,20 @@ def free_port() -> int:
 
 
 class LlamaServer:
-    """`python -m llama_cpp.server` for one GGUF model, as a context manager.
+    """A llama.cpp server for one GGUF model, as a context manager.
 
-    llama_cpp.server answers one request at a time (DESIGN.md, serving trap), so callers keep
-    their concurrency at 1 against it. Its log (including one access line per request) goes to
-    `log_path`, which the tests read to count the requests that reached the server.
+    `server="llama_cpp.server"` (default) runs `python -m llama_cpp.server`, which answers one
+    request at a time (DESIGN.md, serving trap), so callers keep their concurrency at 1 against it.
+    `server="llama-server"` runs llama.cpp's own server (toolkit/llama_tools.py finds it) with
+    `slots` sequences decoded together by continuous batching; each slot gets `n_ctx` tokens.
+    The log (including one access line per request) goes to `log_path`, which the tests read to
+    count the requests that reached the server.
     """
 
     def __init__(self, model: Path, log_path: Path, n_ctx: int = 2048, threads: int | None = None,
-                 port: int | None = None):
+                 port: int | None = None, server: str = "llama_cpp.server", slots: int = 1):
+        self.server = server
+        self.slots = slots
         self.model = Path(model)
         self.log_path = Path(log_path)
         self.n_ctx = n_ctx
@@ -42,15 +47,18 @@ class LlamaServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self, timeout_s: float = 180.0) -> LlamaServer:
+    label = "llama.cpp server"  # how errors name the server
+    start_timeout_s = 180.0  # seconds to wait for /v1/models to answer
+
+    def _check_model(self) -> None:
         if not self.model.is_file():
             raise ModelError(f"teacher model not found: {self.model}")
+
+    def start(self, timeout_s: float | None = None) -> LlamaServer:
+        timeout_s = timeout_s or self.start_timeout_s
+        self._check_model()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
-            "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-            "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads),
-        ]
+        cmd = self._command()
         log = open(self.log_path, "ab")
         # A session of its own: stop() signals the whole group, so no worker outlives the server.
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -59,7 +67,7 @@ class LlamaServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                raise ModelError(f"llama.cpp server for {self.model.name} exited: {' | '.join(tail)}")
+                raise ModelError(f"{self.label} for {self.model.name} exited: {' | '.join(tail)}")
             try:
                 with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as r:
                     if r.status == 200:
@@ -67,7 +75,20 @@ class LlamaServer:
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.3)
         self.stop()
-        raise ModelError(f"llama.cpp server for {self.model.name} did not answer within {timeout_s:.0f} s")
+        raise ModelError(f"{self.label} for {self.model.name} did not answer within {timeout_s:.0f} s")
+
+    def _command(self) -> list[str]:
+        if self.server == "llama-server":
+            from toolkit.llama_tools import require_tool
+
+            # -c is the context of all slots together; --jinja renders the GGUF's own chat template,
+            # as llama_cpp.server does.
+            return [str(require_tool("llama-server")), "-m", str(self.model), "--host", "127.0.0.1",
+                    "--port", str(self.port), "-c", str(self.n_ctx * self.slots), "-np", str(self.slots),
+                    "-t", str(self.threads), "-tb", str(self.threads), "--jinja", "--no-webui"]
+        return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
+                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
+                "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -95,6 +116,9 @@ class LlamaServer:
 
 
 def count_served(log_path: Path) -> int:
-    """Count `POST /v1/chat/completions` access lines in a llama_cpp.server log."""
-    return sum("POST /v1/chat/completions" in line
-               for line in Path(log_path).read_text(errors="replace").splitlines())
+    """Chat completions a server answered, from its log: llama_cpp.server writes an access line per
+    request; llama-server writes no access line at its default verbosity, but one timing summary
+    ("total time = ...") per finished generation."""
+    lines = Path(log_path).read_text(errors="replace").splitlines()
+    return sum("POST /v1/chat/completions" in line or "print_timing" in line and "total time =" in line
+               for line in lines)

@@ -126,6 +126,11 @@ class TeacherConfig(_Section):
     backoff_s: the first backoff wait, in seconds.
     n_ctx / threads: context length and CPU threads of the local llama.cpp server (threads: all
         cores when absent).
+    server: the local server program: `llama_cpp.server` (llama-cpp-python, one request at a time)
+        or `llama-server` (llama.cpp's own, continuous batching over `slots`; on PATH or built by
+        scripts/build-llama-tools.sh).
+    slots: sequences `llama-server` decodes together (n_ctx tokens each); requests in flight are
+        raised to at least this many.
     """
 
     model: str
@@ -141,6 +146,8 @@ class TeacherConfig(_Section):
     backoff_s: float = Field(1.0, gt=0, le=60)
     n_ctx: int = Field(2048, ge=256)
     threads: int | None = Field(None, ge=1)
+    server: Literal["llama_cpp.server", "llama-server"] = "llama_cpp.server"
+    slots: int = Field(1, ge=1)
 
     _url = field_validator("base_url")(lambda v: v if v is None else _check_url(v))
 
@@ -167,9 +174,17 @@ class StudentConfig(_Section):
     """The student to distill into.
 
     model: a model reference: hub id, local HF folder, GGUF file or `pkg:NAME`.
+    sampler: where the student's own answers (feedback and evaluation) are generated:
+        `transformers` in this process, or `vllm`, a local vLLM server started for each
+        stage on the base or the round's student (GPU; `pip install vllm`).
+    vllm_args: extra command-line flags for that vLLM server, e.g. [--gpu-memory-utilization, "0.5"].
+    sampler_concurrency: requests in flight to the vLLM server.
     """
 
     model: str
+    sampler: Literal["transformers", "vllm"] = "transformers"
+    vllm_args: list[str] = Field(default_factory=list)
+    sampler_concurrency: int = Field(256, ge=1)
 
 
 class DistillConfig(_Section):
@@ -225,6 +240,13 @@ class TrainConfig(_Section):
     lr, weight_decay, warmup_ratio: AdamW with linear warm-up then linear decay.
     lora: when set, train LoRA adapters (peft) of this rank instead of all weights.
     threads: torch CPU threads (all cores when absent).
+    checkpoint_every: save the whole training state every this many optimizer steps (0: never); a
+        killed run resumes from the latest instead of starting the round's training over.
+    processes: data-parallel training processes on this machine (torchrun; gloo on CPU, nccl on
+        GPUs, one GPU each); batch_size stays the global batch, so the result matches one process.
+    nodes / master_addr / master_port: training over several machines: this machine is node 0 at
+        master_addr:master_port and prints the torchrun command each other machine runs (the run
+        folder must be on storage every machine sees).
     """
 
     epochs: float = Field(2.0, gt=0)
@@ -237,6 +259,11 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     lora: int | None = Field(None, ge=1)
     threads: int | None = Field(None, ge=1)
+    checkpoint_every: int = Field(50, ge=0)
+    processes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1)
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29500, ge=1, le=65535)
 
 
 class EvalConfig(_Section):

@@ -231,7 +231,10 @@ def open_teacher(cfg: TeacherConfig, cache: RequestCache, *, base_dir: Path, log
     ref = resolve_model(cfg.model, base_dir)
     if ref.kind != "gguf":
         raise TeacherError(f"teacher backend llama.cpp needs a GGUF model, got {cfg.model!r}")
-    server = LlamaServer(ref.path, log_dir / "teacher-server.log", n_ctx=cfg.n_ctx, threads=cfg.threads)
+    server = LlamaServer(ref.path, log_dir / "teacher-server.log", n_ctx=cfg.n_ctx, threads=cfg.threads,
+                         server=cfg.server, slots=cfg.slots)
+    if cfg.server == "llama-server":  # keep every slot busy
+        common["concurrency"] = max(cfg.concurrency, cfg.slots)
 
     def start() -> str:
         return server.start().base_url

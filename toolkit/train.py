@@ -1,8 +1,10 @@
 """Supervised fine-tuning of a causal LM: loss on answer tokens only, packed sequences, AdamW on CPU or GPU."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -111,12 +113,20 @@ def _shifted_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
-          log: Callable[[dict], None] | None = None) -> dict:
+          log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None) -> dict:
     """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`.
 
-    The folder appears only when complete (written beside it, then renamed). Returns statistics:
-    steps, tokens seen, loss curve, seconds.
+    The folder appears only when complete (written beside it, then renamed). Every
+    `cfg.checkpoint_every` optimizer steps the whole training state is saved in `checkpoint_dir`
+    (default: `<out_dir>.checkpoint`); a later call with the same inputs resumes from it and ends
+    with the same weights as an uninterrupted run. Under torchrun / accelerate launch each process
+    trains on its share of every batch (see toolkit/dist.py). Returns statistics: steps, tokens
+    seen, loss curve, seconds, and `resumed_from_step` when it resumed.
     """
+    from toolkit import dist
+
+    rank, world = dist.setup()
+    device = dist.device()
     torch.manual_seed(seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -125,57 +135,156 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
 
         model = get_peft_model(model, LoraConfig(r=cfg.lora, lora_alpha=2 * cfg.lora, lora_dropout=0.05,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.to(device)
     model.train()
     bins = pack(examples, cfg.seq_len, seed)
     steps = planned_steps(len(bins), cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(steps * cfg.warmup_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    curve, tokens, start = [], 0, time.perf_counter()
-    batch_iter = _batches(bins, cfg.batch_size, seed)
-    for step in range(steps):
+    order = BatchOrder(len(bins), cfg.batch_size, seed)
+    ckpt = Checkpoint(checkpoint_dir or out_dir.with_name(out_dir.name + ".checkpoint"),
+                      _fingerprint(examples, cfg, seed))
+    curve, tokens, done, earlier_s = [], 0, 0, 0.0
+    state = ckpt.load()
+    if state is not None:
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(state["params"][n])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        order.restore(state["order"])
+        done, tokens, curve, earlier_s = state["step"], state["tokens"], state["curve"], state["seconds"]
+    start = time.perf_counter() - earlier_s
+    for step in range(done, steps):
         opt.zero_grad(set_to_none=True)
-        micro = [next(batch_iter) for _ in range(cfg.grad_accum)]
-        # Normalise by the step's counted tokens so every answer token weighs the same.
+        micro = [[bins[i] for i in order.next()] for _ in range(cfg.grad_accum)]
+        # Normalise by the step's counted tokens (over all processes) so every answer token weighs the same.
         n_tokens = sum(sum(l != IGNORE for l in e.labels[1:]) for b in micro for bn in b for e in bn)
-        step_loss = 0.0
+        step_loss = torch.zeros((), dtype=torch.float64)
+        step_tokens = 0
         for batch in micro:
-            t = collate(batch, pad_id)
+            mine = batch[rank::world]  # this process's share of the global batch
+            if not mine:
+                continue
+            t = {k: v.to(device) for k, v in collate(mine, pad_id).items()}
             logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
                            position_ids=t["position_ids"]).logits
             loss_sum = _shifted_loss(logits, t["labels"])
             (loss_sum / max(1, n_tokens)).backward()
-            step_loss += loss_sum.item()
-            tokens += int(t["input_ids"].numel())
+            step_loss += loss_sum.detach().double().cpu()
+            step_tokens += int(t["input_ids"].numel())
+        if world > 1:
+            dist.sum_gradients(params)
+            step_loss, step_tokens = dist.sum_scalars(step_loss, step_tokens)
+        tokens += step_tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        row = {"step": step + 1, "loss": step_loss / max(1, n_tokens), "lr": sched.get_last_lr()[0],
+        row = {"step": step + 1, "loss": float(step_loss) / max(1, n_tokens), "lr": sched.get_last_lr()[0],
                "seconds": round(time.perf_counter() - start, 2)}
         curve.append(row)
         if log:
             log(row)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps and rank == 0:
+            ckpt.save({"params": {n: p.detach().cpu() for n, p in named}, "optimizer": opt.state_dict(),
+                       "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "order": order.state(),
+                       "step": step + 1, "tokens": tokens, "curve": curve,
+                       "seconds": time.perf_counter() - start})
     seconds = time.perf_counter() - start
     if cfg.lora:
         model = model.merge_and_unload()  # a plain HF folder that every exporter and runtime loads
     model.eval()
-    _save(model, tokenizer, out_dir, {"steps": steps, "bins": len(bins), "examples": len(examples)})
-    return {"steps": steps, "examples": len(examples), "packed_sequences": len(bins), "tokens": tokens,
-            "tokens_per_s": round(tokens / seconds, 1), "final_loss": curve[-1]["loss"],
-            "first_loss": curve[0]["loss"], "train_seconds": round(seconds, 2), "curve": curve}
+    if rank == 0:
+        _save(model, tokenizer, out_dir, {"steps": steps, "bins": len(bins), "examples": len(examples)})
+        ckpt.remove()  # the finished folder supersedes it
+    dist.barrier()
+    stats = {"steps": steps, "examples": len(examples), "packed_sequences": len(bins), "tokens": tokens,
+             "tokens_per_s": round(tokens / seconds, 1), "final_loss": curve[-1]["loss"],
+             "first_loss": curve[0]["loss"], "train_seconds": round(seconds, 2), "processes": world,
+             "curve": curve}
+    if done:
+        stats["resumed_from_step"] = done
+    return stats
 
 
-def _batches(bins: list[list[Example]], batch_size: int, seed: int):
-    """Endless epochs over the bins, reshuffled each epoch."""
-    rng = random.Random(seed)
-    while True:
-        order = bins[:]
-        rng.shuffle(order)
-        for i in range(0, len(order), batch_size):
-            yield order[i:i + batch_size]
+def _fingerprint(examples: list[Example], cfg: TrainConfig, seed: int) -> str:
+    """What a checkpoint must match to be resumed: the data, the seed and the settings that shape training."""
+    h = hashlib.sha256()
+    # Thread/process counts and the checkpoint interval change neither the data order nor the steps.
+    h.update(json.dumps([seed, cfg.model_dump(exclude={"threads", "processes", "nodes", "master_addr", "master_port",
+                                                     "checkpoint_every"})],
+                        sort_keys=True).encode())
+    for e in examples:
+        h.update(json.dumps([e.input_ids, e.labels]).encode())
+    return h.hexdigest()
+
+
+class Checkpoint:
+    """The latest training state of one run, in `<folder>/state.pt`, replaced atomically at each save."""
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder = Path(folder)
+        self.file = self.folder / "state.pt"
+        self.fingerprint = fingerprint
+
+    def save(self, state: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            torch.save({**state, "fingerprint": self.fingerprint}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.file)  # a kill leaves either the previous checkpoint or this one, never half
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none or it belongs to other data or settings."""
+        if not self.file.is_file():
+            return None
+        state = torch.load(self.file, map_location="cpu", weights_only=False)
+        return state if state.get("fingerprint") == self.fingerprint else None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class BatchOrder:
+    """Endless epochs over the packed bins, reshuffled each epoch; its position can be saved and restored.
+
+    Yields bin indices; the state is the epoch's RNG state before its shuffle plus the cursor,
+    so a resumed run replays exactly the batches an uninterrupted run would see.
+    """
+
+    def __init__(self, n_bins: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n_bins, batch_size
+        self.rng = random.Random(seed)
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self.epoch_rng = self.rng.getstate()
+        self.order = list(range(self.n))
+        self.rng.shuffle(self.order)
+        self.at = 0
+
+    def next(self) -> list[int]:
+        if self.at >= self.n:
+            self._new_epoch()
+        out = self.order[self.at:self.at + self.batch_size]
+        self.at += self.batch_size
+        return out
+
+    def state(self) -> dict:
+        return {"rng": self.epoch_rng, "at": self.at}
+
+    def restore(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self._new_epoch()
+        self.at = state["at"]
 
 
 def _save(model, tokenizer, out_dir: Path, info: dict) -> None:

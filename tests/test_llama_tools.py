@@ -1,0 +1,62 @@
+"""llama.cpp's own llama-server as the teacher: found on PATH or in the cached build, several slots at once."""
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from toolkit.cache import RequestCache
+from toolkit.errors import ModelError
+from toolkit.llama_tools import find_tool, require_tool, tools_dir
+from toolkit.recipe import TeacherConfig
+from toolkit.teachers import open_teacher
+
+
+def test_users_binary_on_path_comes_first(tmp_path, monkeypatch):
+    own = tmp_path / "own"
+    own.mkdir()
+    exe = own / "llama-server"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{own}{os.pathsep}{os.environ['PATH']}")
+    assert find_tool("llama-server") == exe
+
+
+def test_missing_binary_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("TOOLKIT_LLAMA_TOOLS", str(tmp_path / "none"))
+    with pytest.raises(ModelError, match="scripts/build-llama-tools.sh"):
+        require_tool("llama-server")
+
+
+def test_unknown_server_is_a_recipe_error():
+    with pytest.raises(ValueError):
+        TeacherConfig(model="pkg:smollm2-135m-instruct", server="ollama")
+
+
+@pytest.mark.skipif(find_tool("llama-server") is None,
+                    reason=f"llama-server not on PATH nor built in {tools_dir() / 'bin'} "
+                           "(run scripts/build-llama-tools.sh)")
+def test_llama_server_teacher_with_two_slots(smollm2_gguf, tmp_path):
+    """A recipe's teacher on llama-server with 2 slots: two requests in flight, both answered and cached."""
+    cfg = TeacherConfig(model=str(smollm2_gguf), server="llama-server", slots=2, max_tokens=24, n_ctx=512,
+                        threads=1)
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    questions = ["What is 2 plus 3?", "What is 4 plus 4?", "What is 10 minus 3?", "What is 1 plus 1?"]
+    try:
+        with open_teacher(cfg, cache, base_dir=tmp_path, log_dir=tmp_path / "logs", seed=0) as teacher:
+            assert teacher.concurrency == 2  # raised to the slot count
+            outs = teacher.complete([[{"role": "user", "content": q}] for q in questions], n=1, temperature=0.0)
+            served = teacher.server.requests_served()
+            assert teacher.server.proc.args[0].endswith("llama-server")
+            assert "-np" in teacher.server.proc.args
+        assert [len(o) for o in outs] == [1, 1, 1, 1] and all(o[0].strip() for o in outs)
+        assert served == teacher.requests_sent == 4
+        # A second pass is answered from the cache: no server is started.
+        with open_teacher(cfg, cache, base_dir=tmp_path, log_dir=tmp_path / "logs2", seed=0) as teacher:
+            again = teacher.complete([[{"role": "user", "content": q}] for q in questions], n=1, temperature=0.0)
+            assert teacher.requests_sent == 0
+        assert again == outs
+    finally:
+        cache.close()

@@ -1,0 +1,134 @@
+"""Step checkpoints: an interrupted training resumes from its latest checkpoint and ends with the same weights."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import toolkit, write_tiny_recipe
+from toolkit.recipe import TrainConfig
+from toolkit.train import BatchOrder, tokenize_example, train
+
+QUESTIONS = [("Tom has 3 apples and buys 5 more. How many apples does he have?", "3 + 5 = 8. The answer is 8."),
+             ("A baker makes 24 muffins and sells 18. How many are left?", "24 - 18 = 6. The answer is 6."),
+             ("Each box holds 7 pencils. How many pencils are in 4 boxes?", "4 * 7 = 28. The answer is 28."),
+             ("What is 2 plus 3?", "2 + 3 = 5. The answer is 5.")]
+
+
+class Stop(Exception):
+    pass
+
+
+def _examples(tok):
+    return [tokenize_example(tok, [{"role": "user", "content": q}], a, 128) for q, a in QUESTIONS] * 3
+
+
+def _fresh(tiny_model_dir):
+    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.models import resolve_model
+
+    return load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
+
+
+def test_batch_order_restores_mid_epoch():
+    a = BatchOrder(7, 2, seed=3)
+    seen = [a.next() for _ in range(5)]  # into the second epoch
+    b = BatchOrder(7, 2, seed=3)
+    b.restore(a.state())
+    assert [a.next() for _ in range(9)] == [b.next() for _ in range(9)]
+    assert sorted(i for batch in seen[:4] for i in batch) == list(range(7))
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tiny_model_dir, tmp_path):
+    cfg = TrainConfig(max_steps=9, batch_size=2, seq_len=128, lr=3e-3, threads=1, checkpoint_every=2)
+    model, tok = _fresh(tiny_model_dir)
+    ref = train(model, tok, _examples(tok), cfg, tmp_path / "ref", seed=1)
+    ref_params = [p.detach().clone() for p in model.parameters()]
+
+    def stop_at_5(row: dict) -> None:
+        if row["step"] == 5:  # after step 5: the checkpoint of step 4 is the latest
+            raise Stop
+
+    model, tok = _fresh(tiny_model_dir)
+    with pytest.raises(Stop):
+        train(model, tok, _examples(tok), cfg, tmp_path / "student", seed=1, log=stop_at_5)
+    assert (tmp_path / "student.checkpoint" / "state.pt").is_file()
+    assert not (tmp_path / "student").exists()
+
+    model, tok = _fresh(tiny_model_dir)
+    stats = train(model, tok, _examples(tok), cfg, tmp_path / "student", seed=1)
+    assert stats["resumed_from_step"] == 4
+    assert [r["loss"] for r in stats["curve"]] == [r["loss"] for r in ref["curve"]]
+    for p, q in zip(model.parameters(), ref_params):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)  # CPU, same ops in the same order: bitwise
+    assert not (tmp_path / "student.checkpoint").exists()  # removed once the folder is saved
+
+
+def test_checkpoint_of_other_data_is_not_resumed(tiny_model_dir, tmp_path):
+    cfg = TrainConfig(max_steps=4, batch_size=2, seq_len=128, lr=3e-3, threads=1, checkpoint_every=2)
+    model, tok = _fresh(tiny_model_dir)
+
+    def stop_at_3(row: dict) -> None:
+        if row["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(model, tok, _examples(tok), cfg, tmp_path / "student", seed=1, log=stop_at_3)
+    model, tok = _fresh(tiny_model_dir)
+    stats = train(model, tok, _examples(tok)[:5], cfg, tmp_path / "student", seed=1)
+    assert "resumed_from_step" not in stats
+
+
+def _safetensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def test_kill_9_during_training_resumes_from_the_step_checkpoint(tmp_path, tiny_model_dir, teacher_server):
+    """A real `toolkit distill` killed after a step checkpoint resumes from it, to an uninterrupted run's weights."""
+    overrides = ["train.max_steps=100", "train.checkpoint_every=4", "train.lr=1e-3"]
+    ref_dir, work = tmp_path / "ref", tmp_path / "killed"
+    ref_dir.mkdir()
+    work.mkdir()
+    # Both runs share the teacher cache: the killed run gets the reference's rationales, so the
+    # training data are the same and only the interruption differs.
+    ref = toolkit("distill", str(write_tiny_recipe(ref_dir, tiny_model_dir, teacher_server.base_url)),
+                  *overrides, cwd=ref_dir)
+    assert ref.returncode == 0, ref.stderr
+
+    recipe = write_tiny_recipe(work, tiny_model_dir, teacher_server.base_url)
+    cmd = [sys.executable, "-m", "toolkit.cli", "distill", str(recipe), *overrides]
+    state = work / "runs" / "tiny" / "round-0" / "student.checkpoint" / "state.pt"
+    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
+    deadline = time.monotonic() + 300
+    try:
+        while not state.is_file():
+            assert proc.poll() is None, "the run ended before a step checkpoint was written"
+            assert time.monotonic() < deadline, "no step checkpoint within 300 s"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (work / "runs" / "tiny" / "round-0" / "student").exists(), "killed after training finished"
+
+    again = toolkit("distill", str(recipe), *overrides, cwd=work)
+    assert again.returncode == 0, again.stderr
+    stage = json.loads((work / "runs" / "tiny" / "manifest.json").read_text())["stages"]["round-0/train"]
+    assert stage["resumed_from_step"] >= 4 and stage["resumed_from_step"] % 4 == 0
+    assert f"resumed from step {stage['resumed_from_step']} of 100" in again.stdout
+    assert not state.parent.exists()
+    got = _safetensors(work / "runs" / "tiny" / "round-0" / "student" / "model.safetensors")
+    want = _safetensors(ref_dir / "runs" / "tiny" / "round-0" / "student" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0)
+    log = [json.loads(line) for line in (work / "runs" / "tiny" / "round-0" / "train_log.jsonl").open()]
+    assert [r["step"] for r in log] == list(range(1, 101))  # the curve before the kill is kept

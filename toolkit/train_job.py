@@ -1,0 +1,117 @@
+"""One training job described by a JSON file, run by every process of torchrun / accelerate launch.
+
+`toolkit distill` writes `round-K/train-job.json` and, with `train.processes > 1` or `train.nodes > 1`,
+runs `python -m torch.distributed.run ... -m toolkit.train_job JOB` (see launch_cmd). The same file can
+be launched by hand (torchrun, accelerate launch), see docs/gpu.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from toolkit.errors import ToolkitError
+from toolkit.recipe import TrainConfig
+from toolkit.rundir import atomic_write_json, read_jsonl
+
+
+class TrainJobError(ToolkitError):
+    """A data-parallel training job failed in one of its processes."""
+
+
+def write_job(path: Path, *, student: str, base_dir: str | None, rows: Path, cfg: TrainConfig, out: Path,
+              seed: int) -> Path:
+    """The job file: everything a process needs to rebuild the same examples and training run."""
+    atomic_write_json(path, {"student": student, "base_dir": base_dir, "rows": str(rows),
+                             "train": cfg.model_dump(mode="json"), "out": str(out), "seed": seed,
+                             "result": str(path.with_name("train-result.json")),
+                             "progress": str(path.with_name("train-progress.jsonl"))})
+    return path
+
+
+def run_job(job_path: Path) -> dict:
+    """Train as this process's rank; rank 0 writes the statistics to the job's result file."""
+    from toolkit import dist
+    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.models import resolve_model
+    from toolkit.train import tokenize_example, train
+
+    job = json.loads(Path(job_path).read_text())
+    cfg = TrainConfig(**job["train"])
+    rank, _ = dist.setup()
+    model, tok = load_model_and_tokenizer(resolve_model(job["student"], job["base_dir"]))
+    examples = [tokenize_example(tok, r["messages"], r["completion"], cfg.seq_len)
+                for r in read_jsonl(Path(job["rows"]))]
+    progress = Path(job["progress"])
+    if rank == 0:
+        progress.unlink(missing_ok=True)
+
+    def log(row: dict) -> None:
+        if rank == 0:  # one line per step: the launching process reads it for its progress bar
+            with open(progress, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    stats = train(model, tok, examples, cfg, Path(job["out"]), seed=job["seed"], log=log)
+    if rank == 0:
+        atomic_write_json(Path(job["result"]), stats)
+    return stats
+
+
+def launch_cmd(job_path: Path, cfg: TrainConfig, node_rank: int = 0) -> list[str]:
+    """The torchrun command of one machine: `cfg.processes` workers; alone, rendezvous on a free local port."""
+    if cfg.nodes == 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            addr, port = "127.0.0.1", s.getsockname()[1]
+    else:
+        addr, port = cfg.master_addr, cfg.master_port
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(cfg.nodes), "--node-rank", str(node_rank),
+            "--nproc-per-node", str(cfg.processes), "--master-addr", addr, "--master-port", str(port),
+            "-m", "toolkit.train_job", str(Path(job_path).resolve())]
+
+
+def launch(job_path: Path, threads: int | None, on_step=None, log_path: Path | None = None) -> dict:
+    """Run the job under torchrun (as node 0) and return rank 0's statistics; raises TrainJobError on failure.
+
+    `threads` is the torch thread count of each process (OMP_NUM_THREADS too, so workers do not
+    oversubscribe the cores); `on_step(row)` is called for each finished optimizer step.
+    """
+    job = json.loads(Path(job_path).read_text())
+    cfg = TrainConfig(**job["train"])
+    result, progress = Path(job["result"]), Path(job["progress"])
+    result.unlink(missing_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}
+    log = open(log_path or Path(job_path).with_name("train-processes.log"), "ab")
+    proc = subprocess.Popen(launch_cmd(job_path, cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
+    log.close()
+    seen = 0
+    while proc.poll() is None:
+        time.sleep(0.5)
+        seen = _report(progress, seen, on_step)
+    _report(progress, seen, on_step)
+    if proc.returncode != 0 or not result.is_file():
+        raise TrainJobError(f"data-parallel training failed (exit {proc.returncode}); see {log.name}")
+    return json.loads(result.read_text())
+
+
+def _report(progress: Path, seen: int, on_step) -> int:
+    if not progress.is_file():
+        return seen
+    lines = progress.read_text().splitlines()
+    for line in lines[seen:]:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line still being written: read it next time
+            break
+        if on_step:
+            on_step(row)
+        seen += 1
+    return seen
+
+
+if __name__ == "__main__":
+    run_job(Path(sys.argv[1]))
