@@ -13,7 +13,7 @@ from tests.conftest import build_tiny_tokenizer, toolkit
 
 from toolkit.eval.accuracy import evaluate
 from toolkit.eval.generate import detect_backend, export_info, open_generator
-from toolkit.eval.prompts import build_messages, fewshot_examples, plain_text
+from toolkit.eval.prompts import PLAIN_STOP, build_messages, cut_at_stop, fewshot_examples, plain_text
 from toolkit.problems import load_suite
 
 QUESTIONS = ["Tom has 3 apples and buys 5 more. How many apples does he have?",
@@ -90,6 +90,7 @@ def test_plain_completion_format_without_a_chat_template(exports):
     messages = build_messages(QUESTIONS[0])
     text = plain_text(messages)
     assert text.endswith(f"Question: {QUESTIONS[0]}\nAnswer:") and "<|im_start|>" not in text
+    assert cut_at_stop(" 3 + 5 = 8. The answer is 8.\n\nQuestion: Ann has", PLAIN_STOP) == " 3 + 5 = 8. The answer is 8.\n"
     gen = open_generator(str(exports["plain"]), "torch", threads=1)
     assert gen.config["prompt_format"] == "plain"
     out = gen.generate([messages], max_new_tokens=16)
