@@ -10,9 +10,9 @@ from pathlib import Path
 from toolkit.answers import answers_match, extract_flexible, extract_strict
 from toolkit.problems import Problem
 from toolkit.rundir import atomic_write_json, atomic_write_jsonl, versions
-from toolkit.strategies import student_messages
 
 from toolkit.eval.generate import Generator
+from toolkit.eval.prompts import Shot, build_messages
 
 
 def _sha(text: str) -> str:
@@ -34,10 +34,11 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens: int,
+def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens: int, strategy: str = "cot",
+                shots: list[Shot] | None = None,
                 on_done: Callable[[int], None] | None = None) -> tuple[dict, list[dict]]:
     """Greedy answers for every problem; returns (aggregate metrics, per-sample rows)."""
-    prompts = [student_messages(p.question) for p in problems]
+    prompts = [build_messages(p.question, strategy, shots) for p in problems]
     outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, on_done=on_done)
     rows = []
     for prob, prompt, out in zip(problems, prompts, outputs):
@@ -60,18 +61,23 @@ def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens
 
 
 def evaluate(generator: Generator, suites: dict[str, list[Problem]], out_path: Path, *, model: str,
-             max_new_tokens: int = 256, config: dict | None = None,
-             on_done: Callable[[int], None] | None = None) -> dict:
-    """Score every suite and write `out_path` (results JSON) and `samples_<suite>.jsonl` beside it."""
+             max_new_tokens: int = 256, strategy: str = "cot", shots: dict[str, list[Shot]] | None = None,
+             config: dict | None = None, on_done: Callable[[int], None] | None = None) -> dict:
+    """Score every suite and write `out_path` (results JSON) and `samples_<suite>.jsonl` beside it.
+
+    `shots` maps a suite to its few-shot examples (none: zero-shot).
+    """
     start = time.perf_counter()
     results = {}
     for name, problems in suites.items():
-        metrics, rows = score_suite(generator, problems, max_new_tokens=max_new_tokens, on_done=on_done)
+        metrics, rows = score_suite(generator, problems, max_new_tokens=max_new_tokens, strategy=strategy,
+                                    shots=(shots or {}).get(name), on_done=on_done)
         results[name] = metrics
         atomic_write_jsonl(out_path.parent / f"samples_{name}.jsonl", rows)
     report = {
-        "model": model, "backend": generator.name, "strategy": "cot", "results": results,
-        "config": {"max_new_tokens": max_new_tokens, "temperature": 0.0, **(config or {})},
+        "model": model, "backend": generator.name, "strategy": strategy, "results": results,
+        "config": {"max_new_tokens": max_new_tokens, "temperature": 0.0, **getattr(generator, "config", {}),
+                   **(config or {})},
         "versions": versions(), "duration_s": round(time.perf_counter() - start, 2),
     }
     atomic_write_json(out_path, report)

@@ -1,6 +1,7 @@
-"""Generation backends behind one interface: chat messages in, completions out (torch, llama.cpp)."""
+"""Generation backends behind one interface (torch, onnxruntime, llama.cpp) and the choice among them."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -9,50 +10,73 @@ from typing import Protocol
 from toolkit.errors import ModelError
 from toolkit.models import ModelRef, resolve_model
 
+from toolkit.eval.prompts import PLAIN_STOP, cut_at_stop, plain_text, render
+
 Messages = list[dict[str, str]]
 
 
 class Generator(Protocol):
-    """What every backend offers: greedy (temperature 0) or sampled chat completions."""
+    """What every backend offers: greedy (temperature 0) or sampled chat completions, in prompt order.
+
+    `config` describes the backend's settings (threads, batch size, prompt format) for the results JSON;
+    `close()` releases what it holds (a server process, a session).
+    """
 
     name: str
+    config: dict
 
     def generate(self, prompts: list[Messages], max_new_tokens: int, temperature: float = 0.0,
                  on_done: Callable[[int], None] | None = None) -> list[str]: ...
 
+    def close(self) -> None: ...
+
+
+def default_threads() -> int:
+    """All cores this process may use (the affinity mask, not the machine's core count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped into batches of similar length, so that each batch pads little."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
 
 class TorchGenerator:
-    """transformers model.generate, left-padded batches; `on_done(n)` reports finished prompts."""
+    """`model.generate` on left-padded batches: a transformers model, or optimum's ORT model (same API)."""
 
     name = "torch"
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, threads: int | None = None):
+    def __init__(self, model, tokenizer, batch_size: int = 16, threads: int | None = None, seed: int = 0):
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = model.eval()
+        self.threads = threads or default_threads()
+        torch.set_num_threads(self.threads)
+        self.model = model.eval() if hasattr(model, "eval") else model
         self.tok = tokenizer
         self.batch_size = batch_size
+        self.seed = seed
+        self.config = {"threads": self.threads, "batch_size": batch_size,
+                       "prompt_format": "chat template" if getattr(tokenizer, "chat_template", None) else "plain"}
 
     @classmethod
-    def from_ref(cls, ref: ModelRef, batch_size: int = 16, threads: int | None = None) -> TorchGenerator:
+    def from_ref(cls, ref: ModelRef, batch_size: int = 16, threads: int | None = None, seed: int = 0):
         from toolkit.loading import load_model_and_tokenizer
 
         model, tok = load_model_and_tokenizer(ref)
-        return cls(model, tok, batch_size, threads)
+        return cls(model, tok, batch_size, threads, seed)
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
         import torch
 
         self.tok.padding_side = "left"  # decoder-only batches pad on the left so outputs line up
-        # Sort by length so each batch pads little; restore the order at the end.
-        texts = [self.tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        rendered = [render(self.tok, p) for p in prompts]
         results: dict[int, str] = {}
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        if temperature > 0:
+            torch.manual_seed(self.seed)
+        for idx in length_sorted_batches([len(text) for text, _ in rendered], self.batch_size):
+            enc = self.tok([rendered[i][0] for i in idx], return_tensors="pt", padding=True,
+                           add_special_tokens=False)
             kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens,
                           pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id)
             if temperature > 0:
@@ -63,14 +87,52 @@ class TorchGenerator:
                 gen = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                           **kwargs)
             for row, i in enumerate(idx):
-                results[i] = self.tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                text = self.tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                results[i] = cut_at_stop(text, rendered[i][1])
             if on_done:
                 on_done(len(idx))
         return [results[i] for i in range(len(prompts))]
 
+    def close(self) -> None:
+        pass
+
+
+class OnnxGenerator(TorchGenerator):
+    """onnxruntime through optimum's ORTModelForCausalLM: a folder with model.onnx and config.json."""
+
+    name = "onnx"
+
+    @classmethod
+    def from_folder(cls, path: Path, batch_size: int = 16, threads: int | None = None, seed: int = 0):
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForCausalLM
+        from transformers import AutoTokenizer
+
+        from toolkit.loading import fix_special_tokens
+
+        threads = threads or default_threads()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # explicit: ORT would otherwise take every core
+        options.inter_op_num_threads = 1
+        onnx_files = sorted(p.name for p in path.glob("*.onnx"))
+        name = "model.onnx" if "model.onnx" in onnx_files else onnx_files[0]
+        try:
+            model = ORTModelForCausalLM.from_pretrained(path, file_name=name, session_options=options)
+            tok = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        fix_special_tokens(tok, model)
+        gen = cls(model, tok, batch_size, threads, seed)
+        gen.config["onnx_file"] = name
+        return gen
+
 
 class LlamaCppGenerator:
-    """An in-process llama.cpp model (llama-cpp-python) for GGUF files; one prompt at a time."""
+    """An in-process llama.cpp model (llama-cpp-python) for GGUF files; one prompt at a time.
+
+    Chat prompts go through the chat template stored in the GGUF; a GGUF without one gets the
+    plain completion format.
+    """
 
     name = "llama.cpp"
 
@@ -79,35 +141,105 @@ class LlamaCppGenerator:
 
         if not Path(path).is_file():
             raise ModelError(f"GGUF file not found: {path}")
+        self.threads = threads or default_threads()
         try:
-            self.llm = Llama(str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(), seed=seed,
-                             verbose=False)
+            self.llm = Llama(str(path), n_ctx=n_ctx, n_threads=self.threads, n_threads_batch=self.threads,
+                             seed=seed, verbose=False)
         except ValueError as exc:
             raise ModelError(f"llama.cpp cannot load {path}: {exc}") from None
+        self.seed = seed
+        self.chat = bool(self.llm.metadata.get("tokenizer.chat_template"))
+        self.config = {"threads": self.threads, "batch_size": 1, "n_ctx": n_ctx,
+                       "prompt_format": "chat template" if self.chat else "plain"}
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
         out = []
         for p in prompts:
-            resp = self.llm.create_chat_completion(p, max_tokens=max_new_tokens, temperature=temperature)
-            out.append(resp["choices"][0]["message"]["content"] or "")
+            if self.chat:
+                resp = self.llm.create_chat_completion(p, max_tokens=max_new_tokens, temperature=temperature,
+                                                       seed=self.seed)
+                out.append(resp["choices"][0]["message"]["content"] or "")
+            else:
+                resp = self.llm.create_completion(plain_text(p), max_tokens=max_new_tokens,
+                                                  temperature=temperature, seed=self.seed, stop=list(PLAIN_STOP))
+                out.append(resp["choices"][0]["text"] or "")
             if on_done:
                 on_done(1)
         return out
 
+    def close(self) -> None:
+        self.llm.close()
 
-BACKENDS = ("auto", "torch", "llama.cpp")
+
+BACKENDS = ("auto", "torch", "onnx", "genai", "llama.cpp", "llama.cpp-server", "openai")
+
+
+def detect_backend(model: str) -> str:
+    """The backend `auto` picks: .gguf -> llama.cpp, folder with genai_config.json -> genai,
+    folder with *.onnx -> onnx, `openai:` -> openai, anything else -> torch."""
+    if model.startswith("openai:"):
+        return "openai"
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if (path / "genai_config.json").is_file():
+            return "genai"
+        if any(path.glob("*.onnx")):
+            return "onnx"
+        if not (path / "config.json").is_file() and len(list(path.glob("*.gguf"))) == 1:
+            return "llama.cpp"
+    if model.startswith("pkg:") or path.suffix == ".gguf":
+        return "llama.cpp"
+    return "torch"
+
+
+def export_info(model: str) -> dict | None:
+    """The export.json an export folder carries (format, quant, …), or None."""
+    path = Path(model).expanduser()
+    for folder in (path, path.parent) if path.suffix == ".gguf" else (path,):
+        meta = folder / "export.json"
+        if meta.is_file():
+            try:
+                return json.loads(meta.read_text())
+            except json.JSONDecodeError as exc:
+                raise ModelError(f"{meta}: not valid JSON ({exc})") from None
+    return None
+
+
+def _folder(model: str, backend: str, marker: str) -> Path:
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ModelError(f"backend {backend} needs an export folder; {model!r} is not a folder")
+    if not list(path.glob(marker)):
+        raise ModelError(f"backend {backend} needs {marker} in {path}; it has none")
+    return path.resolve()
 
 
 def open_generator(model: str, backend: str = "auto", *, batch_size: int = 16, threads: int | None = None,
-                   n_ctx: int = 2048) -> Generator:
-    """The generator for a model reference; `auto` picks llama.cpp for GGUF files, torch otherwise."""
-    ref = resolve_model(model)
+                   n_ctx: int = 2048, seed: int = 0, concurrency: int = 4,
+                   api_key_env: str = "OPENAI_API_KEY") -> Generator:
+    """The generator for a model reference under `backend` (`auto`: see `detect_backend`)."""
     if backend == "auto":
-        backend = "llama.cpp" if ref.kind == "gguf" else "torch"
-    if backend == "llama.cpp":
+        backend = detect_backend(model)
+    if backend == "openai":
+        from toolkit.eval.openai_backend import OpenAIGenerator
+
+        return OpenAIGenerator.from_ref(model, concurrency=concurrency, api_key_env=api_key_env, seed=seed)
+    if backend == "genai":
+        from toolkit.eval.genai_backend import GenaiGenerator
+
+        return GenaiGenerator(_folder(model, backend, "genai_config.json"), batch_size=batch_size,
+                              threads=threads, seed=seed)
+    if backend == "onnx":
+        return OnnxGenerator.from_folder(_folder(model, backend, "*.onnx"), batch_size, threads, seed)
+    if backend not in BACKENDS:
+        raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    ref = resolve_model(model)
+    if backend in ("llama.cpp", "llama.cpp-server"):
         if ref.kind != "gguf":
-            raise ModelError(f"backend llama.cpp needs a GGUF file; {model} is a {ref.kind} model")
-        return LlamaCppGenerator(ref.path, n_ctx=n_ctx, threads=threads)
-    if backend == "torch":
-        return TorchGenerator.from_ref(ref, batch_size=batch_size, threads=threads)
-    raise ModelError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise ModelError(f"backend {backend} needs a GGUF file; {model} is a {ref.kind} model")
+        if backend == "llama.cpp":
+            return LlamaCppGenerator(ref.path, n_ctx=n_ctx, threads=threads, seed=seed)
+        from toolkit.eval.openai_backend import LlamaServerGenerator
+
+        return LlamaServerGenerator(ref.path, n_ctx=n_ctx, threads=threads, seed=seed)
+    return TorchGenerator.from_ref(ref, batch_size=batch_size, threads=threads, seed=seed)

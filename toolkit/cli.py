@@ -11,8 +11,6 @@ from pathlib import Path
 from toolkit import __version__
 from toolkit.errors import ToolkitError
 
-SUITE_NAMES = ("gsm8k", "svamp", "asdiv", "multiarith", "addsub", "singleeq")
-
 
 def _quiet_libraries() -> None:
     """transformers/llama.cpp chatter (GGUF dequantization bars, TP notes) hides our own output."""
@@ -74,42 +72,10 @@ def _print_summary(console, manifest: dict, seconds: float) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+    from toolkit.eval.command import run_eval
 
-    from toolkit.eval.accuracy import evaluate
-    from toolkit.eval.generate import open_generator
-    from toolkit.problems import load_suite
-
-    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
-    unknown = [s for s in suites if s not in SUITE_NAMES]
-    if unknown:
-        raise ToolkitError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITE_NAMES)}")
-    data_root = args.data_root or os.environ.get("TOOLKIT_DATA") or "data"
-    problems = {s: load_suite(s, data_root)[: args.limit] if args.limit else load_suite(s, data_root)
-                for s in suites}
     _quiet_libraries()
-    gen = open_generator(args.model, args.backend, batch_size=args.batch_size, threads=args.threads)
-    console = Console(quiet=args.quiet)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task(f"eval {args.model}", total=sum(len(p) for p in problems.values()))
-        report = evaluate(gen, problems, Path(args.out), model=args.model, max_new_tokens=args.max_new_tokens,
-                          config={"limit": args.limit, "suites": suites},
-                          on_done=lambda n: bar.advance(task, n))
-    if args.json:
-        print(json.dumps(report["results"], indent=2))
-        return 0
-    table = Table(title=f"{args.model} ({report['backend']})")
-    for col in ("suite", "n", "strict match", "flexible extract"):
-        table.add_column(col)
-    for name, r in report["results"].items():
-        table.add_row(name, str(r["n"]), f"{r['strict_match']:.1%} ± {r['strict_match_stderr']:.1%}",
-                      f"{r['flexible_extract']:.1%} ± {r['flexible_extract_stderr']:.1%}")
-    console.print(table)
-    console.print(f"results: {args.out}")
-    return 0
+    return run_eval(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -148,6 +114,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from toolkit.eval.command import add_eval_arguments
+
     parser = argparse.ArgumentParser(
         prog="toolkit",
         description="Distill math reasoning from a teacher LLM into a small student, then evaluate it.",
@@ -172,20 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="accuracy of a model on math suites",
                        description="Greedy accuracy with strict (after 'The answer is') and flexible (last "
-                                   "number) extraction; writes results JSON and samples_<suite>.jsonl.")
-    e.add_argument("model", help="hub id, save_pretrained folder, .gguf file or pkg:NAME")
-    e.add_argument("--suite", default="gsm8k", help=f"comma-separated: {','.join(SUITE_NAMES)}")
-    e.add_argument("--limit", type=int, default=None, help="first N problems of each suite")
-    e.add_argument("--backend", default="auto", choices=["auto", "torch", "llama.cpp"],
-                   help="auto: llama.cpp for GGUF files, torch otherwise")
-    e.add_argument("--strategy", default="cot", choices=["cot"], help="prompting strategy")
-    e.add_argument("--max-new-tokens", type=int, default=256)
-    e.add_argument("--batch-size", type=int, default=16, help="prompts per batch (torch)")
-    e.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    e.add_argument("--data-root", default=None, help="folder holding the suites (default: $TOOLKIT_DATA or ./data)")
-    e.add_argument("--out", default="results.json", help="results JSON path")
-    e.add_argument("--quiet", action="store_true")
-    e.add_argument("--json", action="store_true", help="print the results as JSON")
+                                   "number) extraction over torch, onnxruntime, onnxruntime-genai, llama.cpp or "
+                                   "an OpenAI-compatible endpoint; writes results JSON and samples_<suite>.jsonl.")
+    add_eval_arguments(e)
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="export a model to ONNX, onnxruntime-genai or GGUF, checked against it",

@@ -1,0 +1,82 @@
+"""onnxruntime-genai backend: batched greedy/sampled decoding of a genai export folder (genai_config.json)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from toolkit.errors import ModelError
+
+from toolkit.eval.generate import default_threads, length_sorted_batches
+from toolkit.eval.prompts import cut_at_stop, render
+
+
+class GenaiGenerator:
+    """onnxruntime-genai's C++ generation loop over left-padded batches.
+
+    Prompts are rendered and tokenized with the folder's HF tokenizer files (the same chat template
+    the torch backend applies), so every backend sees identical token ids. genai builds the
+    attention mask from the pad token, so batches are left-padded with the config's pad_token_id.
+    """
+
+    name = "genai"
+
+    def __init__(self, path: Path, batch_size: int = 16, threads: int | None = None, seed: int = 0):
+        import onnxruntime_genai as og
+        from transformers import AutoTokenizer
+
+        self.og = og
+        self.threads = threads or default_threads()
+        try:
+            meta = json.loads((path / "genai_config.json").read_text())["model"]
+            cfg = og.Config(str(path))
+            cfg.clear_providers()  # CPU
+            # Explicit thread count: ORT would otherwise spin a worker on every core (DESIGN.md, contention).
+            cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": self.threads, "inter_op_num_threads": 1}}}}))
+            self.model = og.Model(cfg)
+            self.tok = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"onnxruntime-genai cannot load {path}: {str(exc).splitlines()[0]}") from None
+        eos = meta.get("eos_token_id")
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = meta.get("pad_token_id", next(iter(self.eos_ids)))
+        self.context = int(meta.get("context_length", 2048))
+        self.batch_size = batch_size
+        self.seed = seed
+        self.config = {"threads": self.threads, "batch_size": batch_size,
+                       "prompt_format": "chat template" if getattr(self.tok, "chat_template", None) else "plain"}
+
+    def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
+        import numpy as np
+
+        rendered = [render(self.tok, p) for p in prompts]
+        ids = [self.tok(text, add_special_tokens=False)["input_ids"] for text, _ in rendered]
+        results: dict[int, str] = {}
+        for idx in length_sorted_batches([len(i) for i in ids], self.batch_size):
+            width = max(len(ids[i]) for i in idx)
+            if width + 1 > self.context:
+                raise ModelError(f"a prompt of {width} tokens does not fit the model's {self.context}-token context")
+            batch = np.array([[self.pad_id] * (width - len(ids[i])) + ids[i] for i in idx], dtype=np.int32)
+            params = self.og.GeneratorParams(self.model)
+            search = {"max_length": min(width + max_new_tokens, self.context), "batch_size": len(idx),
+                      "do_sample": temperature > 0}
+            if temperature > 0:
+                search.update(temperature=temperature, random_seed=self.seed)
+            params.set_search_options(**search)
+            gen = self.og.Generator(self.model, params)
+            gen.append_tokens(batch)
+            while not gen.is_done():
+                gen.generate_next_token()
+            for row, i in enumerate(idx):
+                new = [int(t) for t in gen.get_sequence(row)[width:]]
+                # A finished row keeps being padded while others decode: cut at its first end token.
+                end = next((k for k, t in enumerate(new) if t in self.eos_ids), len(new))
+                text = self.tok.decode(new[:end], skip_special_tokens=True)
+                results[i] = cut_at_stop(text, rendered[i][1])
+            del gen
+            if on_done:
+                on_done(len(idx))
+        return [results[i] for i in range(len(prompts))]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,106 @@
+"""OpenAI-compatible endpoints as a generation backend, and a local llama.cpp server behind one."""
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import openai
+
+from toolkit.errors import ModelError
+from toolkit.llama_server import LlamaServer
+
+from toolkit.eval.generate import default_threads
+
+
+def parse_openai_ref(model: str) -> tuple[str, str]:
+    """`openai:http://host:port/v1#model-name` -> (base URL, model name)."""
+    body = model.removeprefix("openai:")
+    base_url, _, name = body.partition("#")
+    if not base_url.startswith(("http://", "https://")) or not name:
+        raise ModelError(f"bad OpenAI model reference {model!r}: write openai:http://HOST:PORT/v1#MODEL")
+    return base_url.rstrip("/"), name
+
+
+class OpenAIGenerator:
+    """Chat completions from any OpenAI-compatible server, `concurrency` requests in flight at once.
+
+    The API key is read from the environment variable named `api_key_env` (unset: a placeholder
+    that local servers accept); it is never logged or written into results.
+    """
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, *, concurrency: int = 4, api_key_env: str = "OPENAI_API_KEY",
+                 seed: int = 0, timeout_s: float = 600.0):
+        self.base_url, self.model, self.seed = base_url, model, seed
+        self.concurrency = max(1, concurrency)
+        self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "not-needed",
+                                    timeout=timeout_s, max_retries=2)
+        self.config = {"base_url": base_url, "served_model": model, "concurrency": self.concurrency,
+                       "api_key_env": api_key_env, "prompt_format": "server chat template"}
+
+    @classmethod
+    def from_ref(cls, model: str, **kwargs) -> OpenAIGenerator:
+        base_url, name = parse_openai_ref(model)
+        gen = cls(base_url, name, **kwargs)
+        gen.check()
+        return gen
+
+    def check(self) -> None:
+        """Fail early, in one line, when the endpoint is down or refuses the key."""
+        try:
+            self.client.with_options(timeout=10.0, max_retries=0).models.list()
+        except openai.APIConnectionError:
+            raise ModelError(f"OpenAI-compatible endpoint {self.base_url} is unreachable") from None
+        except openai.APIStatusError as exc:
+            raise ModelError(f"endpoint {self.base_url} answered {exc.status_code} to /models: "
+                             f"{str(exc.message).splitlines()[0]}") from None
+
+    def _one(self, messages, max_new_tokens: int, temperature: float) -> str:
+        try:
+            resp = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_new_tokens,
+                                                       temperature=temperature, seed=self.seed)
+        except openai.APIConnectionError:
+            raise ModelError(f"OpenAI-compatible endpoint {self.base_url} is unreachable") from None
+        except openai.APIStatusError as exc:
+            raise ModelError(f"endpoint {self.base_url} answered {exc.status_code}: "
+                             f"{str(exc.message).splitlines()[0]}") from None
+        if not resp.choices:
+            raise ModelError(f"endpoint {self.base_url} returned no choices for model {self.model}")
+        return resp.choices[0].message.content or ""
+
+    def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
+        out: list[str | None] = [None] * len(prompts)
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            futures = {pool.submit(self._one, p, max_new_tokens, temperature): i for i, p in enumerate(prompts)}
+            for fut in as_completed(futures):
+                out[futures[fut]] = fut.result()
+                if on_done:
+                    on_done(1)
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class LlamaServerGenerator(OpenAIGenerator):
+    """A GGUF served by `python -m llama_cpp.server` on 127.0.0.1 for the generator's lifetime.
+
+    llama_cpp.server answers one request at a time (DESIGN.md, serving trap), so concurrency is 1.
+    """
+
+    name = "llama.cpp-server"
+
+    def __init__(self, path: Path, *, n_ctx: int = 2048, threads: int | None = None, seed: int = 0):
+        threads = threads or default_threads()
+        self._logs = tempfile.TemporaryDirectory(prefix="toolkit-eval-server-")
+        self.server = LlamaServer(path, Path(self._logs.name) / "server.log", n_ctx=n_ctx, threads=threads).start()
+        super().__init__(self.server.base_url, Path(path).stem, concurrency=1, seed=seed)
+        self.config.update(threads=threads, n_ctx=n_ctx, base_url="127.0.0.1 (started for this eval)")
+
+    def close(self) -> None:
+        super().close()
+        self.server.stop()
+        self._logs.cleanup()
