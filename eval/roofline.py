@@ -14,7 +14,9 @@ from pathlib import Path
 
 # ONNX TensorProto element types of 4 bits (INT4, UINT4, FLOAT4E2M1); the rest come from numpy.
 _FOUR_BIT = {21, 22, 23}
-_GATHERS = {"Gather", "GatherBlockQuantized"}
+# Ops that read one row per token of a table input: embedding lookups, and rotary cos/sin caches
+# (an initializer feeding GroupQueryAttention is such a cache: its weights come through MatMuls).
+_GATHERS = {"Gather", "GatherBlockQuantized", "RotaryEmbedding", "GroupQueryAttention"}
 
 
 def ceiling_tok_s(mem_bw_gbps: float | None, bytes_per_token: int) -> float | None:
@@ -86,7 +88,7 @@ def onnx_facts(folder: Path, fmt: str) -> dict:
     quant = ("int4" if "MatMulNBits" in ops else "int8" if ops & {"MatMulInteger", "DynamicQuantizeLinear"}
              else "fp16" if float_types == {10} else "fp32")
     return {"format": fmt, "quant": quant, "bytes_per_token": read,
-            "bytes_note": f"ONNX initializers; {gathered} B only gathered (embedding lookup) left out"}
+            "bytes_note": f"ONNX initializers; {gathered} B only gathered by row (embedding, rotary tables) left out"}
 
 
 def _safetensors_sizes(path: Path) -> dict[str, int]:
