@@ -12,9 +12,11 @@ first token. EOS never stops the loop, so every rep decodes the same number of t
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
+import shutil
 import sys
 import tarfile
 import tempfile
@@ -37,6 +39,7 @@ def detect(path: Path) -> tuple[str, Path]:
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         dest = Path(tempfile.mkdtemp(prefix="bench-bundle-"))
+        atexit.register(shutil.rmtree, dest, True)  # the unpacked copy lives as long as this process
         with tarfile.open(path) as tar:
             tar.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(dest)
         for cand in sorted(dest.rglob("*")):
