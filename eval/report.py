@@ -45,7 +45,7 @@ def identity(ref: str, base: Path) -> str:
     meta = _export_meta(path)
     if meta.get("source") and meta["source"] != ref:
         return identity(str(meta["source"]), path.parent)
-    root = _run_root(path.resolve()) if path.exists() else None
+    root = _run_root(path.resolve())
     if root is not None:
         rel = path.resolve().relative_to(root).parts
         if rel and re.fullmatch(r"round-\d+", rel[0]):
