@@ -15,6 +15,7 @@ from pathlib import Path
 
 from toolkit.errors import ToolkitError
 from toolkit.eval.bench_runner import detect
+from toolkit.eval.machine import is_busy
 from toolkit.eval.remote import BenchError, LocalExecutor
 from toolkit.eval.roofline import ceiling_tok_s, model_facts
 from toolkit.rundir import atomic_write_json, atomic_write_text
@@ -76,8 +77,6 @@ def summarize(model: str, facts: dict, spec: dict, result: dict, where: str) -> 
     decode = stats([s["decode_tok_s"] for s in samples])
     machine = result["machine"]
     ceiling = ceiling_tok_s(machine.get("mem_bw_GBps"), facts["bytes_per_token"])
-    from toolkit.eval.machine import is_busy
-
     return {
         "model": model, "model_path": result["model_path"], "backend": result["backend"],
         "format": facts["format"], "quant": facts["quant"], "file_size_bytes": facts["file_size_bytes"],

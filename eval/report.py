@@ -125,7 +125,8 @@ def _eval_record(path: Path, data: dict) -> dict:
     strict = sum(round(r["strict_match"] * r["n"]) for r in data["results"].values())
     flex = sum(round(r["flexible_extract"] * r["n"]) for r in data["results"].values())
     # Inside a run folder the results' own place names the model (run/round-K, run/base).
-    name = identity(str(path.parent), path.parent) if _run_root(path.resolve()) else identity(data["model"], path.parent)
+    in_run = _run_root(path.resolve()) is not None
+    name = identity(str(path.parent), path.parent) if in_run else identity(data["model"], path.parent)
     return {"name": name, "format": fmt, "quant": quant,
             "suites": ",".join(data["results"]), "n": n, "strict": strict / n if n else 0.0,
             "strict_ci95": wilson_interval(strict, n), "flexible": flex / n if n else 0.0, "file": str(path)}
@@ -149,20 +150,19 @@ def models_table(rows: list[dict]) -> str:
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         e, b = r.get("eval"), r.get("bench")
-        acc = (f"{e['suites']} ({e['n']}) | {e['strict']:.1%} ({e['strict_ci95'][0]:.1%}–{e['strict_ci95'][1]:.1%}) | "
-               f"{e['flexible']:.1%}") if e else "– | – | –"
+        acc = ["–"] * 3
+        if e:
+            lo, hi = e["strict_ci95"]
+            acc = [f"{e['suites']} ({e['n']})", f"{e['strict']:.1%} ({lo:.1%}–{hi:.1%})", f"{e['flexible']:.1%}"]
+        perf = ["–"] * 7
         if b:
-            roof = b["roofline"]
-            perf = (f"{b['decode_tok_s']['mean']:.1f} ± {b['decode_tok_s']['std']:.1f}"
-                    f"{' (busy)' if b.get('busy') else ''} | {b['decode_ms_per_token']['p50']:.2f} | "
-                    f"{b['file_size_bytes'] / 1e6:.1f} | {b['peak_rss_bytes'] / 1e6:.0f} | "
-                    f"{roof['ceiling_tok_s']:.0f} | {roof['ratio']:.0%} | {b['threads']}"
-                    if roof.get("ceiling_tok_s") else
-                    f"{b['decode_tok_s']['mean']:.1f} | {b['decode_ms_per_token']['p50']:.2f} | "
-                    f"{b['file_size_bytes'] / 1e6:.1f} | {b['peak_rss_bytes'] / 1e6:.0f} | – | – | {b['threads']}")
-        else:
-            perf = "– | – | – | – | – | – | –"
-        lines.append(f"| {r['name']} | {r['format']} | {r['quant']} | {acc} | {perf} |")
+            roof, busy = b["roofline"], " (busy)" if b.get("busy") else ""
+            perf = [f"{b['decode_tok_s']['mean']:.1f} ± {b['decode_tok_s']['std']:.1f}{busy}",
+                    f"{b['decode_ms_per_token']['p50']:.2f}", f"{b['file_size_bytes'] / 1e6:.1f}",
+                    f"{b['peak_rss_bytes'] / 1e6:.0f}",
+                    f"{roof['ceiling_tok_s']:.0f}" if roof.get("ceiling_tok_s") else "–",
+                    f"{roof['ratio']:.0%}" if roof.get("ratio") is not None else "–", str(b["threads"])]
+        lines.append("| " + " | ".join([r["name"], r["format"], r["quant"], *acc, *perf]) + " |")
     return "\n".join(lines) + "\n"
 
 
