@@ -115,6 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
+    from rich.console import Console
+
     from toolkit.eval.bench import resolve_local, run_bench, write_outputs
     from toolkit.eval.remote import RemoteExecutor
 
@@ -124,11 +126,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ToolkitError(f"--threads wants N or a list like 1,2,4, got {args.threads!r}") from None
     remote = (RemoteExecutor(args.remote, resolve_local(args.model), args.remote_python, tuple(args.ssh_option))
               if args.remote else nullcontext(None))
-    with remote as executor:
-        rows = [run_bench(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens, reps=args.reps,
-                          warmup=args.warmup, threads=t, allow_busy=args.allow_busy, executor=executor)
-                for t in threads]
-    paths = write_outputs(rows, Path(args.out))
+    console = Console(stderr=True, quiet=args.quiet or args.json)
+    rows: list[dict] = []
+    try:
+        with remote as executor:
+            for t in threads:
+                with console.status(f"bench {args.model}: {t} thread(s), {args.reps} reps of "
+                                    f"pp {args.prompt_tokens} + tg {args.gen_tokens}"):
+                    rows.append(run_bench(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+                                          reps=args.reps, warmup=args.warmup, threads=t,
+                                          allow_busy=args.allow_busy, executor=executor))
+    finally:  # a sweep stopped part way (busy machine, lost device) keeps the rows it measured
+        if rows:
+            paths = write_outputs(rows, Path(args.out))
     if args.json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
     elif not args.quiet:
