@@ -41,7 +41,10 @@ def gguf_facts(path: Path) -> dict:
     tied = "output.weight" not in sizes
     read = sum(sizes.values()) - (0 if tied else sizes.get("token_embd.weight", 0))
     field = reader.fields.get("general.file_type")
-    quant = LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_").lower() if field else "?"
+    quant = "?"
+    if field:  # MOSTLY_Q4_K_M -> q4_k_m, ALL_F32 -> f32
+        quant = LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        quant = quant.lower()
     return {"format": "gguf", "quant": quant, "bytes_per_token": read,
             "bytes_note": "all tensors; token_embd is the tied output matrix, read every step" if tied
             else "all tensors except token_embd (gathered, one row per token)"}
