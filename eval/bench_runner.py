@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import random
 import shutil
 import sys
@@ -227,7 +226,7 @@ def run(spec: dict) -> dict:
     info = machine.machine_info(measure_bandwidth=spec.get("measure_bandwidth", True))
     info["load_avg_1m_before"] = round(load, 2)
     return {"backend": backend, "model_path": str(path), "load_s": load_s, "samples": samples,
-            "peak_rss_bytes": peak, "pid": os.getpid(), "machine": info}
+            "peak_rss_bytes": peak, "machine": info}
 
 
 def main(argv: list[str]) -> int:
