@@ -7,6 +7,12 @@ PYTHON=${PYTHON:-python3}
 LLAMA_VERSION=0.3.36
 WHEELS=${TOOLKIT_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/toolkit/wheels}
 
+# The remote-bench tests start their own sshd on 127.0.0.1 (Debian openssh-server). Installed only
+# where we are root with apt; elsewhere those tests skip.
+if [ ! -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get install -y -q openssh-server >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null; } || echo "openssh-server not installed: remote-bench tests will skip"
+fi
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 

@@ -113,6 +113,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from rich.console import Console
+
+    from toolkit.eval.bench import resolve_local, run_bench, write_outputs
+    from toolkit.eval.remote import RemoteExecutor
+
+    try:
+        threads = [int(t) for t in args.threads.split(",")] if args.threads else [os.cpu_count() or 1]
+    except ValueError:
+        raise ToolkitError(f"--threads wants N or a list like 1,2,4, got {args.threads!r}") from None
+    remote = (RemoteExecutor(args.remote, resolve_local(args.model), args.remote_python, tuple(args.ssh_option))
+              if args.remote else nullcontext(None))
+    console = Console(stderr=True, quiet=args.quiet or args.json)
+    rows: list[dict] = []
+    try:
+        with remote as executor:
+            for t in threads:
+                with console.status(f"bench {args.model}: {t} thread(s), {args.reps} reps of "
+                                    f"pp {args.prompt_tokens} + tg {args.gen_tokens}"):
+                    rows.append(run_bench(args.model, prompt_tokens=args.prompt_tokens, gen_tokens=args.gen_tokens,
+                                          reps=args.reps, warmup=args.warmup, threads=t,
+                                          allow_busy=args.allow_busy, executor=executor))
+    finally:  # a sweep stopped part way (busy machine, lost device) keeps the rows it measured
+        if rows:
+            paths = write_outputs(rows, Path(args.out))
+    if args.json:
+        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+    elif not args.quiet:
+        print(paths[2].read_text() + f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from toolkit.eval.report import build_report
+
+    report = build_report([Path(p) for p in args.inputs], Path(args.out))
+    if not args.quiet:
+        print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from toolkit.eval.command import add_eval_arguments
 
@@ -169,6 +212,37 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--quiet", action="store_true")
     x.add_argument("--json", action="store_true", help="print export.json")
     x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="latency, throughput, memory and roofline of a model or export",
+                       description="Time to first token, prefill and decode tokens/s (llama-bench's pp/tg), "
+                                   "per-token latency percentiles, peak RSS of the process running the model, "
+                                   "file size and the memory-bandwidth roofline; JSON plus .csv and .md beside it.")
+    b.add_argument("model", help=".gguf file, pkg:NAME, ONNX/genai/HF export folder or .tar.gz edge bundle")
+    b.add_argument("--prompt-tokens", type=int, default=128, help="prefill length pp (synthetic tokens)")
+    b.add_argument("--gen-tokens", type=int, default=128, help="decode length tg (single-token steps)")
+    b.add_argument("--reps", type=int, default=5, help="timed repetitions (after --warmup untimed ones)")
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--threads", default=None, help="N or a sweep 1,2,4 (default: all cores)")
+    b.add_argument("--allow-busy", action="store_true",
+                   help="report figures even when the load average leaves fewer idle cores than threads")
+    b.add_argument("--remote", default=None, metavar="ssh://user@host[:port]",
+                   help="copy the model and a self-contained runner to this device and bench there")
+    b.add_argument("--remote-python", default="python3", help="python on the device (needs the backend runtime)")
+    b.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to ssh/scp as -o KEY=VALUE (repeatable), e.g. IdentityFile=~/.ssh/edge")
+    b.add_argument("--out", default="bench.json", help="bench JSON path (.csv and .md are written beside it)")
+    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--json", action="store_true", help="print the bench JSON")
+    b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="Markdown report and plots from run folders, eval and bench results",
+                       description="One row per model × format × quant (accuracy with 95%% CI, decode tok/s, "
+                                   "size, roofline ratio), accuracy-vs-latency and accuracy-vs-size plots, and "
+                                   "the per-round accuracy curve of a distillation run.")
+    r.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_RESULTS", help="run folders, folders or JSON files")
+    r.add_argument("--out", default="report", help="output folder (report.md and PNGs)")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_report)
     return parser
 
 
