@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA, toolkit, write_tiny_recipe
-from tests.fault_teacher import FAULTS, FaultTeacher, answer, solve
+from tests.fault_teacher import FAULTS, FaultTeacher, answer
 from toolkit.cache import RequestCache
 from toolkit.endpoints import backoff_s, retry_after_s
 from toolkit.errors import TeacherError
