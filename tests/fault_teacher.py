@@ -66,7 +66,7 @@ def solve(question: str) -> int:
     return sum(nums)
 
 
-def _new_questions(problem: str, m: int, harder: bool, rng: random.Random) -> list[str]:
+def _new_questions(m: int, harder: bool, rng: random.Random) -> list[str]:
     out = []
     for _ in range(m):
         name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
@@ -87,8 +87,7 @@ def answer(body: dict) -> str:
     rng = random.Random(digest(body))
     ask = re.match(r"Write (\d+) (harder|new)", user)
     if ask:
-        problem = user.split("Problem:", 1)[-1].split("\n\n")[0]
-        qs = _new_questions(problem, int(ask.group(1)), ask.group(2) == "harder", rng)
+        qs = _new_questions(int(ask.group(1)), ask.group(2) == "harder", rng)
         return "\n".join(f"{i + 1}. {q}" for i, q in enumerate(qs))
     right = solve(user)
     wrong = int(body.get("seed", 0)) % 4 == 3  # one sample index in four answers wrong

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, EASY, toolkit, write_jsonl, write_tiny_recipe
+from tests.conftest import DATA, toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher
 from toolkit.errors import ModelError, ToolkitError
 from toolkit.integrity import check_gguf, check_hf_folder, check_safetensors

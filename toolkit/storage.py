@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 # errno values a user fixes by freeing space or pointing the run elsewhere.
@@ -13,8 +14,6 @@ _OS_ERROR_TEXT = re.compile(r"os error (\d+)")
 
 def write_failure(exc: BaseException) -> str | None:
     """The reason a write failed when `exc` is one the user can fix, else None."""
-    import os
-
     if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot write{where}: {exc.strerror or os.strerror(exc.errno)}"
