@@ -21,8 +21,12 @@ def export_genai(hf_dir: Path, quant: str, out: Path, work: Path, *, block_size:
     try:
         # The builder prints every tensor it writes; keep that for the error message only.
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            # int4_algo_config "rtn" (round to nearest, per block): unlike "default", the builder then shares
+            # one int4 table between a tied embedding and LM head (GatherBlockQuantized) instead of keeping
+            # the embedding fp32 — SmolLM2's 113 MB fp32 embedding is most of the default int4 file.
             create_model(hf_dir.name, str(hf_dir), str(out), quant, "cpu", str(work / "genai-cache"),
-                         filename="model.onnx", int4_block_size=block_size, hf_remote=False)
+                         filename="model.onnx", int4_block_size=block_size, int4_algo_config="rtn",
+                         hf_remote=False)
     except Exception as exc:  # the builder raises bare exceptions for configs it cannot build
         tail = " | ".join(log.getvalue().strip().splitlines()[-2:])
         raise ExportError(f"onnxruntime-genai builder failed on {hf_dir}: {str(exc).splitlines()[0]} {tail}") from None
@@ -33,7 +37,8 @@ def export_genai(hf_dir: Path, quant: str, out: Path, work: Path, *, block_size:
         notes.append("tokenizer files rewritten as plain byte-level BPE (no byte fallback, tokenizer_class "
                      "PreTrainedTokenizerFast, no tokenizer.model) so onnxruntime-genai reads them like HF does")
     if quant == "int4":
-        notes.append(f"int4: MatMulNBits block size {block_size}, symmetric, accuracy level 4")
+        notes.append(f"int4: round-to-nearest MatMulNBits, block size {block_size}, symmetric, accuracy level 4; "
+                     "embedding quantized too (shared with a tied LM head)")
     return notes
 
 

@@ -147,6 +147,14 @@ def test_genai(tiny, tmp_path, quant):
     assert (out / "genai_config.json").is_file() and (out / "model.onnx").is_file()
     model = og.Model(str(out))
     assert list(og.Tokenizer(model).encode(TEXT)) == _hf_ids(tiny, TEXT)
+    tied = json.loads((tiny / "config.json").read_text())["tie_word_embeddings"]
+    if quant == "int4" and tied:  # one int4 table for embedding and head, no fp32 vocab × hidden(64) left
+        import onnx
+
+        graph = onnx.load(str(out / "model.onnx"))
+        vocab = len(json.loads((tiny / "tokenizer.json").read_text())["model"]["vocab"])
+        assert not [i.name for i in graph.graph.initializer
+                    if i.data_type == onnx.TensorProto.FLOAT and sorted(i.dims) == sorted([vocab, 64])]
 
 
 def test_packaged_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
