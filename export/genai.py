@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 from toolkit.errors import ExportError
@@ -20,14 +21,47 @@ def export_genai(hf_dir: Path, quant: str, out: Path, work: Path, *, block_size:
     try:
         # The builder prints every tensor it writes; keep that for the error message only.
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            # int4_algo_config "rtn" (round to nearest, per block): unlike "default", the builder then shares
+            # one int4 table between a tied embedding and LM head (GatherBlockQuantized) instead of keeping
+            # the embedding fp32 — SmolLM2's 113 MB fp32 embedding is most of the default int4 file.
             create_model(hf_dir.name, str(hf_dir), str(out), quant, "cpu", str(work / "genai-cache"),
-                         filename="model.onnx", int4_block_size=block_size, hf_remote=False)
+                         filename="model.onnx", int4_block_size=block_size, int4_algo_config="rtn",
+                         hf_remote=False)
     except Exception as exc:  # the builder raises bare exceptions for configs it cannot build
         tail = " | ".join(log.getvalue().strip().splitlines()[-2:])
         raise ExportError(f"onnxruntime-genai builder failed on {hf_dir}: {str(exc).splitlines()[0]} {tail}") from None
     if not (out / "genai_config.json").is_file():
         raise ExportError(f"onnxruntime-genai builder wrote no genai_config.json into {out}")
     notes = ["onnxruntime-genai model builder, CPU execution provider, GroupQueryAttention"]
+    if clean_byte_level_tokenizer(out):
+        notes.append("tokenizer files rewritten as plain byte-level BPE (no byte fallback, tokenizer_class "
+                     "PreTrainedTokenizerFast, no tokenizer.model) so onnxruntime-genai reads them like HF does")
     if quant == "int4":
-        notes.append(f"int4: MatMulNBits block size {block_size}, symmetric, accuracy level 4")
+        notes.append(f"int4: round-to-nearest MatMulNBits, block size {block_size}, symmetric, accuracy level 4; "
+                     "embedding quantized too (shared with a tied LM head)")
     return notes
+
+
+def clean_byte_level_tokenizer(folder: Path) -> bool:
+    """Make a GGUF-derived byte-level BPE tokenizer readable by onnxruntime-genai; True when changed.
+
+    transformers builds it with byte_fallback, an SPM-style decoder, tokenizer_class LlamaTokenizer and a
+    tokenizer.model (DESIGN.md, tokenizer trap); onnxruntime-genai then takes it for SentencePiece and
+    emits -1 ids. Byte-level BPE never falls back (all 256 bytes are tokens), so HF's ids stay the same.
+    """
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    if spec["model"].get("type") != "BPE" or not spec["model"].get("byte_fallback") \
+            or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+        return False
+    spec["model"]["byte_fallback"] = False
+    spec["decoder"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    spec["normalizer"] = None
+    path.write_text(json.dumps(spec, ensure_ascii=False, indent=2))
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.pop("legacy", None)
+    config_path.write_text(json.dumps(config, ensure_ascii=False, indent=2))
+    (folder / "tokenizer.model").unlink(missing_ok=True)
+    return True

@@ -147,6 +147,14 @@ def test_genai(tiny, tmp_path, quant):
     assert (out / "genai_config.json").is_file() and (out / "model.onnx").is_file()
     model = og.Model(str(out))
     assert list(og.Tokenizer(model).encode(TEXT)) == _hf_ids(tiny, TEXT)
+    tied = json.loads((tiny / "config.json").read_text())["tie_word_embeddings"]
+    if quant == "int4" and tied:  # one int4 table for embedding and head, no fp32 vocab × hidden(64) left
+        import onnx
+
+        graph = onnx.load(str(out / "model.onnx"))
+        vocab = len(json.loads((tiny / "tokenizer.json").read_text())["model"]["vocab"])
+        assert not [i.name for i in graph.graph.initializer
+                    if i.data_type == onnx.TensorProto.FLOAT and sorted(i.dims) == sorted([vocab, 64])]
 
 
 def test_packaged_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
@@ -170,6 +178,37 @@ def test_packaged_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
     text = tok.apply_chat_template([{"role": "user", "content": TEXT}], add_generation_prompt=True, tokenize=False)
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"]
 
+
+def test_genai_reads_a_gguf_derived_tokenizer_like_hf(tmp_path, smollm2_gguf):
+    """transformers' GGUF-derived SmolLM2 tokenizer (byte_fallback, LlamaTokenizer class) gives -1 ids in
+    onnxruntime-genai unless cleaned; cleaned, genai's ids equal HF's (tokenization needs no matching weights,
+    so a tiny genai model carries the SmolLM2 tokenizer files)."""
+    import shutil
+
+    import onnxruntime_genai as og
+    from transformers import AutoTokenizer
+
+    from toolkit.export.genai import clean_byte_level_tokenizer
+    from toolkit.loading import load_tokenizer
+    from toolkit.models import resolve_model
+
+    src = _build(tmp_path / "qwen2", "qwen2")
+    out = tmp_path / "genai"
+    export_model(str(src), "genai", "fp32", out, threads=1, max_new_tokens=2)
+    hf = load_tokenizer(resolve_model(str(smollm2_gguf)))
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (out / f).unlink(missing_ok=True)
+    hf.save_pretrained(out)
+    texts = ["Tom has 3 apples and buys 5 more.", "Ünïcödé café – 12.5% of €40?\n\tTabs,  double  spaces "]
+    want = [hf(t, add_special_tokens=False)["input_ids"] for t in texts]
+    broken = og.Tokenizer(og.Model(str(out)))
+    assert [list(broken.encode(t)) for t in texts] != want  # the trap, as shipped by transformers
+    assert clean_byte_level_tokenizer(out) and not (out / "tokenizer.model").exists()
+    fixed = og.Tokenizer(og.Model(str(out)))
+    assert [list(fixed.encode(t)) for t in texts] == want
+    again = AutoTokenizer.from_pretrained(out)
+    assert [again(t, add_special_tokens=False)["input_ids"] for t in texts] == want
+    shutil.rmtree(out)
 
 def test_check_thresholds_fail_but_keep_files(tmp_path):
     src = _build(tmp_path / "llama", "llama")
