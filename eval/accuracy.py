@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit.answers import answers_match, extract_flexible, extract_strict
+from toolkit.answers import answers_match, extract_flexible
 from toolkit.problems import Problem
 from toolkit.rundir import atomic_write_json, atomic_write_jsonl, versions
-from toolkit.strategies import student_messages
+from toolkit.strategies import eval_prompt, final_answers, split_tag, strategy_stats
 
 from toolkit.eval.generate import Generator
 
@@ -35,15 +35,21 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens: int,
-                on_done: Callable[[int], None] | None = None) -> tuple[dict, list[dict]]:
-    """Greedy answers for every problem; returns (aggregate metrics, per-sample rows)."""
-    prompts = [student_messages(p.question) for p in problems]
+                on_done: Callable[[int], None] | None = None, strategy: str = "cot") -> tuple[dict, list[dict]]:
+    """Greedy answers for every problem; returns (aggregate metrics, per-sample rows).
+
+    `strategy` (toolkit.strategies.eval_prompt): cot, l2m, pot (forced tag) or auto (the model's
+    choice); a PoT answer is its program's result in the sandbox, for strict and flexible alike.
+    """
+    prompts = [eval_prompt(p.question, strategy) for p in problems]
     outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, on_done=on_done)
+    answers = final_answers(strategy, outputs)
     rows = []
-    for prob, prompt, out in zip(problems, prompts, outputs):
-        strict, flexible = extract_strict(out), extract_flexible(out)
+    for prob, prompt, out, (used, strict) in zip(problems, prompts, outputs, answers):
+        body = split_tag(out)[1] if strategy == "auto" else out
+        flexible = strict if used == "pot" else extract_flexible(body)
         rows.append({
-            "id": prob.id, "prompt": prompt, "output": out, "gold": prob.answer,
+            "id": prob.id, "prompt": prompt, "output": out, "strategy": used, "gold": prob.answer,
             "strict": strict, "flexible": flexible,
             "strict_match": answers_match(strict, prob.answer),
             "flexible_extract": answers_match(flexible, prob.answer),
@@ -56,21 +62,24 @@ def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens
         p = k / n if n else 0.0
         lo, hi = wilson_interval(k, n)
         metrics.update({key: p, f"{key}_stderr": stderr(p, n), f"{key}_ci95": [lo, hi]})
+    if strategy != "cot":
+        metrics["strategies"] = strategy_stats([r["strategy"] for r in rows], [r["strict_match"] for r in rows])
     return metrics, rows
 
 
 def evaluate(generator: Generator, suites: dict[str, list[Problem]], out_path: Path, *, model: str,
              max_new_tokens: int = 256, config: dict | None = None,
-             on_done: Callable[[int], None] | None = None) -> dict:
+             on_done: Callable[[int], None] | None = None, strategy: str = "cot") -> dict:
     """Score every suite and write `out_path` (results JSON) and `samples_<suite>.jsonl` beside it."""
     start = time.perf_counter()
     results = {}
     for name, problems in suites.items():
-        metrics, rows = score_suite(generator, problems, max_new_tokens=max_new_tokens, on_done=on_done)
+        metrics, rows = score_suite(generator, problems, max_new_tokens=max_new_tokens, on_done=on_done,
+                                    strategy=strategy)
         results[name] = metrics
         atomic_write_jsonl(out_path.parent / f"samples_{name}.jsonl", rows)
     report = {
-        "model": model, "backend": generator.name, "strategy": "cot", "results": results,
+        "model": model, "backend": generator.name, "strategy": strategy, "results": results,
         "config": {"max_new_tokens": max_new_tokens, "temperature": 0.0, **(config or {})},
         "versions": versions(), "duration_s": round(time.perf_counter() - start, 2),
     }

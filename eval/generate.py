@@ -21,6 +21,17 @@ class Generator(Protocol):
                  on_done: Callable[[int], None] | None = None) -> list[str]: ...
 
 
+def render_prompt(tokenizer, messages: Messages) -> str:
+    """The chat-template text to generate from; a trailing assistant message is a prefix the model
+    continues (a forced strategy tag), not a closed turn."""
+    if messages and messages[-1]["role"] == "assistant":
+        # Generation prompt + the prefix verbatim: continue_final_message would strip its trailing
+        # newline, and "[pot]" then tokenizes differently from the "[pot]\n" the student was trained on.
+        head = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        return head + messages[-1]["content"]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 class TorchGenerator:
     """transformers model.generate, left-padded batches; `on_done(n)` reports finished prompts."""
 
@@ -47,7 +58,7 @@ class TorchGenerator:
 
         self.tok.padding_side = "left"  # decoder-only batches pad on the left so outputs line up
         # Sort by length so each batch pads little; restore the order at the end.
-        texts = [self.tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        texts = [render_prompt(self.tok, p) for p in prompts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: dict[int, str] = {}
         for start in range(0, len(order), self.batch_size):
@@ -86,6 +97,8 @@ class LlamaCppGenerator:
             raise ModelError(f"llama.cpp cannot load {path}: {exc}") from None
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
+        if any(p and p[-1]["role"] == "assistant" for p in prompts):
+            raise ModelError("a forced strategy tag (an assistant prefix) needs the torch backend for now")
         out = []
         for p in prompts:
             resp = self.llm.create_chat_completion(p, max_tokens=max_new_tokens, temperature=temperature)

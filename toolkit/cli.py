@@ -97,7 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task = bar.add_task(f"eval {args.model}", total=sum(len(p) for p in problems.values()))
         report = evaluate(gen, problems, Path(args.out), model=args.model, max_new_tokens=args.max_new_tokens,
                           config={"limit": args.limit, "suites": suites},
-                          on_done=lambda n: bar.advance(task, n))
+                          on_done=lambda n: bar.advance(task, n), strategy=args.strategy)
     if args.json:
         print(json.dumps(report["results"], indent=2))
         return 0
@@ -143,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="first N problems of each suite")
     e.add_argument("--backend", default="auto", choices=["auto", "torch", "llama.cpp"],
                    help="auto: llama.cpp for GGUF files, torch otherwise")
-    e.add_argument("--strategy", default="cot", choices=["cot"], help="prompting strategy")
+    e.add_argument("--strategy", default="cot", choices=["cot", "l2m", "pot", "auto"],
+                   help="cot: the plain chain-of-thought prompt; l2m/pot: a multi-strategy student forced to "
+                        "that strategy (its tag starts the reply; PoT programs run in the sandbox); auto: the "
+                        "student picks its strategy")
     e.add_argument("--max-new-tokens", type=int, default=256)
     e.add_argument("--batch-size", type=int, default=16, help="prompts per batch (torch)")
     e.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
