@@ -4,7 +4,10 @@ Run once; the output is committed as tests/data/real_strategy_outputs.jsonl:
 
     .venv/bin/python bench/collect_strategy_outputs.py --n 14 --out tests/data/real_strategy_outputs.jsonl
 
-Replies go through a request cache (--cache) so an interrupted collection resumes.
+Replies go through a request cache (--cache) so an interrupted collection resumes. The committed
+fixture holds, so far, one Qwen2.5-Coder-0.5B reply (the shared machine ran it at 0.4 tokens/s, load
+above 12) and twelve L2M/PoT replies of the packaged SmolLM2-135M teacher from a tiny end-to-end run
+(`origin` says which); running the command above on a quiet machine replaces them with 28 Qwen replies.
 """
 from __future__ import annotations
 
