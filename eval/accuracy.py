@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit.answers import answers_match, extract_flexible, extract_strict
+from toolkit.answers import answers_match, extract_flexible
 from toolkit.problems import Problem
 from toolkit.rundir import atomic_write_json, atomic_write_jsonl, versions
+from toolkit.strategies import final_answers, split_tag, strategy_stats
 
 from toolkit.eval.generate import Generator
 from toolkit.eval.prompts import Shot, build_messages
@@ -37,14 +38,20 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens: int, strategy: str = "cot",
                 shots: list[Shot] | None = None,
                 on_done: Callable[[int], None] | None = None) -> tuple[dict, list[dict]]:
-    """Greedy answers for every problem; returns (aggregate metrics, per-sample rows)."""
+    """Greedy answers for every problem; returns (aggregate metrics, per-sample rows).
+
+    `strategy`: cot, l2m, pot (a forced tag for a multi-strategy student) or auto (the model's
+    choice); a PoT answer is its program's result in the sandbox, for strict and flexible alike.
+    """
     prompts = [build_messages(p.question, strategy, shots) for p in problems]
     outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, on_done=on_done)
+    answers = final_answers(strategy, outputs)
     rows = []
-    for prob, prompt, out in zip(problems, prompts, outputs):
-        strict, flexible = extract_strict(out), extract_flexible(out)
+    for prob, prompt, out, (used, strict) in zip(problems, prompts, outputs, answers):
+        body = split_tag(out)[1] if strategy == "auto" else out
+        flexible = strict if used == "pot" else extract_flexible(body)
         rows.append({
-            "id": prob.id, "prompt": prompt, "output": out, "gold": prob.answer,
+            "id": prob.id, "prompt": prompt, "output": out, "strategy": used, "gold": prob.answer,
             "strict": strict, "flexible": flexible,
             "strict_match": answers_match(strict, prob.answer),
             "flexible_extract": answers_match(flexible, prob.answer),
@@ -57,6 +64,8 @@ def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens
         p = k / n if n else 0.0
         lo, hi = wilson_interval(k, n)
         metrics.update({key: p, f"{key}_stderr": stderr(p, n), f"{key}_ci95": [lo, hi]})
+    if strategy != "cot":
+        metrics["strategies"] = strategy_stats([r["strategy"] for r in rows], [r["strict_match"] for r in rows])
     return metrics, rows
 
 

@@ -26,7 +26,8 @@ def add_eval_arguments(e: argparse.ArgumentParser) -> None:
                    help="auto: llama.cpp for .gguf, genai for a folder with genai_config.json, onnx for a "
                         "folder with *.onnx, openai for openai:URL#MODEL, torch otherwise; llama.cpp-server "
                         "serves a GGUF on 127.0.0.1 for the run")
-    e.add_argument("--strategy", default="cot", choices=sorted(BUILDERS), help="prompting strategy")
+    e.add_argument("--strategy", default="cot", choices=sorted(BUILDERS),
+                   help="cot: plain chain of thought; auto: a multi-strategy student picks its tag; l2m|pot: that tag forced")
     e.add_argument("--fewshot", type=int, default=0, metavar="N",
                    help="N worked examples before each question, drawn deterministically from the suite's "
                         "train split (GSM8K) or a fixed set, never from the evaluated problems")

@@ -153,6 +153,9 @@ class LlamaCppGenerator:
                        "prompt_format": "chat template" if self.chat else "plain"}
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
+        if any(p and p[-1]["role"] == "assistant" for p in prompts):
+            raise ModelError("a forced strategy tag (an assistant prefix) needs the torch, onnx or genai backend; "
+                             "use --strategy auto or cot with llama.cpp")
         out = []
         for p in prompts:
             if self.chat:

@@ -72,6 +72,9 @@ class OpenAIGenerator:
         return resp.choices[0].message.content or ""
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
+        if any(p and p[-1]["role"] == "assistant" for p in prompts):  # chat APIs close that turn, not continue it
+            raise ModelError("a forced strategy tag (an assistant prefix) needs the torch, onnx or genai backend; "
+                             "use --strategy auto or cot with an endpoint")
         out: list[str | None] = [None] * len(prompts)
         with ThreadPoolExecutor(self.concurrency) as pool:
             futures = {pool.submit(self._one, p, max_new_tokens, temperature): i for i, p in enumerate(prompts)}

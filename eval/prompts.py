@@ -8,7 +8,7 @@ from pathlib import Path
 
 from toolkit.errors import DataError, ToolkitError
 from toolkit.problems import Problem, load_suite
-from toolkit.strategies import COT_INSTRUCTION, student_messages
+from toolkit.strategies import COT_INSTRUCTION, eval_prompt, student_messages
 
 Messages = list[dict[str, str]]
 
@@ -33,10 +33,20 @@ def cot_messages(question: str, shots: list[Shot]) -> Messages:
     return messages
 
 
-# Strategy name -> message builder. Every eval prompt goes through `build_messages`, so a strategy
-# module (l2m, pot) plugs in by registering its builder here.
+def tagged_builder(strategy: str) -> PromptBuilder:
+    """A multi-strategy student's prompt (toolkit.strategies.eval_prompt): `auto` lets it pick, l2m/pot
+    force that tag. It was trained zero-shot on this prompt, so worked examples are refused."""
+    def build(question: str, shots: list[Shot]) -> Messages:
+        if shots:
+            raise ToolkitError(f"--fewshot applies to --strategy cot; a {strategy} prompt is the tagged "
+                               "student's own zero-shot prompt")
+        return eval_prompt(question, strategy)
+    return build
+
+
+# Strategy name -> message builder. Every eval prompt goes through `build_messages`.
 PromptBuilder = Callable[[str, list[Shot]], Messages]
-BUILDERS: dict[str, PromptBuilder] = {"cot": cot_messages}
+BUILDERS: dict[str, PromptBuilder] = {"cot": cot_messages, **{s: tagged_builder(s) for s in ("l2m", "pot", "auto")}}
 
 
 def build_messages(question: str, strategy: str = "cot", shots: list[Shot] | None = None) -> Messages:
@@ -118,10 +128,18 @@ def plain_text(messages: Messages) -> str:
 
 
 def render(tokenizer, messages: Messages) -> tuple[str, tuple[str, ...]]:
-    """(prompt text, stop strings): the model's own chat template when it has one, else plain completion."""
+    """(prompt text, stop strings): the model's own chat template when it has one, else plain completion.
+
+    A trailing assistant message is a prefix the model continues (a forced strategy tag), not a closed
+    turn: the generation prompt and then the prefix verbatim (continue_final_message would strip its
+    trailing newline, and "[pot]" then tokenizes differently from the "[pot]\n" the student learned).
+    """
+    prefix = ""
+    if messages and messages[-1]["role"] == "assistant":
+        messages, prefix = messages[:-1], messages[-1]["content"]
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), ()
-    return plain_text(messages), PLAIN_STOP
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix, ()
+    return plain_text(messages) + (" " + prefix if prefix else ""), PLAIN_STOP
 
 
 def cut_at_stop(text: str, stops: Iterable[str]) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from toolkit.answers import answers_match, extract_strict
+from toolkit.answers import answers_match
 from toolkit.cache import RequestCache
 from toolkit.errors import DataError, ToolkitError
 from toolkit.models import PACKAGED, cache_root
@@ -17,7 +17,8 @@ from toolkit.problems import Problem, load_file, load_hf, load_suite, read_jsonl
 from toolkit.recipe import DataSource, Recipe
 from toolkit.rundir import RunDir, atomic_write_jsonl
 from toolkit.rundir import read_jsonl as read_rows
-from toolkit.strategies import clean_rationale, student_messages, teacher_messages
+from toolkit.strategies import (clean_solution, is_tagged, solution_answers, teacher_messages, training_completion,
+                                 training_prompt)
 
 
 def _progress(console: Console) -> Progress:
@@ -143,32 +144,39 @@ class Distiller:
         return read_jsonl(train_path), read_jsonl(heldout_path)
 
     def rationales(self, k_round: int, problems: list[Problem]) -> list[dict]:
-        """k teacher rationales per problem; those whose answer matches gold become training rows."""
+        """k teacher solutions per problem and strategy; those whose answer matches gold become training rows."""
         rdir = self.run.round_dir(k_round)
         name = f"round-{k_round}/rationales"
         if not self.run.done(name):
             k = self.recipe.distill.paths_per_problem
-            with self.stage(name, f"teacher: {k} rationales for each of {len(problems)} problems") as info:
-                with self.teacher() as teacher, self.progress("teacher requests", len(problems) * k) as advance:
-                    texts = teacher.complete([teacher_messages(p.question) for p in problems], n=k,
+            strategies = self.recipe.distill.strategies
+            pairs = [(p, s) for p in problems for s in strategies]
+            with self.stage(name, f"teacher: {k} solutions for each of {len(problems)} problems and "
+                                  f"{len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'}") as info:
+                with self.teacher() as teacher, self.progress("teacher requests", len(pairs) * k) as advance:
+                    texts = teacher.complete([teacher_messages(p.question, s) for p, s in pairs], n=k,
                                              temperature=self.recipe.teacher.temperature,
                                              on_done=lambda: advance(1))
+                flat = [(prob, s, j, text) for (prob, s), outs in zip(pairs, texts) for j, text in enumerate(outs)]
+                cleaned = [clean_solution(s, text) for _, s, _, text in flat]
+                answers = solution_answers([(s, c) for (_, s, _, _), c in zip(flat, cleaned)])
                 rows, train = [], []
-                for prob, outs in zip(problems, texts):
-                    for j, text in enumerate(outs):
-                        cleaned = clean_rationale(text)
-                        pred = extract_strict(cleaned) if cleaned else None
-                        ok = answers_match(pred, prob.answer)
-                        rows.append({"problem_id": prob.id, "sample": j, "text": text, "answer": pred,
-                                     "gold": prob.answer, "correct": ok})
-                        if ok:
-                            train.append({"problem_id": prob.id, "strategy": "cot",
-                                          "messages": student_messages(prob.question), "completion": cleaned})
+                by_strategy = {s: {"requested": 0, "kept": 0} for s in strategies}
+                for (prob, s, j, text), body, pred in zip(flat, cleaned, answers):
+                    ok = answers_match(pred, prob.answer)
+                    rows.append({"problem_id": prob.id, "strategy": s, "sample": j, "text": text, "answer": pred,
+                                 "gold": prob.answer, "correct": ok})
+                    by_strategy[s]["requested"] += 1
+                    if ok:
+                        by_strategy[s]["kept"] += 1
+                        train.append({"problem_id": prob.id, "strategy": s,
+                                      "messages": training_prompt(prob.question, strategies),
+                                      "completion": training_completion(s, body, strategies)})
                 atomic_write_jsonl(rdir / "rationales.jsonl", rows)
                 atomic_write_jsonl(rdir / "train.jsonl", train)
                 info.update(requested=len(rows), kept=len(train),
                             problems_covered=len({r["problem_id"] for r in train}),
-                            teacher_requests_sent=teacher.requests_sent)
+                            teacher_requests_sent=teacher.requests_sent, by_strategy=by_strategy)
                 if not train:
                     raise DataError(f"the teacher got no training problem right ({len(rows)} rationales in "
                                     f"{rdir / 'rationales.jsonl'}); check the teacher model and prompt")
@@ -212,19 +220,26 @@ class Distiller:
 
         if not self.run.done(name):
             with self.stage(name, title) as info, self.student_sampler(model_and_tok, path, name) as gen:
+                strategy = "auto" if is_tagged(self.recipe.distill.strategies) else "cot"
                 with self.progress("answering held-out problems", len(heldout)) as advance:
                     report = evaluate(gen, {"heldout": heldout}, out, model=str(out.parent),
-                                      max_new_tokens=self.recipe.eval.max_new_tokens, on_done=advance)
+                                      max_new_tokens=self.recipe.eval.max_new_tokens, on_done=advance,
+                                      strategy=strategy)
                 res = report["results"]["heldout"]
                 info.update(n=res["n"], strict_match=res["strict_match"], flexible_extract=res["flexible_extract"],
                             results=str(out))
+                if "strategies" in res:
+                    info["strategies"] = res["strategies"]
         return self.run.stage(name)
 
-    def train(self, k_round: int, rows: list[dict]) -> Path:
+    def train(self, k_round: int, rows: list[dict], folder: str | None = None) -> Path:
+        """Fine-tune the base student on `rows` into `<folder>/student` (folder: round-K by default)."""
         from toolkit.train import pack, planned_steps, tokenize_example, train
 
-        out = self.run.round_dir(k_round) / "student"
-        name = f"round-{k_round}/train"
+        folder = folder or f"round-{k_round}"
+        (self.run.root / folder).mkdir(parents=True, exist_ok=True)
+        out = self.run.root / folder / "student"
+        name = f"{folder}/train"
         if not self.run.done(name):
             model, tok = self.base_student()
             examples = [tokenize_example(tok, r["messages"], r["completion"], self.recipe.train.seq_len)
@@ -239,20 +254,20 @@ class Distiller:
                         bar.update(task, completed=row["step"], description=f"training (loss {row['loss']:.3f})")
 
                     if cfg.processes > 1 or cfg.nodes > 1:  # torchrun workers; this process only waits and reports
-                        stats = self._train_processes(k_round, cfg, out, log)
+                        stats = self._train_processes(folder, cfg, out, log)
                     else:
                         stats = train(model, tok, examples, cfg, out, seed=self.recipe.seed, log=log)
                 if stats.get("resumed_from_step"):
                     self.console.print(f"  resumed from step {stats['resumed_from_step']} of {stats['steps']}")
-                atomic_write_jsonl(self.run.round_dir(k_round) / "train_log.jsonl", stats.pop("curve"))
+                atomic_write_jsonl(self.run.root / folder / "train_log.jsonl", stats.pop("curve"))
                 info.update(stats)
             self._model = None  # the weights changed: the base must be reloaded if needed again
         return out
 
-    def _train_processes(self, k_round: int, cfg, out: Path, log) -> dict:
+    def _train_processes(self, folder: str, cfg, out: Path, log) -> dict:
         from toolkit.train_job import launch, write_job
 
-        rdir = self.run.round_dir(k_round)
+        rdir = self.run.root / folder
         job = write_job(rdir / "train-job.json", student=self.recipe.student.model,
                         base_dir=str(self.recipe.base_dir),
                         rows=rdir / "train.jsonl", cfg=cfg, out=out, seed=self.recipe.seed)
@@ -299,11 +314,19 @@ class Distiller:
                 lambda d=student_dir: load_student(d), heldout, self.run.round_dir(k) / "eval" / "results.json",
                 path=student_dir)
             rounds[f"round-{k}"].update(problems=len(problems), rationales=len(rows))
+        if self.recipe.distill.self_guided:
+            from toolkit import siked
+
+            student_dir = siked.iterate(self, problems, rows, heldout, student_dir, rounds)
         self.run.manifest["summary"] = {"rounds": rounds, "student": str(student_dir)}
         self.run.save()
         from toolkit.rounds_report import write_round_report
 
         write_round_report(self.run.root, rounds)
+        if is_tagged(self.recipe.distill.strategies):
+            from toolkit.siked import write_strategy_report
+
+            write_strategy_report(self.run.root, rounds)
         return self.run.manifest
 
     def data_root(self) -> Path:
@@ -341,11 +364,15 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
                     f"temperature {recipe.teacher.temperature}, max {recipe.teacher.max_tokens} tokens"),
         ("student", model_line(recipe.student.model)),
         ("data", f"{len(train)} training problems ({train[0].source}), {len(heldout)} held-out ({heldout[0].source})"),
-        ("teacher requests", f"{len(train) * k} in round 0 ({k} rationales per problem; cached requests are free)"),
+        ("teacher requests", f"{len(train) * k * len(dc.strategies)} in round 0 ({k} per problem and strategy; "
+                             f"cached requests are free)"),
         ("rounds", f"{dc.rounds}" + (f": each later round asks the student for feedback, writes {dc.new_per_problem} "
                                       f"new problem(s) per training problem and keeps those whose {dc.label_solves} "
                                       f"teacher solutions agree (≥ {dc.vote_min} votes, ≥ {dc.vote_fraction:.0%})"
                                       if dc.rounds > 1 else " (round 0 only)")),
+        ("strategies", ", ".join(dc.strategies) + (" (the student tags its replies and picks one)"
+                                                   if is_tagged(dc.strategies) else "")),
+        ("self-guided", _describe_self_guided(dc)),
         ("training", (f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs")
          + f", batch {t.batch_size} × {t.seq_len} packed tokens, lr {t.lr}"
          + (f", LoRA r={t.lora}" if t.lora else "")),
@@ -355,3 +382,13 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
         ("teacher cache", str((Path(recipe.cache_dir).expanduser() if recipe.cache_dir else cache_root())
                               / "teacher.sqlite")),
     ]
+
+
+def _describe_self_guided(dc) -> str:
+    sg = dc.self_guided
+    if sg is None:
+        return "none"
+    mixing = (f"teacher share alpha {' → '.join(f'{a:g}' for a in sg.alpha)}" if sg.mixing == "all"
+              else "adaptive (teacher data only for problems the student still fails)")
+    return (f"{sg.iterations} iteration(s) after the last round: {sg.samples} student samples per problem at "
+            f"temperature {sg.temperature} ({sg.backend} backend), correct ones kept; {mixing}; retrain from the base")

@@ -4,13 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toolkit.answers import answers_match, extract_strict
+from toolkit.answers import answers_match
 from toolkit.hygiene import LeakageIndex, dedupe
 from toolkit.problems import Problem, read_jsonl, write_jsonl
 from toolkit.questions import harder_messages, parse_questions, similar_messages
 from toolkit.rundir import atomic_write_jsonl
 from toolkit.rundir import read_jsonl as read_rows
-from toolkit.strategies import clean_rationale, student_messages, teacher_messages
+from toolkit.strategies import (STRATEGIES, clean_solution, final_answers, is_tagged, solution_answers,
+                                 teacher_messages, training_completion, training_prompt)
 from toolkit.voting import majority_vote
 
 if TYPE_CHECKING:
@@ -34,13 +35,14 @@ def feedback(d: Distiller, k: int, problems: list[Problem], student_dir: Path) -
         n = cfg.feedback_samples
         with d.stage(name, f"feedback: round {k - 1} student answers {len(problems)} training problems") as info, \
                 d.student_sampler(lambda: load_student(student_dir), student_dir, name) as gen:
-            prompts = [student_messages(p.question) for p in problems for _ in range(n)]
+            prompts = [training_prompt(p.question, cfg.strategies) for p in problems for _ in range(n)]
             with d.progress("student answers", len(prompts)) as advance:
                 outs = gen.generate(prompts, max_new_tokens=d.recipe.eval.max_new_tokens,
                                     temperature=cfg.feedback_temperature if n > 1 else 0.0, on_done=advance)
+            parsed = [a for _, a in final_answers("auto" if is_tagged(cfg.strategies) else "cot", outs)]
             rows = []
             for i, p in enumerate(problems):
-                answers = [extract_strict(o) for o in outs[i * n:(i + 1) * n]]
+                answers = parsed[i * n:(i + 1) * n]
                 rows.append({"id": p.id, "answers": answers, "gold": p.answer, "samples": n,
                              "label": classify(answers, p.answer, cfg.feedback_threshold)})
             atomic_write_jsonl(path, rows)
@@ -96,32 +98,44 @@ def new_questions(d: Distiller, k: int, problems: list[Problem], easy: list[str]
 
 
 def pseudo_label(d: Distiller, k: int, questions: list[Problem]) -> tuple[list[Problem], list[dict]]:
-    """The teacher solves each new problem n times; a majority answer with enough agreement becomes
-    its label, and the rationales that reach it become training rows."""
+    """The teacher solves each new problem n times (the n solves spread over the recipe's strategies in
+    turn); a majority answer with enough agreement becomes its label, and the solutions that reach it
+    become training rows."""
     cfg = d.recipe.distill
     rdir = d.run.round_dir(k)
     name = f"round-{k}/labels"
     if not d.run.done(name):
         n = cfg.label_solves
+        strategies = [s for s in STRATEGIES if s in cfg.strategies]
+        # Solve j uses strategy j mod |strategies|: the same n requests whatever the strategy count.
+        per = {s: len(range(i, n, len(strategies))) for i, s in enumerate(strategies)}
         with d.stage(name, f"teacher: {n} solutions for each of {len(questions)} new problems") as info:
-            texts: list[list[str]] = []
+            solved: list[list[tuple[str, str]]] = [[] for _ in questions]
             if questions:
                 with d.teacher() as teacher, d.progress("labelling requests", len(questions) * n) as advance:
-                    texts = teacher.complete([teacher_messages(q.question) for q in questions], n=n,
-                                             temperature=d.recipe.teacher.temperature, on_done=lambda: advance(1))
-            accepted, rows, votes = [], [], []
-            for q, outs in zip(questions, texts):
-                cleaned = [clean_rationale(t) for t in outs]
-                answers = [extract_strict(c) if c else None for c in cleaned]
+                    for s in strategies:
+                        if per[s]:
+                            texts = teacher.complete([teacher_messages(q.question, s) for q in questions], n=per[s],
+                                                     temperature=d.recipe.teacher.temperature,
+                                                     on_done=lambda: advance(1))
+                            for i, outs in enumerate(texts):
+                                solved[i] += [(s, clean_solution(s, t)) for t in outs]
+            flat_answers = solution_answers([pair for pairs in solved for pair in pairs])
+            accepted, rows, votes, at = [], [], [], 0
+            for q, pairs in zip(questions, solved):
+                answers = flat_answers[at:at + len(pairs)]
+                at += len(pairs)
                 vote = majority_vote(answers, cfg.vote_fraction, cfg.vote_min)
-                votes.append({"id": q.id, "answers": answers, "answer": vote.answer, "votes": vote.votes,
-                              "agreement": vote.agreement, "accepted": vote.accepted})
+                votes.append({"id": q.id, "answers": answers, "strategies": [s for s, _ in pairs],
+                              "answer": vote.answer, "votes": vote.votes, "agreement": vote.agreement,
+                              "accepted": vote.accepted})
                 if not vote.accepted:
                     continue
                 labelled = Problem(q.id, q.question, vote.answer, q.source, q.origin)
                 accepted.append(labelled)
-                rows += [{"problem_id": q.id, "strategy": "cot", "messages": student_messages(q.question),
-                          "completion": c} for c, a in zip(cleaned, answers) if c and answers_match(a, vote.answer)]
+                rows += [{"problem_id": q.id, "strategy": s, "messages": training_prompt(q.question, cfg.strategies),
+                          "completion": training_completion(s, c, cfg.strategies)}
+                         for (s, c), a in zip(pairs, answers) if c and answers_match(a, vote.answer)]
             write_jsonl(rdir / "generated.jsonl", accepted)
             atomic_write_jsonl(rdir / "votes.jsonl", votes)
             atomic_write_jsonl(rdir / "new_train.jsonl", rows)

@@ -187,8 +187,48 @@ class StudentConfig(_Section):
     sampler_concurrency: int = Field(256, ge=1)
 
 
+class SelfGuidedConfig(_Section):
+    """SIKeD self-guided iterations, after the last FDD round: the current student solves every training
+    problem itself, its correct solutions are mixed with the teacher's, and the mix retrains the student
+    from the base checkpoint (as every round does).
+
+    iterations: how many self-guided iterations.
+    samples: k, the student's own solutions per training problem (on-policy sampling).
+    temperature: the sampling temperature of those solutions.
+    mixing: `all` mixes all teacher data with the self-generated data at teacher share alpha;
+        `adaptive` keeps teacher data only for problems the student still fails (no correct sample).
+    alpha: mixing `all` only: the teacher data's share of each iteration's training set, one value
+        per iteration (SIKeD lowers it, e.g. [0.9, 0.5, 0.2]). Teacher rows are subsampled to reach it;
+        when the student solved nothing, the teacher data is used whole.
+    backend: the generation backend the student samples with (`auto`: torch for a trained folder);
+        see `toolkit eval --backend`.
+    max_new_tokens: longest sampled solution, in tokens (default: eval.max_new_tokens).
+    """
+
+    iterations: int = Field(1, ge=1, le=20)
+    samples: int = Field(4, ge=1)
+    temperature: float = Field(0.7, gt=0, le=2)
+    mixing: Literal["all", "adaptive"] = "all"
+    alpha: list[float] | None = None
+    backend: str = "auto"
+    max_new_tokens: int | None = Field(None, ge=8)
+
+    @model_validator(mode="after")
+    def _alpha_schedule(self) -> SelfGuidedConfig:
+        if self.mixing == "adaptive":
+            if self.alpha is not None:
+                raise ValueError("alpha applies to mixing 'all' only; remove it for 'adaptive'")
+            return self
+        if self.alpha is None or len(self.alpha) != self.iterations:
+            raise ValueError(f"mixing 'all' needs alpha, one teacher share per iteration ({self.iterations})")
+        if any(not 0 <= a <= 1 for a in self.alpha):
+            raise ValueError(f"every alpha must lie in [0, 1], got {self.alpha}")
+        return self
+
+
 class DistillConfig(_Section):
-    """The method: feedback-driven distillation (FDD) over rounds.
+    """The method: feedback-driven distillation (FDD) over rounds, optionally several strategies and
+    SIKeD self-guided iterations.
 
     rounds: how many rounds; round 0 trains on teacher rationales for the seed problems, every later
         round first asks the previous student for feedback and grows the data (1 = round 0 only).
@@ -206,6 +246,12 @@ class DistillConfig(_Section):
         near-duplicates (only the first is kept).
     leakage_ngram: a generated problem sharing a word n-gram of this length with any evaluation
         suite question is dropped (13, the GPT-3 / lm-evaluation-harness contamination convention).
+    strategies: how the teacher solves problems: `cot` (chain of thought), `l2m` (least-to-most:
+        sub-questions, then answers), `pot` (a Python program that sets `answer`, checked by running
+        it in the sandbox). paths_per_problem and label_solves are per strategy / spread over them.
+        With more than `cot` the student learns to start its reply with a tag ([cot], [l2m], [pot])
+        and picks its own strategy at evaluation.
+    self_guided: SIKeD iterations (see SelfGuidedConfig); absent: none.
     """
 
     rounds: int = Field(1, ge=1, le=20)
@@ -222,11 +268,15 @@ class DistillConfig(_Section):
     dedup_ngram: int = Field(3, ge=1)
     dedup_threshold: float = Field(0.7, gt=0, le=1)
     leakage_ngram: int = Field(13, ge=4)
+    strategies: list[Literal["cot", "l2m", "pot"]] = Field(default_factory=lambda: ["cot"], min_length=1)
+    self_guided: SelfGuidedConfig | None = None
 
     @model_validator(mode="after")
     def _votes_possible(self) -> DistillConfig:
         if self.vote_min > self.label_solves:
             raise ValueError(f"vote_min {self.vote_min} can never be reached with label_solves {self.label_solves}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies repeat one: {self.strategies}")
         return self
 
 

@@ -1,0 +1,84 @@
+"""Compare two distillation runs on the same held-out problems: accuracy with 95% intervals and the paired difference.
+
+The SIKeD experiment (CoT-only twin first; both recipes share data, student and teacher budget):
+
+    .venv/bin/toolkit distill recipes/siked-cpu-easy-cot.yaml
+    .venv/bin/toolkit distill recipes/siked-cpu-easy.yaml
+    .venv/bin/python bench/siked_compare.py runs/siked-cpu-easy-cot runs/siked-cpu-easy \\
+        --out bench/results/siked-cpu-easy/comparison.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from pathlib import Path
+
+from toolkit.eval.accuracy import wilson_interval
+from toolkit.rundir import atomic_write_text, read_jsonl
+
+
+def _eval_folder(run: Path, model: str) -> Path:
+    return run / "eval-base" if model == "base" else run / model / "eval"
+
+
+def correct_by_id(run: Path, model: str) -> dict[str, bool]:
+    """Strict-match correctness per held-out problem id of one evaluated model of a run."""
+    return {r["id"]: r["strict_match"] for r in read_jsonl(_eval_folder(run, model) / "samples_heldout.jsonl")}
+
+
+def paired(a: dict[str, bool], b: dict[str, bool], reps: int = 10000, seed: int = 0) -> dict:
+    """b - a on the problems both answered: difference, 95% bootstrap interval (problems resampled),
+    and the exact two-sided McNemar p-value on the discordant pairs."""
+    ids = sorted(set(a) & set(b))
+    diffs = [int(b[i]) - int(a[i]) for i in ids]
+    rng = random.Random(seed)
+    boots = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(reps))
+    only_b, only_a = diffs.count(1), diffs.count(-1)
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
+    return {"n": len(ids), "difference": sum(diffs) / len(ids), "ci95": [boots[int(0.025 * reps)],
+            boots[int(0.975 * reps) - 1]], "only_a": only_a, "only_b": only_b, "mcnemar_p": min(1.0, 2 * tail)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_a", type=Path, help="the baseline run folder (e.g. the CoT-only twin)")
+    ap.add_argument("run_b", type=Path, help="the run compared with it (e.g. the mixed-strategy student)")
+    ap.add_argument("--out", type=Path, required=True, help="Markdown file to write")
+    args = ap.parse_args()
+    lines = ["| run | model | held-out n | strict match (95% CI) | teacher requests | training rows |",
+             "|---|---|---:|---:|---:|---:|"]
+    finals = {}
+    for run in (args.run_a, args.run_b):
+        manifest = json.loads((run / "manifest.json").read_text())
+        requests = sum(s.get("requested", 0) for k, s in manifest["stages"].items() if k.endswith("/rationales")) \
+            + sum(s.get("requests", 0) + s.get("questions", 0) * manifest["recipe"]["distill"]["label_solves"]
+                  for k, s in manifest["stages"].items() if k.endswith(("/questions", "/labels")))
+        for model, r in manifest["summary"]["rounds"].items():
+            k = round(r["strict_match"] * r["n"])
+            lo, hi = wilson_interval(k, r["n"])
+            lines.append(f"| {run.name} | {model} | {r['n']} | {r['strict_match']:.1%} ({lo:.1%}–{hi:.1%}) | "
+                         f"{requests} | {r.get('rationales', 0)} |")
+        finals[run] = list(manifest["summary"]["rounds"])[-1]
+    p = paired(correct_by_id(args.run_a, finals[args.run_a]), correct_by_id(args.run_b, finals[args.run_b]))
+    lines += ["", f"Paired on the same {p['n']} held-out problems, {args.run_b.name}/{finals[args.run_b]} minus "
+              f"{args.run_a.name}/{finals[args.run_a]}: {p['difference']:+.1%} (95% bootstrap interval "
+              f"{p['ci95'][0]:+.1%} to {p['ci95'][1]:+.1%}); solved only by the first {p['only_a']}, only by the "
+              f"second {p['only_b']}; exact McNemar p = {p['mcnemar_p']:.3f}."]
+    strategies = args.run_b / "strategies.json"
+    if strategies.is_file():
+        lines += ["", "Per strategy, " + args.run_b.name + " (share chosen, accuracy when chosen):", "",
+                  "| model | strategy | held-out | own samples |", "|---|---|---|---|"]
+        for r in json.loads(strategies.read_text()):
+            cells = [("–" if c is None else f"{c['share']:.0%} ({c['chosen']}), "
+                      + ("–" if c["accuracy"] is None else f"{c['accuracy']:.0%}"))
+                     for c in (r["heldout"], r["self_samples"])]
+            lines.append(f"| {r['model']} | {r['strategy']} | {cells[0]} | {cells[1]} |")
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""SIKeD self-guided iterations: the student samples its own solutions, keeps the correct ones and mixes them with teacher data."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from toolkit.answers import answers_match
+from toolkit.problems import Problem
+from toolkit.rundir import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from toolkit.rundir import read_jsonl as read_rows
+from toolkit.strategies import (STRATEGIES, clean_solution, is_tagged, solution_answers, split_tag, strategy_stats,
+                                 training_completion, training_prompt)
+
+if TYPE_CHECKING:
+    from toolkit.distill import Distiller
+
+
+def score_samples(problems: list[Problem], outputs: list[str], k: int,
+                  strategies: list[str]) -> tuple[list[dict], list[dict], dict]:
+    """The student's k replies per problem, read and checked against gold.
+
+    Returns (one row per reply, the training rows of the correct ones, per-strategy statistics).
+    A reply counts as correct when it is a well-formed solution of the strategy it chose (an untagged
+    reply is read as CoT) whose answer matches gold; a strategy outside the recipe's never counts.
+    Identical correct replies to one problem are kept once.
+    """
+    tagged = is_tagged(strategies)
+    chosen, bodies = [], []
+    for text in outputs:
+        strategy, body = split_tag(text) if tagged else ("cot", text)
+        strategy = strategy or "cot"
+        chosen.append(strategy)
+        bodies.append(clean_solution(strategy, body) if strategy in strategies else None)
+    answers = solution_answers(list(zip(chosen, bodies)))
+    samples, train, seen = [], [], set()
+    for i, (text, strategy, body, answer) in enumerate(zip(outputs, chosen, bodies, answers)):
+        prob = problems[i // k]
+        ok = body is not None and answers_match(answer, prob.answer)
+        samples.append({"problem_id": prob.id, "sample": i % k, "strategy": strategy, "text": text,
+                        "answer": answer, "gold": prob.answer, "correct": ok})
+        if ok and (prob.id, body) not in seen:
+            seen.add((prob.id, body))
+            train.append({"problem_id": prob.id, "strategy": strategy, "source": "self",
+                          "messages": training_prompt(prob.question, strategies),
+                          "completion": training_completion(strategy, body, strategies)})
+    return samples, train, strategy_stats(chosen, [s["correct"] for s in samples])
+
+
+def mix(teacher: list[dict], own: list[dict], mode: str, alpha: float | None, seed: int) -> tuple[list[dict], dict]:
+    """One iteration's training set: teacher rows mixed with the student's own correct rows.
+
+    all: every own row, plus teacher rows subsampled so that they make up a share `alpha` of the set
+        (all of them when the student solved nothing, or when alpha asks for more than there are).
+    adaptive: every own row, plus the teacher rows of problems with no correct own row.
+    """
+    if mode == "adaptive":
+        solved = {r["problem_id"] for r in own}
+        kept = [r for r in teacher if r["problem_id"] not in solved]
+    elif not own or alpha is None or alpha >= 1:
+        kept = teacher
+    else:
+        want = min(len(teacher), round(alpha / (1 - alpha) * len(own)))
+        picked = sorted(random.Random(seed).sample(range(len(teacher)), want))
+        kept = [teacher[i] for i in picked]
+    rows = kept + own
+    return rows, {"teacher_rows": len(kept), "self_rows": len(own), "rows": len(rows),
+                  "teacher_share": round(len(kept) / len(rows), 4) if rows else 0.0}
+
+
+def sample(d: Distiller, t: int, problems: list[Problem], teacher_rows: list[dict], student_dir: Path) -> list[dict]:
+    """Iteration t's on-policy step: the current student samples k solutions per training problem;
+    the correct ones are mixed with the teacher rows into `iter-t/train.jsonl`."""
+    cfg = d.recipe.distill.self_guided
+    strategies = d.recipe.distill.strategies
+    folder = d.run.root / f"iter-{t}"
+    name = f"iter-{t}/sample"
+    if not d.run.done(name):
+        import torch
+
+        from toolkit.eval.generate import open_generator
+
+        k = cfg.samples
+        with d.stage(name, f"student: {k} own solutions for each of {len(problems)} training problems") as info:
+            gen = open_generator(str(student_dir), cfg.backend, batch_size=d.recipe.eval.batch_size,
+                                 threads=d.threads)
+            torch.manual_seed(d.recipe.seed + t)  # the torch backend's sampling, reproducible per iteration
+            prompts = [training_prompt(p.question, strategies) for p in problems for _ in range(k)]
+            with d.progress("student samples", len(prompts)) as advance:
+                outputs = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens or d.recipe.eval.max_new_tokens,
+                                       temperature=cfg.temperature, on_done=advance)
+            samples, own, stats = score_samples(problems, outputs, k, strategies)
+            alpha = cfg.alpha[t - 1] if cfg.alpha else None
+            rows, mixing = mix(teacher_rows, own, cfg.mixing, alpha, d.recipe.seed + t)
+            atomic_write_jsonl(folder / "samples.jsonl", samples)
+            atomic_write_jsonl(folder / "self_train.jsonl", own)
+            atomic_write_jsonl(folder / "train.jsonl", rows)
+            info.update(backend=gen.name, samples=len(samples), correct=sum(s["correct"] for s in samples),
+                        problems_solved=len({r["problem_id"] for r in own}), mixing=cfg.mixing, alpha=alpha,
+                        **mixing, strategies=stats)
+    return read_rows(folder / "train.jsonl")
+
+
+def iterate(d: Distiller, problems: list[Problem], teacher_rows: list[dict], heldout: list[Problem],
+            student_dir: Path, rounds: dict[str, dict]) -> Path:
+    """All self-guided iterations after the last round; each retrains from the base and is evaluated.
+    Adds `iter-t` entries to `rounds` and returns the last student."""
+    from toolkit.distill import load_student
+
+    for t in range(1, d.recipe.distill.self_guided.iterations + 1):
+        rows = sample(d, t, problems, teacher_rows, student_dir)
+        student_dir = d.train(0, rows, folder=f"iter-{t}")
+        rounds[f"iter-{t}"] = d.evaluate(f"iter-{t}/eval", f"eval: iteration {t} student on held-out problems",
+                                         lambda s=student_dir: load_student(s), heldout,
+                                         d.run.root / f"iter-{t}" / "eval" / "results.json")
+        info = d.run.stage(f"iter-{t}/sample")
+        rounds[f"iter-{t}"].update(problems=len(problems), rationales=len(rows), sampling=info["strategies"],
+                                   teacher_rows=info["teacher_rows"], self_rows=info["self_rows"])
+    return student_dir
+
+
+def strategy_rows(rounds: dict[str, dict]) -> list[dict]:
+    """One row per (model, strategy): held-out choice share and accuracy, and for self-guided
+    iterations the same on the student's own training samples that fed it."""
+    out = []
+    for model, r in rounds.items():
+        for s in STRATEGIES:
+            held = r.get("strategies", {}).get(s)
+            own = r.get("sampling", {}).get(s)
+            if held is None and own is None:
+                continue
+            out.append({"model": model, "strategy": s, "heldout": held, "self_samples": own})
+    return out
+
+
+def _cell(stats: dict | None) -> str:
+    if stats is None:
+        return "–"
+    acc = "–" if stats["accuracy"] is None else f"{stats['accuracy']:.0%}"
+    return f"{stats['share']:.0%} chosen ({stats['chosen']}), {acc} right"
+
+
+def write_strategy_report(run_root: Path, rounds: dict[str, dict]) -> list[dict]:
+    """strategies.json, and a per-strategy table appended to rounds.md."""
+    rows = strategy_rows(rounds)
+    atomic_write_json(run_root / "strategies.json", rows)
+    lines = ["", "Per strategy (held-out: greedy, the student's own choice; self samples: the on-policy samples "
+             "of the student before that iteration):", "",
+             "| model | strategy | held-out | self samples |", "|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['strategy']} | {_cell(r['heldout'])} | {_cell(r['self_samples'])} |" for r in rows]
+    md = run_root / "rounds.md"
+    atomic_write_text(md, (md.read_text() if md.is_file() else "") + "\n".join(lines) + "\n")
+    return rows
