@@ -364,8 +364,9 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
                     f"temperature {recipe.teacher.temperature}, max {recipe.teacher.max_tokens} tokens"),
         ("student", model_line(recipe.student.model)),
         ("data", f"{len(train)} training problems ({train[0].source}), {len(heldout)} held-out ({heldout[0].source})"),
-        ("teacher requests", f"{len(train) * k * len(dc.strategies)} in round 0 ({k} per problem and strategy; "
-                             f"cached requests are free)"),
+        ("teacher requests", f"{len(train) * k * len(dc.strategies)} in round 0 ({k} "
+                             + ("per problem and strategy" if is_tagged(dc.strategies) else "rationales per problem")
+                             + "; cached requests are free)"),
         ("rounds", f"{dc.rounds}" + (f": each later round asks the student for feedback, writes {dc.new_per_problem} "
                                       f"new problem(s) per training problem and keeps those whose {dc.label_solves} "
                                       f"teacher solutions agree (≥ {dc.vote_min} votes, ≥ {dc.vote_fraction:.0%})"
