@@ -85,11 +85,12 @@ def test_forced_tag_renders_as_the_start_of_the_assistant_turn(tiny_model_dir):
     """The forced prompt is the trained prompt plus the tag: the same tokens the student saw in training."""
     from transformers import AutoTokenizer
 
-    from toolkit.eval.generate import render_prompt
+    from toolkit.eval.prompts import build_messages, render
     from toolkit.train import tokenize_example
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    text = render_prompt(tok, eval_prompt("What is 2 plus 3?", "pot"))
+    text, stops = render(tok, build_messages("What is 2 plus 3?", "pot"))
+    assert stops == ()
     assert text.endswith("<|im_start|>assistant\n[pot]\n")
     ex = tokenize_example(tok, training_prompt("What is 2 plus 3?", ["cot", "pot"]),
                           training_completion("pot", "```python\nanswer = 5\n```", ["cot", "pot"]), 256)
