@@ -13,6 +13,8 @@ from toolkit.strategies import (TAGS, clean_solution, eval_prompt, extract_progr
                                 split_tag, strategy_stats, teacher_messages, training_completion, training_prompt)
 from toolkit.problems import Problem
 
+from tests.test_recipe import MINIMAL
+
 REAL = Path(__file__).parent / "data" / "real_strategy_outputs.jsonl"
 ROWS = [json.loads(line) for line in REAL.read_text().splitlines()] if REAL.is_file() else []
 
@@ -142,14 +144,7 @@ def test_score_samples_keeps_correct_well_formed_replies_once():
     assert score_samples(probs[:1], ["[pot]\n```python\nanswer = 12\n```"], 1, ["cot", "l2m"])[1] == []
 
 
-MINIMAL = """\
-name: t
-data:
-  train: {suite: multiarith}
-teacher:
-  model: pkg:smollm2-135m-instruct
-student:
-  model: pkg:smollm2-135m-instruct
+SIKED = MINIMAL + """\
 distill:
   strategies: [cot, pot]
   self_guided: {iterations: 2, mixing: all, alpha: [0.9, 0.2]}
@@ -158,7 +153,7 @@ distill:
 
 def test_recipe_options(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text(MINIMAL)
+    path.write_text(SIKED)
     r = load_recipe(path)
     assert r.distill.strategies == ["cot", "pot"] and r.distill.self_guided.alpha == [0.9, 0.2]
     assert r.distill.self_guided.samples == 4 and r.distill.self_guided.temperature == 0.7
