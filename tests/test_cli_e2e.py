@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +132,37 @@ def test_unreachable_teacher_ends_with_one_line_and_keeps_the_data_stage(recipe,
     manifest = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())
     assert list(manifest["stages"]) == ["data"]  # finished work is kept for the resumed run
     assert (tmp_path / "runs" / "tiny" / "round-0" / "problems.jsonl").is_file()
+
+
+def _holders(path: Path) -> list[int]:
+    """PIDs of live processes whose stdout is `path` (the teacher server writes its log there)."""
+    pids = []
+    for fd in Path("/proc").glob("[0-9]*/fd/1"):
+        try:
+            if Path(os.readlink(fd)) == path:
+                pids.append(int(fd.parts[2]))
+        except OSError:
+            continue
+    return pids
+
+
+def test_sigterm_stops_the_teacher_server_and_keeps_the_run(tiny_model_dir, smollm2_gguf, tmp_path):
+    """A `kill` (SIGTERM) of the CLI while its own llama.cpp teacher serves ends like Ctrl-C: exit 130,
+    the resume hint, and no server left running on its own."""
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, "http://127.0.0.1:9/v1")
+    text = recipe.read_text().replace("  backend: openai\n  base_url: http://127.0.0.1:9/v1\n",
+                                      "  backend: llama.cpp\n  threads: 1\n  n_ctx: 512\n")
+    recipe.write_text(text.replace("model: smollm2", f"model: {smollm2_gguf}"))
+    log = tmp_path / "runs" / "tiny" / "logs" / "teacher-server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "distill", str(recipe)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not _holders(log) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert _holders(log), "the run never started its teacher server"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "run again to resume" in err and "Traceback" not in err
+    assert _holders(log) == []
+    assert (tmp_path / "runs" / "tiny" / "manifest.json").is_file()  # the data stage stays recorded
