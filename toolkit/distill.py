@@ -341,6 +341,13 @@ def load_student(path: Path):
     return load_model_and_tokenizer(resolve_model(str(path)))
 
 
+def _sources(problems: list[Problem]) -> str:
+    """The suites a pooled split was drawn from, most frequent first (a split mixes them)."""
+    from collections import Counter
+
+    return ", ".join(name for name, _ in Counter(p.source for p in problems).most_common())
+
+
 def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
     """The resolved plan for --dry-run: what would run, on what, and where it would write."""
     train, heldout = select_problems(recipe)
@@ -363,7 +370,7 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
         ("teacher", f"{model_line(recipe.teacher.model)} via {recipe.teacher.backend}, "
                     f"temperature {recipe.teacher.temperature}, max {recipe.teacher.max_tokens} tokens"),
         ("student", model_line(recipe.student.model)),
-        ("data", f"{len(train)} training problems ({train[0].source}), {len(heldout)} held-out ({heldout[0].source})"),
+        ("data", f"{len(train)} training problems ({_sources(train)}), {len(heldout)} held-out ({_sources(heldout)})"),
         ("teacher requests", f"{len(train) * k * len(dc.strategies)} in round 0 ({k} "
                              + ("per problem and strategy" if is_tagged(dc.strategies) else "rationales per problem")
                              + "; cached requests are free)"),
