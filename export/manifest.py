@@ -4,11 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 
 MANIFEST = "export.json"
-_TOOLS = ("toolkit", "torch", "transformers", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-genai",
+TOOLS = ("toolkit", "torch", "transformers", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-genai",
           "gguf", "llama_cpp_python")
 
 
@@ -27,16 +26,6 @@ def file_rows(out: Path) -> list[dict]:
         if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tar.gz"):
             rows.append({"path": str(p.relative_to(out)), "bytes": p.stat().st_size, "sha256": sha256(p)})
     return rows
-
-
-def versions() -> dict[str, str]:
-    found = {}
-    for name in _TOOLS:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def write_manifest(out: Path, manifest: dict) -> Path:

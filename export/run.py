@@ -9,8 +9,9 @@ from pathlib import Path
 
 from toolkit.errors import ExportError
 from toolkit.export import genai, onnx, parity
-from toolkit.export.manifest import MANIFEST, file_rows, versions, write_manifest
+from toolkit.export.manifest import MANIFEST, TOOLS, file_rows, write_manifest
 from toolkit.export.source import Source, open_source, read_config
+from toolkit.rundir import versions
 
 FORMATS = ("onnx", "genai", "gguf")
 
@@ -107,7 +108,7 @@ def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, c
         "source": {"ref": model_ref, "kind": src.kind, "architecture": src.arch,
                    "tokenizer_gguf": str(src.tokenizer_gguf) if src.tokenizer_gguf else None},
         "format": fmt, "quant": quant, "files": files, "total_bytes": sum(r["bytes"] for r in files),
-        "versions": versions(), "threads": threads, "seconds": round(time.perf_counter() - start, 2),
+        "versions": versions(TOOLS), "threads": threads, "seconds": round(time.perf_counter() - start, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "parity": result, "notes": notes, "passed": bool(result["passed"]),
     }

@@ -51,10 +51,13 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def versions() -> dict[str, str]:
-    """Versions of the packages whose behaviour shapes a run's results."""
+RUN_PACKAGES = ("toolkit", "torch", "transformers", "peft", "llama_cpp_python", "openai", "gguf")
+
+
+def versions(packages: tuple[str, ...] = RUN_PACKAGES) -> dict[str, str]:
+    """Python and the installed versions of `packages` (default: those that shape a run's results)."""
     out = {"python": platform.python_version()}
-    for name in ("toolkit", "torch", "transformers", "peft", "llama_cpp_python", "openai", "gguf"):
+    for name in packages:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
