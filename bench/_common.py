@@ -1,9 +1,11 @@
 """Shared by the bench scripts: machine description and the refusal to time on a busy machine."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -23,3 +25,12 @@ def require_quiet(threads: int, force: bool) -> None:
     if load > threads + 0.5 and not force:
         sys.exit(f"machine busy (load average {load:.2f} with {threads} thread(s)): figures would be "
                  "meaningless; wait for a quiet machine or pass --force")
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """Print the result JSON and, when asked, write it to `out` too."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import machine, require_quiet
+from _common import emit, machine, require_quiet
 
 
 def distill(recipe: Path, overrides: list[str], threads: int) -> float:
@@ -53,10 +53,7 @@ def main() -> None:
     result = {"bench": "cached_rerun", "recipe": str(args.recipe), "overrides": args.overrides,
               "stages": stages, "first_s": round(first, 1), "second_s": round(second, 2),
               "second_over_first": round(second / first, 4), "machine": machine(args.threads)}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

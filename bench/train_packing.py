@@ -10,14 +10,13 @@ as many bins per step as give the same real tokens per step on average. Only non
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _common import machine, require_quiet
+from _common import emit, machine, require_quiet
 
 from toolkit.loading import load_model_and_tokenizer
 from toolkit.models import resolve_model
@@ -100,10 +99,7 @@ def main() -> None:
               "padding_batch": args.batch, "packing_seq_len": args.seq_len, "packing_bins_per_step": per_step,
               **rows, "speedup": round(rows["packing"]["real_tokens_per_s"] / rows["padding"]["real_tokens_per_s"], 2),
               "machine": machine(args.threads)}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
