@@ -199,7 +199,7 @@ def _scatter(rows: list[dict], x_of, xlabel: str, path: Path) -> bool:
 def build_report(inputs: list[Path], out: Path) -> Path:
     """Write out/report.md plus out/accuracy_vs_latency.png, out/accuracy_vs_size.png and one
     out/rounds-<run>.png per distillation run; returns the Markdown file's path."""
-    from toolkit.rounds_report import _plot as plot_rounds  # the run's own per-round curve, same look
+    from toolkit.rounds_report import plot_rounds  # the run's own per-round curve, same look
     from toolkit.rounds_report import markdown_table as rounds_table
 
     evals, benches, rounds = collect(inputs)

@@ -38,11 +38,11 @@ def write_round_report(run_root: Path, rounds: dict[str, dict]) -> list[dict]:
     rows = round_rows(rounds)
     atomic_write_json(run_root / "rounds.json", rows)
     atomic_write_text(run_root / "rounds.md", markdown_table(rows))
-    _plot(rows, run_root / "accuracy.png")
+    plot_rounds(rows, run_root / "accuracy.png")
     return rows
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def plot_rounds(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
