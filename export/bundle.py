@@ -7,7 +7,7 @@ import tarfile
 from pathlib import Path
 
 from toolkit.errors import ExportError
-from toolkit.export.manifest import MANIFEST, sha256
+from toolkit.export.manifest import MANIFEST, PARTIAL, sha256
 
 # Runners import only the runtime: llama_cpp (GGUF) or onnxruntime_genai (genai folder), never toolkit.
 _GGUF_RUNNER = '''#!/usr/bin/env python3
@@ -112,7 +112,7 @@ def check_bundle_format(fmt: str) -> None:
 def write_bundle(out: Path, fmt: str, quant: str, name: str) -> Path:
     """OUT/<name>-<fmt>-<quant>.tar.gz holding one folder of that name; returns its path."""
     check_bundle_format(fmt)
-    files = sorted(p for p in out.iterdir() if p.is_file() and not p.name.endswith(".tar.gz"))
+    files = sorted(p for p in out.iterdir() if p.is_file() and p.name != PARTIAL and not p.name.endswith(".tar.gz"))
     if fmt == "gguf":
         model = next(p.name for p in files if p.suffix == ".gguf")
         files = [p for p in files if p.suffix == ".gguf" or p.name == MANIFEST]

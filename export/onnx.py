@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ExportError
+from toolkit.export.genai import clean_byte_level_tokenizer
 
 QUANTS = ("fp32", "int8", "int4")
 # Protobuf's hard limit is 2 GiB; past ~1.8 GB the weights go to model.onnx_data beside the graph.
@@ -103,4 +104,7 @@ def export_onnx(hf_dir: Path, quant: str, out: Path, work: Path, *, block_size: 
     if quant != "fp32":
         with _quiet():
             _quantize(plain / "model.onnx", out / "model.onnx", quant, block_size, notes)
+    if clean_byte_level_tokenizer(out):
+        notes.append("GGUF-derived tokenizer saved as plain byte-level BPE (tokenizer.json; the copy of the GGUF "
+                     "that transformers writes as tokenizer.model is dropped, same token ids)")
     return notes

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from toolkit.errors import ExportError
 from toolkit.export import genai, onnx, parity
-from toolkit.export.manifest import MANIFEST, TOOLS, file_rows, write_manifest
+from toolkit.export.manifest import MANIFEST, PARTIAL, TOOLS, file_rows, write_manifest
 from toolkit.export.source import Source, open_source, read_config
 from toolkit.rundir import versions
 
 FORMATS = ("onnx", "genai", "gguf")
+_SCRATCH = ".export-scratch-"  # + pid + "-" + random: the dequantized source and unquantized files, beside OUT
 
 
 def _check_request(fmt: str, quant: str, bundle: bool) -> None:
@@ -31,12 +32,28 @@ def _check_request(fmt: str, quant: str, bundle: bool) -> None:
 
 
 def _prepare_out(out: Path) -> None:
-    """An empty OUT, or one holding a previous export (replaced); never someone else's files."""
+    """An empty OUT, or one holding a previous or stopped export (replaced); never someone else's files.
+    Scratch folders of exports into the same parent that were killed (their process is gone) are swept."""
     if out.exists() and any(out.iterdir()):
-        if not (out / MANIFEST).is_file():
+        if not ((out / MANIFEST).is_file() or (out / PARTIAL).is_file()):
             raise ExportError(f"{out} is not empty and holds no previous export; give an empty or new folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / PARTIAL).write_text("toolkit export was writing this folder; it is complete once export.json is here\n")
+    for stale in out.parent.glob(f"{_SCRATCH}*"):
+        pid = stale.name[len(_SCRATCH):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _export_gguf(src: Source, quant: str, out: Path, work: Path, threads: int) -> tuple[list[str], dict]:
@@ -66,25 +83,33 @@ def _export_gguf(src: Source, quant: str, out: Path, work: Path, threads: int) -
 def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, check: bool = False,
                  bundle: bool = False, threads: int | None = None, max_new_tokens: int = 16, block_size: int = 32,
                  min_first_token_match: float | None = None, min_token_agreement: float | None = None,
-                 tokenizer_gguf: str | None = None, base_dir: Path | None = None) -> dict:
+                 tokenizer_gguf: str | None = None, base_dir: Path | None = None, eval_suite: str | None = None,
+                 eval_limit: int = 20, data_root: str | None = None, max_accuracy_drop: float | None = None) -> dict:
     """Export `model_ref` to `fmt`/`quant` in `out_dir` and return the manifest (also OUT/export.json).
 
     threads: CPU threads for torch, onnxruntime and llama.cpp (default: all cores, at most 8).
     max_new_tokens: greedy tokens compared per sample prompt. block_size: int4 block (ONNX and genai).
     min_first_token_match / min_token_agreement: parity thresholds (defaults in parity.compare).
     tokenizer_gguf: a GGUF whose tokenizer metadata a GGUF export carries over (default: the recorded base).
+    eval_suite / eval_limit / data_root: also score source and export on the first `eval_limit` problems of
+        this suite (`toolkit eval`'s greedy scorer) and record the accuracy delta; `max_accuracy_drop` is the
+        largest strict-accuracy drop in points that passes (default accuracy.DEFAULT_MAX_DROP_POINTS).
     check: raise ExportError when parity is below the thresholds (files and export.json are kept).
     A GGUF whose llama.cpp token ids differ from the HF tokenizer's is always refused.
     """
     fmt, quant = fmt.lower(), quant.lower()
     _check_request(fmt, quant, bundle)
+    if eval_suite:
+        from toolkit.export.accuracy import eval_problems
+
+        problems = eval_problems(eval_suite, eval_limit, data_root or os.environ.get("TOOLKIT_DATA") or "data")
     threads = threads or min(8, os.cpu_count() or 1)
     out = Path(out_dir)
     _prepare_out(out)
     start = time.perf_counter()
     gguf_types: dict = {}
     error = None
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-", dir=out.parent) as tmp:
         work = Path(tmp)
         src = open_source(model_ref, work, tokenizer_gguf=tokenizer_gguf, base_dir=base_dir)
         notes = list(src.notes)
@@ -103,6 +128,13 @@ def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, c
             result = parity.compare(ref, text_ids, greedy, quant, min_first_token_match, min_token_agreement)
         except ExportError as exc:
             error, result = exc, {"error": str(exc), "passed": False}
+        if eval_suite and error is None:
+            from toolkit.export.accuracy import accuracy_delta
+
+            del ref  # the reference torch model is not needed beside the two scorers' models
+            result["accuracy"] = accuracy_delta(src.hf_dir, target, eval_suite, problems, work, threads,
+                                                max_drop_points=max_accuracy_drop)
+            result["passed"] = bool(result["passed"] and result["accuracy"]["passed"])
     files = file_rows(out)
     manifest = {
         "source": {"ref": model_ref, "kind": src.kind, "architecture": src.arch,
@@ -131,7 +163,10 @@ def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, c
         raise error
     if check and not manifest["passed"]:
         g = result["greedy"]
+        acc = result.get("accuracy")
+        drop = (f"; strict accuracy {acc['delta_points']['strict_match']:+.1f} points on {acc['n']} {acc['suite']} "
+                f"problems, allowed drop {acc['max_drop_points']:g}" if acc else "")
         raise ExportError(f"parity below thresholds (first token {g['first_token_match']:.0%}, agreement "
                           f"{g['token_agreement']:.0%}, tokenizer exact {result['tokenizer']['exact']}; "
-                          f"thresholds {result['thresholds']}): files kept, {out / MANIFEST} says passed: false")
+                          f"thresholds {result['thresholds']}{drop}): files kept, {out / MANIFEST} says passed: false")
     return manifest

@@ -219,6 +219,27 @@ def test_check_thresholds_fail_but_keep_files(tmp_path):
     assert (tmp_path / "out" / "model-q8_0.gguf").stat().st_size == saved["files"][0]["bytes"]
 
 
+def test_accuracy_delta_on_a_math_suite(tmp_path, data_root):
+    """export.json carries the source's and the export's accuracy on the same problems; an fp32 ONNX
+    export answers exactly like its torch source, and --check enforces the allowed drop."""
+    src = _build(tmp_path / "llama", "llama")
+    m = export_model(str(src), "onnx", "fp32", tmp_path / "out", threads=1, eval_suite="multiarith", eval_limit=4,
+                     data_root=str(data_root))
+    acc = json.loads((tmp_path / "out" / "export.json").read_text())["parity"]["accuracy"]
+    assert acc == m["parity"]["accuracy"]
+    assert acc["suite"] == "multiarith" and acc["n"] == 4 and acc["same_output"] == 1.0
+    assert acc["source"] == acc["export"] and acc["delta_points"] == {"strict_match": 0.0, "flexible_extract": 0.0}
+    assert acc["passed"] and m["passed"]
+    with pytest.raises(ExportError, match=r"strict accuracy \+0.0 points on 4 multiarith problems, allowed drop -1"):
+        export_model(str(src), "onnx", "fp32", tmp_path / "out", threads=1, eval_suite="multiarith", eval_limit=4,
+                     data_root=str(data_root), max_accuracy_drop=-1, check=True)
+    kept = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert kept["passed"] is False and (tmp_path / "out" / "model.onnx").is_file()
+    with pytest.raises(ExportError, match="--eval-suite 'mnist': choose one of gsm8k"):
+        export_model(str(src), "onnx", "fp32", tmp_path / "o2", eval_suite="mnist", data_root=str(data_root))
+    assert not (tmp_path / "o2").exists()  # refused before any export work
+
+
 def _unpack(bundle: Path, into: Path) -> Path:
     with tarfile.open(bundle) as tar:
         tar.extractall(into, filter="data")
@@ -290,6 +311,33 @@ def test_request_errors(tmp_path, tiny_model_dir):
     with pytest.raises(ExportError, match="--bundle is for --format gguf or genai"):
         export_model(str(tiny_model_dir), "onnx", "fp32", tmp_path / "b", bundle=True)
     assert not (tmp_path / "b").exists()
+
+
+def test_kill_9_mid_export_then_the_same_command_finishes(tmp_path, tiny_model_dir):
+    """A killed export leaves a folder marked incomplete and a scratch folder; running the same command
+    again replaces the one and sweeps the other instead of refusing a non-empty folder."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "exports" / "gguf"
+    cmd = [sys.executable, "-m", "toolkit.cli", "export", str(tiny_model_dir), "--format", "gguf", "--quant", "q8_0",
+           "--out", str(out), "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list(out.parent.glob(".export-scratch-*/*")):  # the source is being read into scratch
+        assert proc.poll() is None and time.monotonic() < deadline, "export ended before the kill point"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / ".export-incomplete").is_file() and not (out / "export.json").exists()
+    again = toolkit(*cmd[3:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["gguf"]  # the killed run's scratch is gone
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["passed"] and not (out / ".export-incomplete").exists()
+    assert [f["path"] for f in manifest["files"]] == ["model-q8_0.gguf"]
 
 
 def test_cli(tmp_path, tiny_model_dir):

@@ -78,7 +78,8 @@ def _kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 300) -> None:
 
 
 def test_kill_9_at_several_moments_then_resume(tmp_path, tiny_model_dir, teacher_server):
-    """Killed during teacher calls, training and question labelling, the run resumes to the same data.
+    """Killed during teacher calls, training, student generation (round-0 eval, feedback) and question
+    labelling, the run resumes to the same data.
 
     A request in flight at the moment of a kill never reaches the cache, so it may be paid twice:
     at most one per kill with one request in flight; every completed request is never repeated.
@@ -114,6 +115,8 @@ def test_kill_9_at_several_moments_then_resume(tmp_path, tiny_model_dir, teacher
         start = _served(teacher_server)
         _kill_when(cmd, work, lambda: _served(teacher_server) - start >= 3)  # amid round-0 rationales
         _kill_when(cmd, work, lambda: "eval/base" in stages())  # the base eval done, training under way
+        _kill_when(cmd, work, lambda: "round-0/train" in stages())  # the student generating its eval answers
+        _kill_when(cmd, work, lambda: "round-0/eval" in stages())  # the student answering for feedback
         _kill_when(cmd, work, lambda: "round-1/questions" in stages())  # labelling under way
         for path in (work / "runs").rglob("*.json*"):  # every visible file is whole
             if not path.name.startswith("."):
@@ -127,5 +130,6 @@ def test_kill_9_at_several_moments_then_resume(tmp_path, tiny_model_dir, teacher
         os.environ["TOOLKIT_CACHE"] = env_cache
 
     assert uninterrupted <= killed_total <= uninterrupted + 3
-    for rel in ("round-0/train.jsonl", "round-1/questions.jsonl", "round-1/generated.jsonl", "round-1/train.jsonl"):
+    for rel in ("round-0/train.jsonl", "round-0/eval/samples_heldout.jsonl", "round-1/feedback.jsonl",
+                "round-1/questions.jsonl", "round-1/generated.jsonl", "round-1/train.jsonl"):
         assert (work / "runs/tiny" / rel).read_text() == (ref_dir / "runs/tiny" / rel).read_text(), rel

@@ -91,7 +91,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         manifest = export_model(args.model, args.format, args.quant, args.out, check=args.check, bundle=args.bundle,
                                 threads=args.threads, max_new_tokens=args.max_new_tokens, block_size=args.block_size,
                                 min_first_token_match=args.min_first_token_match,
-                                min_token_agreement=args.min_token_agreement, tokenizer_gguf=args.tokenizer_gguf)
+                                min_token_agreement=args.min_token_agreement, tokenizer_gguf=args.tokenizer_gguf,
+                                eval_suite=args.eval_suite, eval_limit=args.eval_limit, data_root=args.data_root,
+                                max_accuracy_drop=args.max_accuracy_drop)
     if args.json:
         print(json.dumps(manifest, indent=2))
         return 0
@@ -106,6 +108,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                   f"first token {par['greedy']['first_token_match']:.0%}, token agreement "
                   f"{par['greedy']['token_agreement']:.0%} over {par['greedy']['prompts']} prompts; "
                   f"passed: {manifest['passed']}")
+    if "accuracy" in par:
+        acc = par["accuracy"]
+        console.print(f"accuracy on {acc['n']} {acc['suite']} problems (strict): source {acc['source']['strict_match']:.1%}, "
+                      f"export {acc['export']['strict_match']:.1%} ({acc['delta_points']['strict_match']:+.1f} points); "
+                      f"same answer {acc['same_strict_answer']:.0%}")
     for note in manifest["notes"]:
         console.print(f"note: {note}")
     if "bundle" in manifest:
@@ -208,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of prompts whose first greedy token must match (default 1.0 unquantized, 0 else)")
     x.add_argument("--min-token-agreement", type=float, default=None,
                    help="mean matched share of the source's greedy tokens (default 0.5 quantized, 0 else)")
+    x.add_argument("--eval-suite", default=None, metavar="SUITE",
+                   help="also score source and export on this math suite and record the accuracy delta")
+    x.add_argument("--eval-limit", type=int, default=20, help="problems of --eval-suite (its first N)")
+    x.add_argument("--data-root", default=None, help="folder holding the suites (default: $TOOLKIT_DATA or ./data)")
+    x.add_argument("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+                   help="largest strict-accuracy drop, in points, that --check accepts (default 10)")
     x.add_argument("--tokenizer-gguf", default=None,
                    help="GGUF (or pkg:NAME) whose tokenizer metadata a gguf export carries over (default: recorded base)")
     x.add_argument("--quiet", action="store_true")
