@@ -90,3 +90,19 @@ def test_three_strategies_and_two_self_guided_iterations(tmp_path, tiny_model_di
         if strategy == "pot":
             assert all(x["prompt"][-1] == {"role": "assistant", "content": "[pot]\n"} for x in samples)
             assert all(x["strategy"] == "pot" and x["strict"] == x["flexible"] for x in samples)
+
+
+def test_self_guided_samples_from_a_genai_export_of_the_student(tmp_path, tiny_model_dir, one_thread_teacher):
+    """self_guided.backend genai: each iteration exports the current student to onnxruntime-genai and the
+    on-policy samples come from that export, batched (the fast CPU path, bench/student_sampling.py)."""
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, one_thread_teacher.base_url)
+    r = toolkit("distill", str(recipe), *SIKED, "distill.self_guided.iterations=1", "distill.self_guided.alpha=[0.9]",
+                "distill.self_guided.backend=genai", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "tiny"
+    s = json.loads((run / "manifest.json").read_text())["stages"]["iter-1/sample"]
+    assert s["backend"] == "genai" and s["samples"] == 2 * 6
+    export = json.loads((run / "iter-1" / "sampler-genai-fp32" / "export.json").read_text())
+    assert export["format"] == "genai" and export["quant"] == "fp32" and export["passed"]
+    assert export["source"]["ref"] == str(run / "round-0" / "student")  # the student of the round before
+    assert len(_rows(run / "iter-1" / "samples.jsonl")) == 12

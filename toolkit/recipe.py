@@ -200,8 +200,10 @@ class SelfGuidedConfig(_Section):
     alpha: mixing `all` only: the teacher data's share of each iteration's training set, one value
         per iteration (SIKeD lowers it, e.g. [0.9, 0.5, 0.2]). Teacher rows are subsampled to reach it;
         when the student solved nothing, the teacher data is used whole.
-    backend: the generation backend the student samples with (`auto`: torch for a trained folder);
-        see `toolkit eval --backend`.
+    backend: what the student samples with: `auto` or `torch` (the trained folder in transformers,
+        batched), `genai` / `genai-int4` (the student exported to onnxruntime-genai fp32 / int4 each
+        iteration, batched C++ decoding), `llama.cpp` (exported to GGUF q8_0, one sequence at a time).
+        Speeds measured on a 2-core CPU: bench/README.md, "Student self-sampling".
     max_new_tokens: longest sampled solution, in tokens (default: eval.max_new_tokens).
     """
 
@@ -210,7 +212,7 @@ class SelfGuidedConfig(_Section):
     temperature: float = Field(0.7, gt=0, le=2)
     mixing: Literal["all", "adaptive"] = "all"
     alpha: list[float] | None = None
-    backend: str = "auto"
+    backend: Literal["auto", "torch", "genai", "genai-int4", "llama.cpp"] = "auto"
     max_new_tokens: int | None = Field(None, ge=8)
 
     @model_validator(mode="after")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +69,49 @@ def mix(teacher: list[dict], own: list[dict], mode: str, alpha: float | None, se
                   "teacher_share": round(len(kept) / len(rows), 4) if rows else 0.0}
 
 
+# self_guided.backend values that sample from an export of the student: (export format, quant, eval backend).
+SAMPLER_EXPORTS = {"genai": ("genai", "fp32", "genai"), "genai-int4": ("genai", "int4", "genai"),
+                   "llama.cpp": ("gguf", "q8_0", "llama.cpp")}
+
+
+def sampling_model(d: Distiller, t: int, student_dir: Path) -> tuple[str, str]:
+    """(model, backend) the iteration samples with: the student folder itself, or its export for a
+    backend that runs exports (exported once into `iter-t/sampler-FORMAT-QUANT`, kept for a resume)."""
+    backend = d.recipe.distill.self_guided.backend
+    if backend not in SAMPLER_EXPORTS:
+        return str(student_dir), backend
+    from toolkit.export.run import export_model
+
+    fmt, quant, runtime = SAMPLER_EXPORTS[backend]
+    out = d.run.root / f"iter-{t}" / f"sampler-{fmt}-{quant}"
+    if not (out / "export.json").is_file() or (out / ".export-incomplete").exists():
+        with d.console.status(f"exporting the student to {fmt} {quant} for sampling"):
+            export_model(str(student_dir), fmt, quant, out, threads=d.threads)
+    return str(next(out.glob("*.gguf")) if fmt == "gguf" else out), runtime
+
+
+@contextmanager
+def own_sampler(d: Distiller, t: int, student_dir: Path, stage: str):
+    """The generator of iteration t's on-policy samples: a vLLM server on the student when the recipe
+    samples the student with vLLM (student.sampler), else self_guided.backend in this process."""
+    if d.recipe.student.sampler == "vllm":
+        with d.student_sampler(None, student_dir, stage) as gen:
+            yield gen
+        return
+    import torch
+
+    from toolkit.eval.generate import open_generator
+
+    model, backend = sampling_model(d, t, student_dir)
+    torch.manual_seed(d.recipe.seed + t)  # the torch backend's sampling, reproducible per iteration
+    gen = open_generator(model, backend, batch_size=d.recipe.eval.batch_size, threads=d.threads,
+                         seed=d.recipe.seed + t)
+    try:
+        yield gen
+    finally:
+        gen.close()
+
+
 def sample(d: Distiller, t: int, problems: list[Problem], teacher_rows: list[dict], student_dir: Path) -> list[dict]:
     """Iteration t's on-policy step: the current student samples k solutions per training problem;
     the correct ones are mixed with the teacher rows into `iter-t/train.jsonl`."""
@@ -76,15 +120,9 @@ def sample(d: Distiller, t: int, problems: list[Problem], teacher_rows: list[dic
     folder = d.run.root / f"iter-{t}"
     name = f"iter-{t}/sample"
     if not d.run.done(name):
-        import torch
-
-        from toolkit.eval.generate import open_generator
-
         k = cfg.samples
-        with d.stage(name, f"student: {k} own solutions for each of {len(problems)} training problems") as info:
-            gen = open_generator(str(student_dir), cfg.backend, batch_size=d.recipe.eval.batch_size,
-                                 threads=d.threads)
-            torch.manual_seed(d.recipe.seed + t)  # the torch backend's sampling, reproducible per iteration
+        with d.stage(name, f"student: {k} own solutions for each of {len(problems)} training problems") as info, \
+                own_sampler(d, t, student_dir, name) as gen:
             prompts = [training_prompt(p.question, strategies) for p in problems for _ in range(k)]
             with d.progress("student samples", len(prompts)) as advance:
                 outputs = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens or d.recipe.eval.max_new_tokens,
