@@ -34,3 +34,21 @@ def emit(result: dict, out: Path | None) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+
+
+def hf_folder(model: str, dest: Path) -> Path:
+    """A save_pretrained folder for `model`, as a trained student folder is: a GGUF is dequantized once into
+    `dest`, its special tokens fixed as we evaluate (no BOS added: chat prompts carry their own markers)."""
+    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.models import resolve_model
+
+    ref = resolve_model(model)
+    if ref.kind == "hf":
+        return ref.path
+    if not (dest / "config.json").is_file():
+        model_, tok = load_model_and_tokenizer(ref)
+        if hasattr(tok, "add_bos_token"):
+            tok.add_bos_token = False
+        model_.save_pretrained(dest)
+        tok.save_pretrained(dest)
+    return dest

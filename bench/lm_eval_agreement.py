@@ -20,25 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from _common import hf_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "gsm8k_toolkit_local"
-
-
-def hf_folder(model: str, dest: Path) -> Path:
-    """A save_pretrained folder for `model` (a GGUF is dequantized; its special tokens fixed as we evaluate)."""
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
-
-    ref = resolve_model(model)
-    if ref.kind == "hf":
-        return ref.path
-    if not (dest / "config.json").is_file():
-        model_, tok = load_model_and_tokenizer(ref)
-        if hasattr(tok, "add_bos_token"):
-            tok.add_bos_token = False  # chat prompts carry their own markers; lm-eval must not prepend BOS
-        model_.save_pretrained(dest)
-        tok.save_pretrained(dest)
-    return dest
 
 
 def write_task(folder: Path, data_root: Path, max_new_tokens: int) -> None:

@@ -16,27 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, machine, require_quiet
+from _common import emit, hf_folder, machine, require_quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 # (name, export format, quant, generator backend); "torch" samples the HF folder itself.
 BACKENDS = [("torch", None, None, "torch"), ("genai-fp32", "genai", "fp32", "genai"),
             ("genai-int4", "genai", "int4", "genai"), ("gguf-q8_0", "gguf", "q8_0", "llama.cpp")]
-
-
-def hf_folder(model: str, dest: Path) -> Path:
-    """A save_pretrained folder of `model` (a GGUF is dequantized), as a trained student folder is."""
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
-
-    ref = resolve_model(model)
-    if ref.kind == "hf":
-        return ref.path
-    if not (dest / "config.json").is_file():
-        m, tok = load_model_and_tokenizer(ref)
-        m.save_pretrained(dest)
-        tok.save_pretrained(dest)
-    return dest
 
 
 def main() -> None:
