@@ -7,11 +7,8 @@ Run once; the output is committed as tests/data/real_strategy_outputs.jsonl:
 Replies go through a request cache (--cache) so an interrupted collection resumes. The committed
 fixture holds, so far, one Qwen2.5-Coder-0.5B reply (the shared machine ran it at 0.4 tokens/s, load
 above 12) and twelve L2M/PoT replies of the packaged SmolLM2-135M teacher from a tiny end-to-end run
-(`origin` says which), and 47 Qwen L2M/PoT replies taken from the round-0 rationales of the SIKeD
-experiment (bench/results/siked-cpu-easy; answers as the parsers read them, spot-checked). Three replies of
-that run were left out: L2M replies with two "The answer is" lines, of which the parser reads the first
-(e.g. "The answer is $5.46 + $4.01 + $8.95 = $27.32.\nThe answer is 27.32 dollars." reads 5.46), a parser
-gap still to fix. Running the command above on a quiet machine replaces the file with 28 fresh Qwen replies.
+(`origin` says which), and 50 Qwen L2M/PoT replies taken from the round-0 rationales of the SIKeD
+experiment (bench/results/siked-cpu-easy; answers as the parsers read them, spot-checked). Running the command above on a quiet machine replaces the file with 28 fresh Qwen replies.
 """
 from __future__ import annotations
 

@@ -45,6 +45,9 @@ def test_normalize_number(text, expected):
     ("The answer is 3. Then 7 more problems follow", "3", "7"),
     ("First the answer is 2, no wait. The answer is 4.", "4", "4"),  # the last marker counts
     ("#### 1,080", "1080", "1080"),
+    # a real Qwen2.5-Coder-0.5B L2M line: the result after the last "=", not the first operand
+    ("The answer is $5.46 + $4.01 + $8.95 = $27.32.", "27.32", "27.32"),
+    ("The answer is 9.91 + 4.11 = 14.02 pounds of watermelon.", "14.02", "14.02"),
     ("", None, None),
 ])
 def test_extraction_edge_cases(output, strict, flexible):

@@ -71,7 +71,8 @@ def extract_strict(output: str) -> str | None:
     tail = output[markers[-1].end():]
     # Only the rest of that line counts: "The answer is below.\n 5 apples" is not strict.
     line = tail.strip().splitlines()[0] if tail.strip() else ""
-    return normalize_number(line)
+    # "The answer is $5.46 + $4.01 = $9.47." states its result after the last "=" (real teacher replies).
+    return normalize_number(line.rsplit("=", 1)[-1])
 
 
 def extract_flexible(output: str) -> str | None:
