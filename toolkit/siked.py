@@ -80,11 +80,12 @@ def sampling_model(d: Distiller, t: int, student_dir: Path) -> tuple[str, str]:
     backend = d.recipe.distill.self_guided.backend
     if backend not in SAMPLER_EXPORTS:
         return str(student_dir), backend
+    from toolkit.export.manifest import MANIFEST
     from toolkit.export.run import export_model
 
     fmt, quant, runtime = SAMPLER_EXPORTS[backend]
     out = d.run.root / f"iter-{t}" / f"sampler-{fmt}-{quant}"
-    if not (out / "export.json").is_file() or (out / ".export-incomplete").exists():
+    if not (out / MANIFEST).is_file():  # a stopped export has none yet; export_model replaces its folder
         with d.console.status(f"exporting the student to {fmt} {quant} for sampling"):
             export_model(str(student_dir), fmt, quant, out, threads=d.threads)
     return str(next(out.glob("*.gguf")) if fmt == "gguf" else out), runtime
