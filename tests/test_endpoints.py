@@ -65,6 +65,36 @@ def test_all_endpoints_down_is_one_error_naming_them(tmp_path):
         teacher.complete(PROMPTS[:3], n=1, temperature=0.0)
 
 
+def test_an_endpoint_that_refuses_our_key_is_dropped_and_the_others_answer(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("FAULT_KEY", "right")
+    with ExitStack() as stack:
+        a = stack.enter_context(FaultTeacher(tmp_path / "a.jsonl", api_key_env="FAULT_KEY"))
+        b = stack.enter_context(FaultTeacher(tmp_path / "b.jsonl"))
+        eps = [Endpoint(a.base_url, weight=10, concurrency=2, api_key="wrong"), Endpoint(b.base_url, concurrency=2)]
+        out = _teacher(eps, RequestCache(tmp_path / "c.sqlite")).complete(PROMPTS, n=1, temperature=0.0)
+        rows_a, answered_b = a.rows(), b.answered()
+    assert all(o[0] for o in out) and len(answered_b) == 24 and set(answered_b.values()) == {1}
+    # Ten times heavier, yet asked only by the requests already on their way to it (its 2 slots).
+    assert {r["fault"] for r in rows_a} == {"unauthorized"} and len(rows_a) <= 2
+    assert eps[0].refused.startswith("Error code: 401") and eps[1].answered == 24
+    assert f"teacher at {a.base_url} refused the request" in caplog.text
+
+
+def test_every_endpoint_refusing_is_one_error_naming_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAULT_KEY", "right")
+    with ExitStack() as stack:
+        a = stack.enter_context(FaultTeacher(tmp_path / "a.jsonl", api_key_env="FAULT_KEY"))
+        b = stack.enter_context(FaultTeacher(tmp_path / "b.jsonl", api_key_env="FAULT_KEY"))
+        eps = [Endpoint(a.base_url, api_key="wrong"), Endpoint(b.base_url, api_key="wrong")]
+        teacher = _teacher(eps, RequestCache(tmp_path / "c.sqlite"), api_key_env="FAULT_KEY")
+        with pytest.raises(TeacherError) as err:
+            teacher.complete(PROMPTS[:4], n=1, temperature=0.0)
+    first, second = (a, b) if eps[0].refused else (b, a)
+    assert str(err.value).startswith(f"teacher at {second.base_url} refused the request: Error code: 401")
+    assert f"(the API key comes from $FAULT_KEY); {first.base_url} refused earlier: Error code: 401" in str(err.value)
+    assert str(err.value).endswith("0 of 4 requests are done and cached, run again to resume")
+
+
 def test_cache_key_does_not_depend_on_the_endpoint(tmp_path):
     cache = RequestCache(tmp_path / "c.sqlite")
     with FaultTeacher(tmp_path / "a.jsonl") as a:

@@ -15,6 +15,11 @@ COOLDOWN_S = 30.0
 # is as good as down, and the run should end (keeping its cache) rather than hang.
 MAX_RETRY_AFTER_S = 120.0
 MAX_BACKOFF_S = 30.0
+# Refusals that belong to the endpoint, not to the request: a wrong key, a key without access, a
+# URL or model name this server does not have. Another endpoint may well accept the same request,
+# so such an endpoint is dropped for the rest of the batch. Any other 4xx (400 too long, 422 …)
+# would be refused everywhere, so it still ends the run.
+ENDPOINT_REFUSALS = (401, 403, 404)
 
 
 @dataclass(eq=False)
@@ -33,10 +38,11 @@ class Endpoint:
     failures: int = 0  # failed attempts in a row
     down_until: float = 0.0  # time.monotonic() before which it is skipped (when another is up)
     ok: bool = True  # its last attempt was answered (or it has not been tried yet)
+    refused: str | None = None  # why it refused us for good (ENDPOINT_REFUSALS); never picked again
     gate: asyncio.Semaphore | None = field(default=None, repr=False)
 
     def up(self, now: float) -> bool:
-        return self.down_until <= now
+        return self.refused is None and self.down_until <= now
 
     def succeeded(self) -> None:
         self.answered += 1
@@ -54,11 +60,13 @@ def pick(endpoints: list[Endpoint], tried: set[int], rng: random.Random) -> Endp
 
     Prefer endpoints that are up and that this request has not failed on yet, then those with a
     free slot; among them choose by weight. When every endpoint is down, try them anyway (the
-    caller's backoff paces that).
+    caller's backoff paces that). Refused endpoints are never chosen: the caller stops before
+    every endpoint has refused.
     """
     now = time.monotonic()
-    pool = [e for e in endpoints if e.up(now) and id(e) not in tried] or \
-        [e for e in endpoints if e.up(now)] or endpoints
+    live = [e for e in endpoints if e.refused is None]
+    pool = [e for e in live if e.up(now) and id(e) not in tried] or \
+        [e for e in live if e.up(now)] or live
     free = [e for e in pool if e.gate is None or not e.gate.locked()]
     pool = free or pool
     return rng.choices(pool, weights=[e.weight for e in pool])[0]

@@ -108,8 +108,9 @@ class TeacherConfig(_Section):
     endpoints: instead of `base_url`, several endpoints serving the same model, each
         `{base_url, weight, concurrency, api_key_env}` (see EndpointConfig). Requests are spread by
         weight over the endpoints that are up and have a free slot; a failed attempt moves at once to
-        another endpoint, and an endpoint that fails 3 times in a row is skipped for 30 s. The cache
-        key does not depend on which endpoint answered.
+        another endpoint, and an endpoint that fails 3 times in a row is skipped for 30 s. One that
+        answers 401/403/404 is dropped while another endpoint is left. The cache key does not
+        depend on which endpoint answered.
     api_key_env: the NAME of the environment variable that holds the API key. Keys are read from
         the environment only: a recipe cannot hold one (an `api_key:` key is refused), and the key
         is never written to the manifest, logs or the request cache.

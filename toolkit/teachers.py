@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import time
@@ -12,13 +13,14 @@ from pathlib import Path
 import openai
 
 from toolkit.cache import RequestCache, request_key
-from toolkit.endpoints import Endpoint, backoff_s, pick, retry_after_s
+from toolkit.endpoints import ENDPOINT_REFUSALS, Endpoint, backoff_s, pick, retry_after_s
 from toolkit.errors import TeacherError
 from toolkit.llama_server import LlamaServer
 from toolkit.models import resolve_model
 from toolkit.recipe import TeacherConfig
 
 Messages = list[dict[str, str]]
+log = logging.getLogger(__name__)
 
 # Failures worth another try: the server is busy, restarting, slow or returned nonsense.
 _RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
@@ -141,6 +143,22 @@ class OpenAITeacher:
         self._stop.set()
         self._any_ok.set()  # wake the requests waiting for a healthy endpoint: they see the stop
 
+    def _refused(self, ep: Endpoint, exc: openai.APIStatusError) -> bool:
+        """Drop an endpoint that refused us for good and say whether another one can take over;
+        otherwise end the run, naming every refusal."""
+        hint = ""
+        if exc.status_code in (401, 403) and self.api_key_env:
+            hint = f" (the API key comes from ${self.api_key_env})"
+        why = f"{_short(exc)}{hint}"
+        if exc.status_code in ENDPOINT_REFUSALS and any(e is not ep and e.refused is None for e in self.endpoints):
+            ep.refused = why
+            log.warning("teacher at %s refused the request (%s); going on with the other endpoints", ep.base_url, why)
+            return True
+        earlier = "".join(f"; {e.base_url} refused earlier: {e.refused}" for e in self.endpoints
+                          if e is not ep and e.refused)
+        self._give_up(f"teacher at {ep.base_url} refused the request: {why}{earlier}")
+        return False
+
     def _settle(self, ep: Endpoint, ok: bool) -> None:
         ep.ok = ok
         if any(e.ok for e in self.endpoints):
@@ -165,8 +183,8 @@ class OpenAITeacher:
                 if attempts == 0 and not self._any_ok.is_set():
                     continue  # the teacher failed while this request waited for its slot
                 now = time.monotonic()
-                if not ep.up(now) and any(e.up(now) for e in endpoints):
-                    continue  # its endpoint went down while it waited: choose again
+                if ep.refused or (not ep.up(now) and any(e.up(now) for e in endpoints)):
+                    continue  # its endpoint went down or refused us while it waited: choose again
                 ep.sent += 1
                 self.requests_sent += 1
                 attempts += 1
@@ -182,12 +200,12 @@ class OpenAITeacher:
                     # ValueError: a 200 whose body is not JSON (the client's JSON decoding fails).
                     error = exc
                 except openai.APIStatusError as exc:  # 4xx other than 429: retrying cannot help
-                    hint = ""
-                    if exc.status_code in (401, 403) and self.api_key_env:
-                        hint = f" (the API key comes from ${self.api_key_env})"
-                    self._give_up(f"teacher at {ep.base_url} refused the request: {_short(exc)}{hint}")
-                    return None
+                    if not self._refused(ep, exc):
+                        return None
+                    error = None
             self._settle(ep, False)
+            if error is None:
+                continue  # the endpoint refused us for good: the request goes to another one
             if not isinstance(error, openai.RateLimitError):  # busy is not broken
                 ep.failed(others_up=any(e is not ep and e.up(time.monotonic()) for e in endpoints))
             tried.add(id(ep))
