@@ -78,6 +78,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """A 2-layer random GPT-2 folder with the tiny tokenizer: an architecture onnxruntime-genai cannot build."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = build_tiny_tokenizer(path)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=1024,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The packaged SmolLM2-135M-Instruct GGUF (the [demo] extra), a real model small enough to serve."""
     from toolkit.errors import ModelError

@@ -52,7 +52,12 @@ def test_three_strategies_and_two_self_guided_iterations(tmp_path, tiny_model_di
     teacher_rows = train0
     for t, alpha in ((1, 0.9), (2, 0.5)):
         s = stages[f"iter-{t}/sample"]
-        assert s["samples"] == 2 * problems and s["backend"] == "torch" and s["alpha"] == alpha
+        # backend auto on a CPU: each iteration samples from a genai fp32 export of the student before it.
+        assert s["samples"] == 2 * problems and s["backend"] == "genai" and s["alpha"] == alpha
+        export = json.loads((run / f"iter-{t}" / "sampler-genai-fp32" / "export.json").read_text())
+        assert export["format"] == "genai" and export["quant"] == "fp32" and export["passed"]
+        before = run / ("round-0" if t == 1 else f"iter-{t - 1}") / "student"
+        assert export["source"]["ref"] == str(before)
         assert sum(v["chosen"] for v in s["strategies"].values()) <= s["samples"]
         samples = _rows(run / f"iter-{t}" / "samples.jsonl")
         assert len(samples) == s["samples"] and sum(x["correct"] for x in samples) == s["correct"]
@@ -92,17 +97,24 @@ def test_three_strategies_and_two_self_guided_iterations(tmp_path, tiny_model_di
             assert all(x["strategy"] == "pot" and x["strict"] == x["flexible"] for x in samples)
 
 
-def test_self_guided_samples_from_a_genai_export_of_the_student(tmp_path, tiny_model_dir, one_thread_teacher):
-    """self_guided.backend genai: each iteration exports the current student to onnxruntime-genai and the
-    on-policy samples come from that export, batched (the fast CPU path, bench/student_sampling.py)."""
+def test_self_guided_backend_torch_samples_the_trained_folder(tmp_path, tiny_model_dir, one_thread_teacher):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, one_thread_teacher.base_url)
     r = toolkit("distill", str(recipe), *SIKED, "distill.self_guided.iterations=1", "distill.self_guided.alpha=[0.9]",
-                "distill.self_guided.backend=genai", cwd=tmp_path)
+                "distill.self_guided.backend=torch", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "tiny"
     s = json.loads((run / "manifest.json").read_text())["stages"]["iter-1/sample"]
-    assert s["backend"] == "genai" and s["samples"] == 2 * 6
-    export = json.loads((run / "iter-1" / "sampler-genai-fp32" / "export.json").read_text())
-    assert export["format"] == "genai" and export["quant"] == "fp32" and export["passed"]
-    assert export["source"]["ref"] == str(run / "round-0" / "student")  # the student of the round before
-    assert len(_rows(run / "iter-1" / "samples.jsonl")) == 12
+    assert s["backend"] == "torch" and s["samples"] == 2 * 6 and "sampler_note" not in s
+    assert not list((run / "iter-1").glob("sampler-*")) and len(_rows(run / "iter-1" / "samples.jsonl")) == 12
+
+
+def test_auto_backend_falls_back_to_torch_for_a_student_genai_cannot_export(tmp_path, tiny_gpt2_dir,
+                                                                            one_thread_teacher):
+    """onnxruntime-genai's builder has no GPT-2: `auto` notes the failed export and samples with torch."""
+    recipe = write_tiny_recipe(tmp_path, tiny_gpt2_dir, one_thread_teacher.base_url)
+    r = toolkit("distill", str(recipe), *SIKED, "distill.self_guided.iterations=1", "distill.self_guided.alpha=[0.9]",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())["stages"]["iter-1/sample"]
+    assert s["backend"] == "torch" and s["samples"] == 2 * 6
+    assert s["sampler_note"].startswith("auto: genai fp32 export failed, sampled with torch (")

@@ -201,10 +201,11 @@ class SelfGuidedConfig(_Section):
     alpha: mixing `all` only: the teacher data's share of each iteration's training set, one value
         per iteration (SIKeD lowers it, e.g. [0.9, 0.5, 0.2]). Teacher rows are subsampled to reach it;
         when the student solved nothing, the teacher data is used whole.
-    backend: what the student samples with: `auto` or `torch` (the trained folder in transformers,
-        batched), `genai` / `genai-int4` (the student exported to onnxruntime-genai fp32 / int4 each
-        iteration, batched C++ decoding), `llama.cpp` (exported to GGUF q8_0, one sequence at a time).
-        Speeds measured on a 2-core CPU: bench/README.md, "Student self-sampling".
+    backend: what the student samples with: `torch` (the trained folder in transformers, batched),
+        `genai` / `genai-int4` (the student exported to onnxruntime-genai fp32 / int4 each iteration,
+        batched C++ decoding), `llama.cpp` (exported to GGUF q8_0, one sequence at a time), or `auto`:
+        torch on a GPU, else genai (torch when the export fails, noted in the stage). Speeds measured
+        on a 2-core CPU: bench/README.md, "Student self-sampling".
     max_new_tokens: longest sampled solution, in tokens (default: eval.max_new_tokens).
     """
 

@@ -74,41 +74,60 @@ SAMPLER_EXPORTS = {"genai": ("genai", "fp32", "genai"), "genai-int4": ("genai", 
                    "llama.cpp": ("gguf", "q8_0", "llama.cpp")}
 
 
-def sampling_model(d: Distiller, t: int, student_dir: Path) -> tuple[str, str]:
-    """(model, backend) the iteration samples with: the student folder itself, or its export for a
-    backend that runs exports (exported once into `iter-t/sampler-FORMAT-QUANT`, kept for a resume)."""
-    backend = d.recipe.distill.self_guided.backend
-    if backend not in SAMPLER_EXPORTS:
-        return str(student_dir), backend
+def auto_backend() -> str:
+    """What `self_guided.backend: auto` samples with: torch on a GPU (batched, on the device); on a CPU
+    the onnxruntime-genai fp32 export, 3.4x torch's tokens/s on SmolLM2-135M (bench/README.md,
+    "Student self-sampling") for a ~10 s export, with the same weights (fp32: no quantization drift)."""
+    import torch
+
+    return "torch" if torch.cuda.is_available() else "genai"
+
+
+def sampling_model(d: Distiller, t: int, student_dir: Path) -> tuple[str, str, str | None]:
+    """(model, backend, note) the iteration samples with: the student folder itself, or its export for a
+    backend that runs exports (exported once into `iter-t/sampler-FORMAT-QUANT`, kept for a resume).
+    Under `auto`, a student the exporter cannot handle is sampled with torch, and the note says why."""
+    from toolkit.errors import ExportError
     from toolkit.export.manifest import MANIFEST
     from toolkit.export.run import export_model
 
+    chosen = d.recipe.distill.self_guided.backend
+    backend = auto_backend() if chosen == "auto" else chosen
+    if backend not in SAMPLER_EXPORTS:
+        return str(student_dir), backend, None
     fmt, quant, runtime = SAMPLER_EXPORTS[backend]
     out = d.run.root / f"iter-{t}" / f"sampler-{fmt}-{quant}"
     if not (out / MANIFEST).is_file():  # a stopped export has none yet; export_model replaces its folder
         with d.console.status(f"exporting the student to {fmt} {quant} for sampling"):
-            export_model(str(student_dir), fmt, quant, out, threads=d.threads)
-    return str(next(out.glob("*.gguf")) if fmt == "gguf" else out), runtime
+            try:
+                export_model(str(student_dir), fmt, quant, out, threads=d.threads)
+            except ExportError as exc:
+                if chosen != "auto":
+                    raise
+                note = f"auto: {fmt} {quant} export failed, sampled with torch ({exc})"
+                d.console.print(f"[yellow]{note}[/yellow]")
+                return str(student_dir), "torch", note
+    return str(next(out.glob("*.gguf")) if fmt == "gguf" else out), runtime, None
 
 
 @contextmanager
 def own_sampler(d: Distiller, t: int, student_dir: Path, stage: str):
-    """The generator of iteration t's on-policy samples: a vLLM server on the student when the recipe
-    samples the student with vLLM (student.sampler), else self_guided.backend in this process."""
+    """(generator, note) for iteration t's on-policy samples: a vLLM server on the student when the
+    recipe samples the student with vLLM (student.sampler), else self_guided.backend in this process."""
     if d.recipe.student.sampler == "vllm":
         with d.student_sampler(None, student_dir, stage) as gen:
-            yield gen
+            yield gen, None
         return
     import torch
 
     from toolkit.eval.generate import open_generator
 
-    model, backend = sampling_model(d, t, student_dir)
+    model, backend, note = sampling_model(d, t, student_dir)
     torch.manual_seed(d.recipe.seed + t)  # the torch backend's sampling, reproducible per iteration
     gen = open_generator(model, backend, batch_size=d.recipe.eval.batch_size, threads=d.threads,
                          seed=d.recipe.seed + t)
     try:
-        yield gen
+        yield gen, note
     finally:
         gen.close()
 
@@ -123,7 +142,7 @@ def sample(d: Distiller, t: int, problems: list[Problem], teacher_rows: list[dic
     if not d.run.done(name):
         k = cfg.samples
         with d.stage(name, f"student: {k} own solutions for each of {len(problems)} training problems") as info, \
-                own_sampler(d, t, student_dir, name) as gen:
+                own_sampler(d, t, student_dir, name) as (gen, note):
             prompts = [training_prompt(p.question, strategies) for p in problems for _ in range(k)]
             with d.progress("student samples", len(prompts)) as advance:
                 outputs = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens or d.recipe.eval.max_new_tokens,
@@ -136,7 +155,7 @@ def sample(d: Distiller, t: int, problems: list[Problem], teacher_rows: list[dic
             atomic_write_jsonl(folder / "train.jsonl", rows)
             info.update(backend=gen.name, samples=len(samples), correct=sum(s["correct"] for s in samples),
                         problems_solved=len({r["problem_id"] for r in own}), mixing=cfg.mixing, alpha=alpha,
-                        **mixing, strategies=stats)
+                        **mixing, strategies=stats, **({"sampler_note": note} if note else {}))
     return read_rows(folder / "train.jsonl")
 
 
