@@ -4,12 +4,13 @@ Each setting starts the server through toolkit's own LlamaServer (the way a reci
 `teacher.server: llama-server` does), sends `--requests` distinct math questions with as many in
 flight as there are slots, and counts the completion tokens the server reports.
 
-    python bench/teacher_slots.py --model pkg:qwen2.5-coder-0.5b-instruct --threads 2 --out bench/results/teacher_slots.json
+    python bench/teacher_slots.py --model pkg:qwen2.5-coder-0.5b-instruct --threads 2 --requests 32 --out bench/results/teacher_slots.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -23,8 +24,9 @@ from toolkit.llama_tools import require_tool
 from toolkit.models import resolve_model
 from toolkit.strategies import teacher_messages
 
+# 65 distinct questions: a repeated one would let a slot reuse its own earlier prompt and answer.
 QUESTIONS = [f"A shop sells {a} pencils on Monday and {b} more on Tuesday than on Monday. "
-             f"How many pencils does it sell in the two days?" for a, b in zip(range(11, 99, 7), range(3, 90, 5))]
+             f"How many pencils does it sell in the two days?" for a in range(11, 99, 7) for b in (3, 8, 13, 21, 34)]
 
 
 def ask(base_url: str, question: str, max_tokens: int) -> int:
@@ -51,11 +53,30 @@ def measure(model: Path, slots: int, requests: int, max_tokens: int, threads: in
             "seconds": round(seconds, 2), "tokens_per_s": round(sum(tokens) / seconds, 1)}
 
 
+def engine_ceiling(model: Path, slots: list[int], threads: int) -> dict:
+    """What the engine itself allows: llama-bench's tokens/s for one forward pass over a batch of n
+    tokens (pp n) against single-token decode (tg 64). n slots decode n tokens per step, so pp n / tg
+    bounds the n-slot speed-up before any server cost (the batch's tokens attend to an empty context
+    here, the slots' to their prompts). On a few CPU cores a batch costs nearly n times one token:
+    decoding is compute-bound, not memory-bound, and slots cannot help much."""
+    out = subprocess.run([str(require_tool("llama-bench")), "-m", str(model), "-t", str(threads),
+                          "-p", ",".join(map(str, slots)), "-n", "64", "-r", "3", "-o", "json"],
+                         capture_output=True, text=True, check=True)
+    runs = json.loads(out.stdout)
+    tg = next(r["avg_ts"] for r in runs if r["n_gen"])
+    pp = {r["n_prompt"]: r["avg_ts"] for r in runs if r["n_prompt"]}
+    return {"tg_tokens_per_s": round(tg, 1),
+            "batch": [{"tokens": n, "tokens_per_s": round(pp[n], 1), "vs_decode": round(pp[n] / tg, 2)}
+                      for n in slots]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="pkg:qwen2.5-coder-0.5b-instruct", help="teacher GGUF reference")
     ap.add_argument("--slots", default="1,2,4")
-    ap.add_argument("--requests", type=int, default=8, help="requests per setting")
+    # 32: with 4 slots that is 8 waves, so the first wave's four prefills of the shared few-shot
+    # prompt and the last wave's idle slots weigh little (8 requests gave 2 waves and 1.68x).
+    ap.add_argument("--requests", type=int, default=32, help="requests per setting")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-ctx", type=int, default=1024, help="context per slot")
@@ -65,14 +86,17 @@ def main() -> None:
     args = ap.parse_args()
     require_quiet(args.threads, args.force)
     model = resolve_model(args.model).path
-    rows = [measure(model, int(n), args.requests, args.max_tokens, args.threads, args.n_ctx, args.server)
-            for n in args.slots.split(",")]
-    for row in rows:
+    slots = [int(n) for n in args.slots.split(",")]
+    rows = [measure(model, n, args.requests, args.max_tokens, args.threads, args.n_ctx, args.server) for n in slots]
+    ceiling = engine_ceiling(model, slots, args.threads)
+    for row, bound in zip(rows, ceiling["batch"]):
         row["vs_first"] = round(row["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
+        row["engine_bound"] = round(bound["vs_decode"] / ceiling["batch"][0]["vs_decode"], 2)
         print(json.dumps(row), flush=True)
+    print(json.dumps({"engine_ceiling": ceiling}), flush=True)
     binary = str(require_tool("llama-server")) if args.server == "llama-server" else "llama_cpp.server"
     result = {"bench": "teacher_slots", "model": args.model, "binary": binary, "max_tokens": args.max_tokens,
-              "rows": rows, "machine": machine(args.threads)}
+              "rows": rows, "engine_ceiling": ceiling, "machine": machine(args.threads)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
