@@ -79,7 +79,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
-    """A 2-layer random GPT-2 folder with the tiny tokenizer: an architecture onnxruntime-genai cannot build."""
+    """A 2-layer random GPT-2 folder with the tiny tokenizer: an architecture `toolkit export` refuses
+    (it exports llama and qwen2 only)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 

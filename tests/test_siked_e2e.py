@@ -110,7 +110,7 @@ def test_self_guided_backend_torch_samples_the_trained_folder(tmp_path, tiny_mod
 
 def test_auto_backend_falls_back_to_torch_for_a_student_genai_cannot_export(tmp_path, tiny_gpt2_dir,
                                                                             one_thread_teacher):
-    """onnxruntime-genai's builder has no GPT-2: `auto` notes the failed export and samples with torch."""
+    """`toolkit export` refuses GPT-2: `auto` notes the failed genai export and samples with torch."""
     recipe = write_tiny_recipe(tmp_path, tiny_gpt2_dir, one_thread_teacher.base_url)
     r = toolkit("distill", str(recipe), *SIKED, "distill.self_guided.iterations=1", "distill.self_guided.alpha=[0.9]",
                 cwd=tmp_path)

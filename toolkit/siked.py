@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from toolkit.answers import answers_match
+from toolkit.errors import ExportError
 from toolkit.problems import Problem
 from toolkit.rundir import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from toolkit.rundir import read_jsonl as read_rows
@@ -87,7 +88,6 @@ def sampling_model(d: Distiller, t: int, student_dir: Path) -> tuple[str, str, s
     """(model, backend, note) the iteration samples with: the student folder itself, or its export for a
     backend that runs exports (exported once into `iter-t/sampler-FORMAT-QUANT`, kept for a resume).
     Under `auto`, a student the exporter cannot handle is sampled with torch, and the note says why."""
-    from toolkit.errors import ExportError
     from toolkit.export.manifest import MANIFEST
     from toolkit.export.run import export_model
 
