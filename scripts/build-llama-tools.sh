@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama.cpp's llama-server, llama-bench and llama-quantize from the pinned llama-cpp-python sdist.
+# Build llama.cpp's llama-server, llama-bench, llama-batched-bench and llama-quantize from the pinned llama-cpp-python sdist.
 # The sdist vendors the exact llama.cpp tree the Python binding uses, so the server speaks the same
 # GGUF versions. Binaries are cached in ~/.cache/toolkit/llama.cpp-<version>/bin; a second run only
 # checks. A user's own llama-server on PATH takes precedence at run time (toolkit/llama_tools.py).
@@ -11,7 +11,8 @@ DEST=${TOOLKIT_LLAMA_TOOLS:-$CACHE/llama.cpp-$LLAMA_VERSION}
 PYTHON=${PYTHON:-.venv/bin/python}
 JOBS=${JOBS:-$(nproc)}
 
-if [ -x "$DEST/bin/llama-server" ] && [ -x "$DEST/bin/llama-bench" ] && [ -x "$DEST/bin/llama-quantize" ]; then
+if [ -x "$DEST/bin/llama-server" ] && [ -x "$DEST/bin/llama-bench" ] && [ -x "$DEST/bin/llama-quantize" ] \
+        && [ -x "$DEST/bin/llama-batched-bench" ]; then
     echo "llama.cpp tools already built: $DEST/bin"
     exit 0
 fi
@@ -31,13 +32,14 @@ fi
 cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" ${CMAKE_ARGS:-}
-cmake --build "$work/build" -j "$JOBS" --target llama-server llama-bench llama-quantize
+cmake --build "$work/build" -j "$JOBS" --target llama-server llama-bench llama-batched-bench llama-quantize
 
 # Install atomically: a half-copied bin/ would pass the check above on the next run.
 mkdir -p "$DEST"
 rm -rf "$DEST/bin.tmp"
 mkdir "$DEST/bin.tmp"
-cp "$work"/build/bin/llama-server "$work"/build/bin/llama-bench "$work"/build/bin/llama-quantize "$DEST/bin.tmp/"
+cp "$work"/build/bin/llama-server "$work"/build/bin/llama-bench "$work"/build/bin/llama-batched-bench \
+    "$work"/build/bin/llama-quantize "$DEST/bin.tmp/"
 rm -rf "$DEST/bin"
 mv "$DEST/bin.tmp" "$DEST/bin"
 echo "built: $DEST/bin"

@@ -1,4 +1,4 @@
-"""Where llama.cpp's own binaries (llama-server, llama-bench, llama-quantize) are: PATH first, then our build."""
+"""Where llama.cpp's own binaries (llama-server, llama-bench, llama-batched-bench, llama-quantize) are: PATH first, then our build."""
 from __future__ import annotations
 
 import os
