@@ -1,8 +1,12 @@
 """llama.cpp's own llama-server as the teacher: found on PATH or in the cached build, several slots at once."""
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +15,8 @@ from toolkit.errors import ModelError
 from toolkit.llama_tools import find_tool, require_tool, tools_dir
 from toolkit.recipe import TeacherConfig
 from toolkit.teachers import open_teacher
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_users_binary_on_path_comes_first(tmp_path, monkeypatch):
@@ -60,3 +66,23 @@ def test_llama_server_teacher_with_two_slots(smollm2_gguf, tmp_path):
         assert again == outs
     finally:
         cache.close()
+
+
+@pytest.mark.skipif(find_tool("llama-server") is None or find_tool("llama-batched-bench") is None,
+                    reason="llama-server or llama-batched-bench not built (run scripts/build-llama-tools.sh)")
+def test_teacher_slots_bench_counts_the_servers_tokens(smollm2_gguf, tmp_path):
+    """bench/teacher_slots.py end to end on a small model: the server's own token count for every
+    request, the prompt length it read from the log, and llama-batched-bench's bound per setting."""
+    out = tmp_path / "slots.json"
+    subprocess.run([sys.executable, "bench/teacher_slots.py", "--model", "pkg:smollm2-135m-instruct",
+                    "--slots", "1,2", "--requests", "4", "--max-tokens", "8", "--threads", "1", "--force",
+                    "--out", str(out)], cwd=REPO, check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert [r["slots"] for r in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        assert row["requests_sent"] == 4  # every request reached the server once, none from a cache
+        assert 4 <= row["completion_tokens"] <= 4 * 8  # from the server's log, capped by max_tokens
+        assert row["prompt_tokens"] > 100  # the few-shot teacher prompt, not just the question
+    decode = result["engine_ceiling"]["decode"]
+    assert [d["sequences"] for d in decode] == [1, 2] and all(d["tokens_per_s"] > 0 for d in decode)
+    assert result["rows"][0]["engine_bound"] == 1.0 and result["rows"][1]["engine_bound"] > 0
