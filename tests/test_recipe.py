@@ -85,6 +85,17 @@ def test_openai_backend_needs_url(tmp_path):
         load_recipe(write(tmp_path, MINIMAL), ["teacher.backend=openai"])
 
 
+def test_slots_need_llama_server(tmp_path):
+    # The default llama_cpp.server would ignore them: one request at a time whatever the recipe says.
+    with pytest.raises(RecipeError, match="slots > 1 needs backend 'llama.cpp' with server 'llama-server'"):
+        load_recipe(write(tmp_path, MINIMAL), ["teacher.slots=4"])
+    with pytest.raises(RecipeError, match="slots > 1"):
+        load_recipe(write(tmp_path, MINIMAL), ["teacher.slots=2", "teacher.backend=openai",
+                                               "teacher.base_url=http://127.0.0.1:8000/v1"])
+    recipe = load_recipe(write(tmp_path, MINIMAL), ["teacher.slots=4", "teacher.server=llama-server"])
+    assert recipe.teacher.slots == 4
+
+
 def test_malformed_yaml_and_missing_file(tmp_path):
     with pytest.raises(RecipeError, match=r"r.yaml:2: not valid YAML"):
         load_recipe(write(tmp_path, "name: t\n  data: [\n"))

@@ -131,7 +131,7 @@ class TeacherConfig(_Section):
         or `llama-server` (llama.cpp's own, continuous batching over `slots`; on PATH or built by
         scripts/build-llama-tools.sh).
     slots: sequences `llama-server` decodes together (n_ctx tokens each); requests in flight are
-        raised to at least this many.
+        raised to at least this many. More than 1 needs `server: llama-server`.
     """
 
     model: str
@@ -168,6 +168,11 @@ class TeacherConfig(_Section):
             raise ValueError("give base_url or endpoints, not both")
         if self.backend == "llama.cpp" and (self.base_url or self.endpoints):
             raise ValueError("backend 'llama.cpp' serves the model itself; base_url/endpoints need backend 'openai'")
+        # Slots would be silently ignored: llama_cpp.server decodes one request at a time, and a
+        # remote endpoint's parallelism is its own (set `concurrency` for it instead).
+        if self.slots > 1 and (self.backend != "llama.cpp" or self.server != "llama-server"):
+            raise ValueError("slots > 1 needs backend 'llama.cpp' with server 'llama-server' "
+                             "(llama_cpp.server answers one request at a time; for an endpoint set concurrency)")
         return self
 
 
