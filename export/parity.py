@@ -116,7 +116,10 @@ def onnx_outputs(ref: Reference, out: Path, threads: int) -> tuple[list[list[int
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    model = ORTModelForCausalLM.from_pretrained(out, session_options=so, provider="CPUExecutionProvider")
+    try:
+        model = ORTModelForCausalLM.from_pretrained(out, session_options=so, provider="CPUExecutionProvider")
+    except Exception as exc:  # onnxruntime's own loader errors (invalid graph, missing initializer) are bare
+        raise ExportError(f"onnxruntime could not load the export in {out}: {_first_line(exc)}") from None
     return ([tok(t, add_special_tokens=False)["input_ids"] for t in ref.texts],
             [ref.generate(model, ids) for ids in ref.prompt_ids])
 
@@ -125,10 +128,17 @@ def open_genai(out: Path, threads: int):
     """An onnxruntime_genai model with its CPU thread count set (genai_config left as written)."""
     import onnxruntime_genai as og
 
-    config = og.Config(str(out))
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
-                                                                         "inter_op_num_threads": 1}}}}))
-    return og.Model(config)
+    try:
+        config = og.Config(str(out))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads,
+                                                                             "inter_op_num_threads": 1}}}}))
+        return og.Model(config)
+    except Exception as exc:  # onnxruntime-genai raises bare RuntimeErrors (invalid graph, bad genai_config.json)
+        raise ExportError(f"onnxruntime-genai could not load the export in {out}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 def genai_outputs(ref: Reference, out: Path, threads: int) -> tuple[list[list[int]], list[list[int]]]:

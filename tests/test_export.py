@@ -296,6 +296,31 @@ def test_unsupported_architecture_and_corrupt_inputs(tmp_path, tiny_model_dir):
         export_model(str(gguf), "gguf", "q8_0", tmp_path / "o4")
 
 
+def test_export_its_runtime_cannot_load_is_one_error_and_keeps_the_files(tmp_path, tiny_model_dir, monkeypatch):
+    """The builder can write a graph that onnxruntime-genai refuses (measured: int4_algo_config
+    k_quant with a tied head names an initializer it never writes). Here the real export loses one
+    initializer the same way: one ExportError naming the runtime, files and export.json kept."""
+    import onnx
+    import onnxruntime_genai.models.builder as builder
+
+    real = builder.create_model
+
+    def drop_an_initializer(*args, **kwargs):
+        real(*args, **kwargs)
+        path = Path(args[2]) / "model.onnx"
+        model = onnx.load(str(path))
+        model.graph.initializer.pop(0)
+        onnx.save(model, str(path))
+
+    monkeypatch.setattr(builder, "create_model", drop_an_initializer)
+    out = tmp_path / "broken"
+    with pytest.raises(ExportError, match="onnxruntime-genai could not load the export in .*broken"):
+        export_model(str(tiny_model_dir), "genai", "fp32", out, threads=1, max_new_tokens=2)
+    manifest = json.loads((out / "export.json").read_text())
+    assert manifest["passed"] is False and "could not load" in manifest["error"]
+    assert (out / "model.onnx").is_file() and (out / "genai_config.json").is_file()
+
+
 def test_request_errors(tmp_path, tiny_model_dir):
     with pytest.raises(ExportError, match="--format onnx takes --quant fp32, int8, int4; got 'q4_k_m'"):
         export_model(str(tiny_model_dir), "onnx", "q4_k_m", tmp_path / "a")
