@@ -17,7 +17,7 @@ FORMATS = ("onnx", "genai", "gguf")
 _SCRATCH = ".export-scratch-"  # + pid + "-" + random: the dequantized source and unquantized files, beside OUT
 
 
-def _check_request(fmt: str, quant: str, bundle: bool) -> None:
+def _check_request(fmt: str, quant: str, bundle: bool, int4_head_bits: int | None) -> None:
     """Refuse an impossible format/quantization/bundle request before any model is loaded."""
     from toolkit.export.bundle import check_bundle_format
     from toolkit.export.gguf_quant import ftypes
@@ -29,6 +29,10 @@ def _check_request(fmt: str, quant: str, bundle: bool) -> None:
         raise ExportError(f"--format {fmt} takes --quant {', '.join(choices[fmt])}; got {quant!r}")
     if bundle:
         check_bundle_format(fmt)
+    if int4_head_bits is not None and (fmt, quant) != ("genai", "int4"):
+        raise ExportError(f"--int4-head-bits is for --format genai --quant int4; got --format {fmt} --quant {quant}")
+    if int4_head_bits not in (None, *genai.HEAD_BITS):
+        raise ExportError(f"--int4-head-bits {int4_head_bits}: choose 8 or 4")
 
 
 def _prepare_out(out: Path) -> None:
@@ -84,11 +88,13 @@ def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, c
                  bundle: bool = False, threads: int | None = None, max_new_tokens: int = 16, block_size: int = 32,
                  min_first_token_match: float | None = None, min_token_agreement: float | None = None,
                  tokenizer_gguf: str | None = None, base_dir: Path | None = None, eval_suite: str | None = None,
-                 eval_limit: int = 20, data_root: str | None = None, max_accuracy_drop: float | None = None) -> dict:
+                 eval_limit: int = 20, data_root: str | None = None, max_accuracy_drop: float | None = None,
+                 int4_head_bits: int | None = None) -> dict:
     """Export `model_ref` to `fmt`/`quant` in `out_dir` and return the manifest (also OUT/export.json).
 
     threads: CPU threads for torch, onnxruntime and llama.cpp (default: all cores, at most 8).
     max_new_tokens: greedy tokens compared per sample prompt. block_size: int4 block (ONNX and genai).
+    int4_head_bits: the LM head's bits in a genai int4 export (8 when absent, or 4: smallest and fastest).
     min_first_token_match / min_token_agreement: parity thresholds (defaults in parity.compare).
     tokenizer_gguf: a GGUF whose tokenizer metadata a GGUF export carries over (default: the recorded base).
     eval_suite / eval_limit / data_root: also score source and export on the first `eval_limit` problems of
@@ -98,7 +104,7 @@ def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, c
     A GGUF whose llama.cpp token ids differ from the HF tokenizer's is always refused.
     """
     fmt, quant = fmt.lower(), quant.lower()
-    _check_request(fmt, quant, bundle)
+    _check_request(fmt, quant, bundle, int4_head_bits)
     if eval_suite:
         from toolkit.export.accuracy import eval_problems
 
@@ -116,7 +122,8 @@ def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, c
         if fmt == "onnx":
             notes += onnx.export_onnx(src.hf_dir, quant, out, work, block_size=block_size)
         elif fmt == "genai":
-            notes += genai.export_genai(src.hf_dir, quant, out, work, block_size=block_size)
+            notes += genai.export_genai(src.hf_dir, quant, out, work, block_size=block_size,
+                                        head_bits=int4_head_bits or 8)
         else:
             gguf_notes, gguf_types = _export_gguf(src, quant, out, work, threads)
             notes += gguf_notes

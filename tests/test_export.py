@@ -148,13 +148,40 @@ def test_genai(tiny, tmp_path, quant):
     model = og.Model(str(out))
     assert list(og.Tokenizer(model).encode(TEXT)) == _hf_ids(tiny, TEXT)
     tied = json.loads((tiny / "config.json").read_text())["tie_word_embeddings"]
-    if quant == "int4" and tied:  # one int4 table for embedding and head, no fp32 vocab × hidden(64) left
+    if quant == "int4":
+        assert _head_bits(out) == 8  # the default: the LM head at 8 bits, the rest at 4
+    if quant == "int4" and tied:  # one quantized table for embedding and head, no fp32 vocab × hidden(64) left
         import onnx
 
         graph = onnx.load(str(out / "model.onnx"))
         vocab = len(json.loads((tiny / "tokenizer.json").read_text())["model"]["vocab"])
         assert not [i.name for i in graph.graph.initializer
                     if i.data_type == onnx.TensorProto.FLOAT and sorted(i.dims) == sorted([vocab, 64])]
+        assert {n.op_type: _bits(n) for n in graph.graph.node if "embed_tokens" in n.name}["GatherBlockQuantized"] == 8
+
+
+def _bits(node) -> int | None:
+    return next((a.i for a in node.attribute if a.name == "bits"), None)
+
+
+def _head_bits(out: Path) -> int:
+    """The bits of the LM head's MatMulNBits in a genai export."""
+    import onnx
+
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    heads = [n for n in graph.node if n.name.startswith("/lm_head/") and n.op_type == "MatMulNBits"]
+    assert len(heads) == 1, [n.name for n in graph.node if "lm_head" in n.name]
+    return _bits(heads[0])
+
+
+def test_genai_int4_head_bits_4_is_smaller(tmp_path):
+    """--int4-head-bits 4 puts the head (and a tied embedding) at 4 bits too: the smallest file."""
+    src = _build(tmp_path / "src", "qwen2")
+    eight = export_model(str(src), "genai", "int4", tmp_path / "h8", threads=1, max_new_tokens=2)
+    four = export_model(str(src), "genai", "int4", tmp_path / "h4", threads=1, max_new_tokens=2, int4_head_bits=4)
+    assert _head_bits(tmp_path / "h8") == 8 and _head_bits(tmp_path / "h4") == 4
+    assert four["total_bytes"] < eight["total_bytes"]
+    assert any("LM head at 4 bits" in n for n in four["notes"])
 
 
 def test_packaged_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
@@ -336,6 +363,11 @@ def test_request_errors(tmp_path, tiny_model_dir):
     with pytest.raises(ExportError, match="--bundle is for --format gguf or genai"):
         export_model(str(tiny_model_dir), "onnx", "fp32", tmp_path / "b", bundle=True)
     assert not (tmp_path / "b").exists()
+    with pytest.raises(ExportError, match="--int4-head-bits is for --format genai --quant int4"):
+        export_model(str(tiny_model_dir), "gguf", "q4_0", tmp_path / "c", int4_head_bits=4)
+    with pytest.raises(ExportError, match="--int4-head-bits 6: choose 8 or 4"):
+        export_model(str(tiny_model_dir), "genai", "int4", tmp_path / "c", int4_head_bits=6)
+    assert not (tmp_path / "c").exists()
 
 
 def test_kill_9_mid_export_then_the_same_command_finishes(tmp_path, tiny_model_dir):

@@ -93,7 +93,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 min_first_token_match=args.min_first_token_match,
                                 min_token_agreement=args.min_token_agreement, tokenizer_gguf=args.tokenizer_gguf,
                                 eval_suite=args.eval_suite, eval_limit=args.eval_limit, data_root=args.data_root,
-                                max_accuracy_drop=args.max_accuracy_drop)
+                                max_accuracy_drop=args.max_accuracy_drop, int4_head_bits=args.int4_head_bits)
     if args.json:
         print(json.dumps(manifest, indent=2))
         return 0
@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores, at most 8)")
     x.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens compared per sample prompt")
     x.add_argument("--block-size", type=int, default=32, help="int4 block size (onnx, genai)")
+    x.add_argument("--int4-head-bits", type=int, default=None, choices=[8, 4],
+                   help="genai int4: bits of the LM head and a tied embedding (default 8; 4 is smaller and faster, "
+                        "less faithful)")
     x.add_argument("--min-first-token-match", type=float, default=None,
                    help="share of prompts whose first greedy token must match (default 1.0 unquantized, 0 else)")
     x.add_argument("--min-token-agreement", type=float, default=None,
