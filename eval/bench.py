@@ -18,6 +18,7 @@ from toolkit.eval.bench_runner import detect
 from toolkit.eval.machine import is_busy
 from toolkit.eval.remote import BenchError, LocalExecutor
 from toolkit.eval.roofline import ceiling_tok_s, model_facts
+from toolkit.integrity import check_gguf, check_hf_folder, check_onnx_folder
 from toolkit.rundir import atomic_write_json, atomic_write_text
 
 
@@ -57,6 +58,8 @@ def run_bench(model: str, *, prompt_tokens: int = 128, gen_tokens: int = 128, re
         backend, model_path = detect(path)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
+    # Refuse a truncated or corrupt model here, in one line, before its facts are read or a runner starts.
+    {"llama.cpp": check_gguf, "genai": check_onnx_folder, "onnx": check_onnx_folder}.get(backend, check_hf_folder)(model_path)
     facts = model_facts(backend, model_path)
     executor = executor or LocalExecutor()
     spec = {"model": str(path), "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "reps": reps,

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from toolkit.errors import ModelError
+from toolkit.integrity import check_onnx_folder
 
 from toolkit.eval.generate import default_threads, length_sorted_batches
 from toolkit.eval.prompts import cut_at_stop, render
@@ -26,6 +27,7 @@ class GenaiGenerator:
 
         self.og = og
         self.threads = threads or default_threads()
+        check_onnx_folder(path)
         try:
             meta = json.loads((path / "genai_config.json").read_text())["model"]
             cfg = og.Config(str(path))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from toolkit.errors import ModelError
+from toolkit.integrity import check_onnx_folder
 from toolkit.models import ModelRef, resolve_model
 
 from toolkit.eval.prompts import PLAIN_STOP, cut_at_stop, plain_text, render
@@ -114,6 +115,7 @@ class OnnxGenerator(TorchGenerator):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # explicit: ORT would otherwise take every core
         options.inter_op_num_threads = 1
+        check_onnx_folder(path)
         onnx_files = sorted(p.name for p in path.glob("*.onnx"))
         name = "model.onnx" if "model.onnx" in onnx_files else onnx_files[0]
         try:

@@ -95,6 +95,45 @@ def test_broken_hf_folder(model_copy, damage, message):
         check_hf_folder(model_copy)
 
 
+@pytest.fixture(scope="module")
+def genai_export(tiny_model_dir, tmp_path_factory) -> Path:
+    """A real onnxruntime-genai fp32 export of the tiny random llama, its weights in model.onnx.data."""
+    import onnx
+
+    from toolkit.export.run import export_model
+
+    out = tmp_path_factory.mktemp("genai-src") / "genai"
+    export_model(str(tiny_model_dir), "genai", "fp32", out, threads=1, max_new_tokens=2)
+    model = onnx.load(str(out / "model.onnx"))
+    for f in out.glob("*.onnx.data"):
+        f.unlink()
+    onnx.save(model, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=0)
+    return out
+
+
+def test_truncated_onnx_graph_and_weights(genai_export, tmp_path):
+    """`toolkit bench` and `toolkit eval` refuse a cut ONNX export in one line, before any runtime loads it."""
+    from toolkit.integrity import check_onnx_folder
+
+    check_onnx_folder(genai_export)  # the whole export passes
+    cut_graph, cut_weights = tmp_path / "cut-graph", tmp_path / "cut-weights"
+    for d in (cut_graph, cut_weights):
+        shutil.copytree(genai_export, d)
+    graph = cut_graph / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    weights = cut_weights / "model.onnx.data"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size - 1])
+    for folder, needle in ((cut_graph, "model.onnx: truncated or corrupt ONNX model"),
+                           (cut_weights, "model.onnx.data: truncated ONNX weights: tensor ")):
+        _one_line_error(toolkit("bench", str(folder), "--reps", "1", cwd=tmp_path, timeout=120), needle)
+        _one_line_error(toolkit("eval", str(folder), "--suite", "multiarith", "--limit", "1", "--data-root",
+                                str(DATA), "--out", str(tmp_path / "ev"), cwd=tmp_path, timeout=120), needle)
+    (cut_weights / "model.onnx.data").unlink()
+    with pytest.raises(ModelError, match="its weights file model.onnx.data is missing"):
+        check_onnx_folder(cut_weights)
+
+
 # -- data ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("lines, where", [
     (['{"question": "What is 1 plus 1?", "answer": 2}', '{"question": "broken', ""], "bad.jsonl:2: invalid JSON"),

@@ -1,4 +1,4 @@
-"""Cheap structural checks of model files (GGUF, safetensors, HF folders) before a run spends anything."""
+"""Cheap structural checks of model files (GGUF, safetensors, HF folders, ONNX) before a run spends anything."""
 from __future__ import annotations
 
 import json
@@ -81,6 +81,41 @@ def check_hf_folder(path: Path) -> None:
             raise ModelError(f"{path}: no weights (*.safetensors or pytorch_model.bin)")
     for w in weights:
         check_safetensors(w)
+
+
+def check_onnx(path: Path) -> None:
+    """Refuse an ONNX graph that does not parse, or whose external-data tensors are missing or reach past
+    the end of their file (a truncated copy). Only the graph is read, never the weights."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except (DecodeError, OSError) as exc:
+        raise ModelError(f"{path}: truncated or corrupt ONNX model ({type(exc).__name__})") from None
+    sizes: dict[str, int] = {}
+    for t in graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        data = path.parent / info.get("location", "")
+        if data.name not in sizes:
+            if not data.is_file():
+                raise ModelError(f"{path}: its weights file {data.name} is missing")
+            sizes[data.name] = data.stat().st_size
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if end > sizes[data.name]:
+            raise ModelError(f"{data}: truncated ONNX weights: tensor {t.name} needs {end} bytes, "
+                             f"the file has {sizes[data.name]}")
+
+
+def check_onnx_folder(folder: Path) -> None:
+    """Every ONNX graph of an optimum or onnxruntime-genai folder, with its external data."""
+    graphs = sorted(Path(folder).glob("*.onnx"))
+    if not graphs:
+        raise ModelError(f"{folder}: no .onnx model in the folder")
+    for path in graphs:
+        check_onnx(path)
 
 
 def check_model(ref: ModelRef) -> None:
