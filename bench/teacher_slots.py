@@ -56,8 +56,12 @@ def measure(model: str, slots: int, requests: int, max_tokens: int, threads: int
             sent = teacher.requests_sent
         text = log.read_text(errors="replace")
     tokens = sum(int(n) for n in _EVAL_LINE.findall(text[mark:]))
+    prompt = _PROMPT_LINE.search(text)  # the warm-up's, all of it computed
+    if prompt is None or not tokens:
+        raise SystemExit(f"no per-request timing lines in the llama-server log ({len(text)} characters): "
+                         "this llama-server does not log them at its default verbosity")
     return {"slots": slots, "requests": requests, "requests_sent": sent - 1, "completion_tokens": tokens,
-            "prompt_tokens": int(_PROMPT_LINE.search(text).group(1)),  # the warm-up's whole prompt
+            "prompt_tokens": int(prompt.group(1)),
             "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
 
 
