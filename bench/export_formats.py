@@ -62,7 +62,10 @@ def decode_onnx(folder: Path, threads: int, n: int) -> float:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     model = ORTModelForCausalLM.from_pretrained(folder, session_options=so)
-    x = AutoTokenizer.from_pretrained(folder)(PROMPT, return_tensors="pt")
+    # Only ids and mask: a PreTrainedTokenizerFast (our cleaned byte-level tokenizer) also returns
+    # token_type_ids, which generate() refuses for a causal LM.
+    enc = AutoTokenizer.from_pretrained(folder)(PROMPT, return_tensors="pt")
+    x = {k: enc[k] for k in ("input_ids", "attention_mask")}
 
     def run(k: int) -> float:
         start = time.perf_counter()

@@ -29,8 +29,9 @@ def _check_request(fmt: str, quant: str, bundle: bool, int4_head_bits: int | Non
         raise ExportError(f"--format {fmt} takes --quant {', '.join(choices[fmt])}; got {quant!r}")
     if bundle:
         check_bundle_format(fmt)
-    if int4_head_bits is not None and (fmt, quant) != ("genai", "int4"):
-        raise ExportError(f"--int4-head-bits is for --format genai --quant int4; got --format {fmt} --quant {quant}")
+    if int4_head_bits is not None and (fmt not in ("genai", "onnx") or quant != "int4"):
+        raise ExportError(f"--int4-head-bits is for --quant int4 of --format genai or onnx; got --format {fmt} "
+                          f"--quant {quant}")
     if int4_head_bits not in (None, *genai.HEAD_BITS):
         raise ExportError(f"--int4-head-bits {int4_head_bits}: choose 8 or 4")
 
@@ -94,7 +95,7 @@ def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, c
 
     threads: CPU threads for torch, onnxruntime and llama.cpp (default: all cores, at most 8).
     max_new_tokens: greedy tokens compared per sample prompt. block_size: int4 block (ONNX and genai).
-    int4_head_bits: the LM head's bits in a genai int4 export (8 when absent, or 4: smallest and fastest).
+    int4_head_bits: the LM head's bits in an int4 export, genai or onnx (8 when absent, or 4: the smallest).
     min_first_token_match / min_token_agreement: parity thresholds (defaults in parity.compare).
     tokenizer_gguf: a GGUF whose tokenizer metadata a GGUF export carries over (default: the recorded base).
     eval_suite / eval_limit / data_root: also score source and export on the first `eval_limit` problems of
@@ -120,7 +121,8 @@ def export_model(model_ref: str, fmt: str, quant: str, out_dir: str | Path, *, c
         src = open_source(model_ref, work, tokenizer_gguf=tokenizer_gguf, base_dir=base_dir)
         notes = list(src.notes)
         if fmt == "onnx":
-            notes += onnx.export_onnx(src.hf_dir, quant, out, work, block_size=block_size)
+            notes += onnx.export_onnx(src.hf_dir, quant, out, work, block_size=block_size,
+                                      head_bits=int4_head_bits or 8)
         elif fmt == "genai":
             notes += genai.export_genai(src.hf_dir, quant, out, work, block_size=block_size,
                                         head_bits=int4_head_bits or 8)

@@ -124,6 +124,7 @@ def test_onnx(tiny, tmp_path, quant):
                     if n.data_type == onnx.TensorProto.FLOAT and sorted(n.dims) == sorted([vocab, 64])]
     if quant == "int4":  # embedding and (tied) LM head quantized too: no fp32 vocab-sized table left
         assert {"MatMulNBits", "GatherBlockQuantized"} <= ops and not float_tables, inits
+        assert _head_bits(out) == 8  # the LM head at 8 bits
     if quant == "int8":
         assert "MatMulInteger" in ops and not float_tables, inits
 
@@ -165,20 +166,21 @@ def _bits(node) -> int | None:
 
 
 def _head_bits(out: Path) -> int:
-    """The bits of the LM head's MatMulNBits in a genai export."""
+    """The bits of the LM head (the MatMulNBits that writes `logits`) in an ONNX or genai export."""
     import onnx
 
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
-    heads = [n for n in graph.node if n.name.startswith("/lm_head/") and n.op_type == "MatMulNBits"]
-    assert len(heads) == 1, [n.name for n in graph.node if "lm_head" in n.name]
+    heads = [n for n in graph.node if "logits" in n.output and n.op_type == "MatMulNBits"]
+    assert len(heads) == 1, [(n.name, n.op_type) for n in graph.node if "logits" in n.output]
     return _bits(heads[0])
 
 
-def test_genai_int4_head_bits_4_is_smaller(tmp_path):
-    """--int4-head-bits 4 puts the head (and a tied embedding) at 4 bits too: the smallest file."""
+@pytest.mark.parametrize("fmt", ["genai", "onnx"])
+def test_int4_head_bits_4_is_smaller(tmp_path, fmt):
+    """--int4-head-bits 4 puts the head (and in genai a tied embedding) at 4 bits too: the smallest file."""
     src = _build(tmp_path / "src", "qwen2")
-    eight = export_model(str(src), "genai", "int4", tmp_path / "h8", threads=1, max_new_tokens=2)
-    four = export_model(str(src), "genai", "int4", tmp_path / "h4", threads=1, max_new_tokens=2, int4_head_bits=4)
+    eight = export_model(str(src), fmt, "int4", tmp_path / "h8", threads=1, max_new_tokens=2)
+    four = export_model(str(src), fmt, "int4", tmp_path / "h4", threads=1, max_new_tokens=2, int4_head_bits=4)
     assert _head_bits(tmp_path / "h8") == 8 and _head_bits(tmp_path / "h4") == 4
     assert four["total_bytes"] < eight["total_bytes"]
     assert any("LM head at 4 bits" in n for n in four["notes"])
@@ -363,7 +365,7 @@ def test_request_errors(tmp_path, tiny_model_dir):
     with pytest.raises(ExportError, match="--bundle is for --format gguf or genai"):
         export_model(str(tiny_model_dir), "onnx", "fp32", tmp_path / "b", bundle=True)
     assert not (tmp_path / "b").exists()
-    with pytest.raises(ExportError, match="--int4-head-bits is for --format genai --quant int4"):
+    with pytest.raises(ExportError, match="--int4-head-bits is for --quant int4 of --format genai or onnx"):
         export_model(str(tiny_model_dir), "gguf", "q4_0", tmp_path / "c", int4_head_bits=4)
     with pytest.raises(ExportError, match="--int4-head-bits 6: choose 8 or 4"):
         export_model(str(tiny_model_dir), "genai", "int4", tmp_path / "c", int4_head_bits=6)

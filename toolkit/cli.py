@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens compared per sample prompt")
     x.add_argument("--block-size", type=int, default=32, help="int4 block size (onnx, genai)")
     x.add_argument("--int4-head-bits", type=int, default=None, choices=[8, 4],
-                   help="genai int4: bits of the LM head and a tied embedding (default 8; 4 is smaller and faster, "
-                        "less faithful)")
+                   help="int4 (genai, onnx): bits of the LM head, and in genai of a tied embedding sharing it "
+                        "(default 8; 4 is smaller and faster, less faithful)")
     x.add_argument("--min-first-token-match", type=float, default=None,
                    help="share of prompts whose first greedy token must match (default 1.0 unquantized, 0 else)")
     x.add_argument("--min-token-agreement", type=float, default=None,
