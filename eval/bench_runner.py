@@ -17,15 +17,15 @@ import json
 import random
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 if __package__:
-    from . import machine
-else:  # shipped as a plain script next to machine.py
+    from . import machine, safetar
+else:  # shipped as a plain script next to machine.py and safetar.py
     import machine
+    import safetar
 
 MARKER = "BENCH_JSON "
 
@@ -39,8 +39,7 @@ def detect(path: Path) -> tuple[str, Path]:
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         dest = Path(tempfile.mkdtemp(prefix="bench-bundle-"))
         atexit.register(shutil.rmtree, dest, True)  # the unpacked copy lives as long as this process
-        with tarfile.open(path) as tar:
-            tar.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(dest)
+        safetar.safe_extract(path, dest)  # every member checked first, the same on every Python
         for cand in sorted(dest.rglob("*")):
             if cand.suffix == ".gguf" or (cand.is_dir() and (cand / "genai_config.json").is_file()):
                 return detect(cand)

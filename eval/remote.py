@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from toolkit.errors import ToolkitError
 
-RUNNER_FILES = ("bench_runner.py", "machine.py")  # self-contained: all the device needs besides its runtime
+RUNNER_FILES = ("bench_runner.py", "machine.py", "safetar.py")  # self-contained: all the device needs besides its runtime
 
 
 class BenchError(ToolkitError):
