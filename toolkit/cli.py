@@ -62,10 +62,16 @@ def _print_summary(console, manifest: dict, seconds: float) -> None:
         table.add_row(r["model"], f"{r['strict_match']:.1%} ({lo:.0%}–{hi:.0%})", f"{r['flexible_extract']:.1%}",
                       str(r["n"]), str(r["problems"]), str(r["rationales"]))
     console.print(table)
-    times = Table(title="stage times", show_header=False)
+    from toolkit.memory import gb, process_peak_bytes
+
+    # Peak: this process's own peak RSS during the stage (VmHWM); a child (teacher server, torchrun
+    # worker) that finished inside the stage with a larger peak than any earlier child is shown beside it.
+    times = Table(title="stage times and peak memory (resident, this process)", show_header=False)
     for name, stage in manifest["stages"].items():
-        times.add_row(name, f"{stage['seconds']:.1f} s")
-    times.add_row("this invocation", f"{seconds:.1f} s")
+        child = stage.get("children_peak_rss_bytes")
+        times.add_row(name, f"{stage['seconds']:.1f} s", gb(stage.get("peak_rss_bytes")),
+                      f"child process {gb(child)}" if child else "")
+    times.add_row("this invocation", f"{seconds:.1f} s", gb(process_peak_bytes()), "")
     console.print(times)
     run = Path(summary["student"]).parent.parent
     console.print(f"run folder: {run.resolve()}  (rounds.md, accuracy.png, manifest.json)")

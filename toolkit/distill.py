@@ -112,12 +112,18 @@ class Distiller:
 
     @contextmanager
     def stage(self, name: str, title: str):
-        """Time a stage and record it as done with the counts the block put in `info`."""
+        """Time a stage, measure its peak memory (toolkit/memory.py) and record it as done with the counts
+        the block put in `info`."""
+        from toolkit.memory import PeakRSS, gb, release_memory
+
         info: dict = {}
         self.console.print(f"[bold]▶ {title}[/bold]")
+        release_memory()  # what the previous stage freed is not counted against this one
         start = time.perf_counter()
+        peak = PeakRSS()
         try:
-            yield info
+            with peak:
+                yield info
         except Exception as exc:
             from toolkit.storage import write_failure
 
@@ -128,8 +134,8 @@ class Distiller:
             raise ToolkitError(f"{name}: {reason}; finished stages and cached teacher requests are kept, "
                                f"free space (or fix the folder) and run again to resume") from None
         seconds = time.perf_counter() - start
-        self.run.finish(name, seconds, **info)
-        self.console.print(f"  done in {seconds:.1f} s " + " ".join(f"{k}={v}" for k, v in info.items()
+        self.run.finish(name, seconds, **peak.record(), **info)
+        self.console.print(f"  done in {seconds:.1f} s, peak {gb(peak.peak_bytes)} " + " ".join(f"{k}={v}" for k, v in info.items()
                                                                  if not isinstance(v, (dict, list))))
 
     # -- stages -------------------------------------------------------------------------------
@@ -241,10 +247,11 @@ class Distiller:
         out = self.run.root / folder / "student"
         name = f"{folder}/train"
         if not self.run.done(name):
-            model, tok = self.base_student()
-            examples = [tokenize_example(tok, r["messages"], r["completion"], self.recipe.train.seq_len)
-                        for r in rows]
-            with self.stage(name, f"train: fine-tune the student on {len(examples)} rationales") as info:
+            with self.stage(name, f"train: fine-tune the student on {len(rows)} rationales") as info:
+                # Loaded inside the stage: the load's own peak (a GGUF is dequantized) is this stage's.
+                model, tok = self.base_student()
+                examples = [tokenize_example(tok, r["messages"], r["completion"], self.recipe.train.seq_len)
+                            for r in rows]
                 cfg = self.recipe.train.model_copy(update={"threads": self.threads})
                 with _progress(self.console) as bar:
                     total = planned_steps(len(pack(examples, cfg.seq_len, self.recipe.seed)), cfg)
@@ -254,9 +261,13 @@ class Distiller:
                         bar.update(task, completed=row["step"], description=f"training (loss {row['loss']:.3f})")
 
                     if cfg.processes > 1 or cfg.nodes > 1:  # torchrun workers; this process only waits and reports
+                        del model  # each worker loads its own copy; free this one
                         stats = self._train_processes(folder, cfg, out, log)
                     else:
                         stats = train(model, tok, examples, cfg, out, seed=self.recipe.seed, log=log)
+                        # The base's weights changed in place: drop every reference so the next stage
+                        # starts without this model (one model in memory at a time).
+                        self._model = model = None
                 if stats.get("resumed_from_step"):
                     self.console.print(f"  resumed from step {stats['resumed_from_step']} of {stats['steps']}")
                 atomic_write_jsonl(self.run.root / folder / "train_log.jsonl", stats.pop("curve"))
@@ -319,6 +330,10 @@ class Distiller:
 
             student_dir = siked.iterate(self, problems, rows, heldout, student_dir, rounds)
         self.run.manifest["summary"] = {"rounds": rounds, "student": str(student_dir)}
+        from toolkit.memory import process_peak_bytes
+
+        # This invocation's own peak over every stage and the work between them (a resumed run: this part only).
+        self.run.manifest["peak_rss_bytes"] = process_peak_bytes()
         self.run.save()
         from toolkit.rounds_report import write_round_report
 
