@@ -306,6 +306,9 @@ class TrainConfig(_Section):
     nodes / master_addr / master_port: training over several machines: this machine is node 0 at
         master_addr:master_port and prints the torchrun command each other machine runs (the run
         folder must be on storage every machine sees).
+    gradient_checkpointing: keep only each layer's input for the backward pass and recompute the rest
+        (activation checkpointing): less memory for about one more forward pass of time. auto: on when
+        training on a CPU, off on a GPU (bench/README.md, "Memory"); true / false force it.
     """
 
     epochs: float = Field(2.0, gt=0)
@@ -323,6 +326,7 @@ class TrainConfig(_Section):
     nodes: int = Field(1, ge=1)
     master_addr: str = "127.0.0.1"
     master_port: int = Field(29500, ge=1, le=65535)
+    gradient_checkpointing: Literal["auto"] | bool = "auto"
 
 
 class EvalConfig(_Section):

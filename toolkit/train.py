@@ -112,8 +112,55 @@ def _shifted_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
 
 
+# Config fields of architectures that change the logits after the LM head (softcapping, scaling): the
+# answer-only loss below would skip that step, so such models take the full forward instead.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _body_and_head(model):
+    """(decoder, lm_head) of a causal LM (peft-wrapped or not), or None when the head cannot be run apart."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the LoRA-injected model
+    prefix = getattr(inner, "base_model_prefix", "")
+    body = getattr(inner, prefix, None) if prefix else None
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if body is None or head is None or any(getattr(inner.config, k, None) for k in _LOGIT_TRANSFORMS):
+        return None
+    return body, head
+
+
+def batch_loss(model, t: dict[str, torch.Tensor], answer_only: bool = True) -> torch.Tensor:
+    """Sum of next-token cross-entropies over the answer tokens of a collated batch.
+
+    answer_only: run the LM head only at the positions whose next token carries a label, instead of
+    batch × seq_len × vocab logits (SmolLM2: 4 × 512 × 49,152 fp32 = 0.4 GB, plus as much again for the
+    softmax and the gradient) of which the prompt's and the padding's are thrown away. The position
+    that predicts token i+1 is i: hidden[:, :-1] pairs with labels[:, 1:]. Same sum as the full path,
+    to float rounding (tests/test_train.py). False: the model's own forward over every position.
+    """
+    parts = _body_and_head(model) if answer_only else None
+    if parts is None:
+        logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
+                       position_ids=t["position_ids"], use_cache=False).logits
+        return _shifted_loss(logits, t["labels"])
+    body, head = parts
+    hidden = body(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
+                  use_cache=False).last_hidden_state
+    target = t["labels"][:, 1:]
+    keep = target != IGNORE
+    logits = head(hidden[:, :-1][keep]).float()  # (answer tokens, vocab)
+    return torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+
+
+def use_gradient_checkpointing(setting, device: torch.device) -> bool:
+    """train.gradient_checkpointing resolved: "auto" is on for CPU training, off on a GPU (see recipe.py)."""
+    if setting == "auto":
+        return device.type == "cpu"
+    return bool(setting)
+
+
 def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
-          log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None) -> dict:
+          log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None,
+          answer_only: bool = True) -> dict:
     """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`.
 
     The folder appears only when complete (written beside it, then renamed). Every
@@ -121,7 +168,8 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     (default: `<out_dir>.checkpoint`); a later call with the same inputs resumes from it and ends
     with the same weights as an uninterrupted run. Under torchrun / accelerate launch each process
     trains on its share of every batch (see toolkit/dist.py). Returns statistics: steps, tokens
-    seen, loss curve, seconds, and `resumed_from_step` when it resumed.
+    seen, loss curve, seconds, and `resumed_from_step` when it resumed. `answer_only=False` computes
+    the logits at every position, the old path (bench/memory.py compares the two).
     """
     from toolkit import dist
 
@@ -136,6 +184,11 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
         model = get_peft_model(model, LoraConfig(r=cfg.lora, lora_alpha=2 * cfg.lora, lora_dropout=0.05,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     model.to(device)
+    checkpointing = use_gradient_checkpointing(getattr(cfg, "gradient_checkpointing", False), device)
+    if checkpointing:
+        # Keep only each layer's input for the backward pass and recompute the rest (non-reentrant:
+        # works with frozen embeddings under LoRA, no input that needs a gradient).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     bins = pack(examples, cfg.seq_len, seed)
     steps = planned_steps(len(bins), cfg)
@@ -173,9 +226,7 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
             if not mine:
                 continue
             t = {k: v.to(device) for k, v in collate(mine, pad_id).items()}
-            logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
-                           position_ids=t["position_ids"]).logits
-            loss_sum = _shifted_loss(logits, t["labels"])
+            loss_sum = batch_loss(model, t, answer_only)
             (loss_sum / max(1, n_tokens)).backward()
             step_loss += loss_sum.detach().double().cpu()
             step_tokens += int(t["input_ids"].numel())
@@ -197,6 +248,8 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
                        "step": step + 1, "tokens": tokens, "curve": curve,
                        "seconds": time.perf_counter() - start})
     seconds = time.perf_counter() - start
+    if checkpointing:
+        model.gradient_checkpointing_disable()  # the saved config and later generation run without it
     if cfg.lora:
         model = model.merge_and_unload()  # a plain HF folder that every exporter and runtime loads
     model.eval()
@@ -207,7 +260,7 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     stats = {"steps": steps, "examples": len(examples), "packed_sequences": len(bins), "tokens": tokens,
              "tokens_per_s": round(tokens / seconds, 1), "final_loss": curve[-1]["loss"],
              "first_loss": curve[0]["loss"], "train_seconds": round(seconds, 2), "processes": world,
-             "curve": curve}
+             "gradient_checkpointing": checkpointing, "curve": curve}
     if done:
         stats["resumed_from_step"] = done
     return stats

@@ -1,0 +1,130 @@
+"""Memory: peak RSS per block and per run stage, the answer-only loss against the full one, activation checkpointing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import DATA, toolkit, write_tiny_recipe
+from toolkit.recipe import TrainConfig
+from toolkit.train import IGNORE, batch_loss, collate, tokenize_example, train
+
+QA = [("Tom has 3 apples and buys 5 more. How many apples does he have?", "3 + 5 = 8. The answer is 8."),
+      ("Divide 28 pencils by 4 boxes.", "28 / 4 = 7. The answer is 7."),
+      ("A baker makes 24 muffins and sells 18.", "24 - 18 = 6. The answer is 6."),
+      ("What is 2 times 3?", "2 * 3 = 6. The answer is 6.")]
+
+
+def _touch(n_bytes: int) -> bytearray:
+    """n_bytes really resident (every page written)."""
+    buf = bytearray(n_bytes)
+    buf[::4096] = b"\1" * len(range(0, n_bytes, 4096))
+    return buf
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_peak_rss_sees_a_block_and_forgets_the_one_before(sampled, monkeypatch, tmp_path):
+    from toolkit import memory
+
+    if sampled:  # a kernel that refuses the VmHWM reset: the sampler thread takes over
+        monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "missing" / "clear_refs")
+    mb = 1 << 20
+    with memory.PeakRSS() as first:
+        buf = _touch(300 * mb)
+        if sampled:
+            import time
+
+            time.sleep(0.3)  # a few sampler periods while the buffer is resident
+        del buf
+    with memory.PeakRSS() as second:
+        pass
+    assert first.method == second.method == ("sampled" if sampled else "vmhwm")
+    assert first.peak_bytes - second.peak_bytes > 250 * mb  # the second block did not inherit the first's peak
+    assert memory.process_peak_bytes() >= first.peak_bytes
+
+
+def _batch(tok):
+    examples = [tokenize_example(tok, [{"role": "user", "content": q}], a, 512) for q, a in QA]
+    # Two packed bins of two examples each, plus padding in the shorter bin.
+    return collate([[examples[0], examples[1]], [examples[2], examples[3]]], tok.pad_token_id)
+
+
+def _qwen2(tiny_model_dir):
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False)
+    return Qwen2ForCausalLM(config), tok
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_answer_only_loss_equals_the_full_loss_and_gradients(arch, tiny_model_dir, tiny_gpt2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if arch == "qwen2":
+        model, tok = _qwen2(tiny_model_dir)
+    else:
+        path = tiny_model_dir if arch == "llama" else tiny_gpt2_dir
+        model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    model.train()
+    t = _batch(tok)
+    head = model.get_output_embeddings()
+    rows = []
+    hook = head.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape))
+
+    def loss_and_grads(answer_only: bool):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # GPT-2 has dropout: the same masks in both passes
+        loss = batch_loss(model, t, answer_only)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, full_grads = loss_and_grads(False)
+    rows.clear()
+    part, part_grads = loss_and_grads(True)
+    hook.remove()
+    answer_tokens = int((t["labels"][:, 1:] != IGNORE).sum())
+    # The head ran on the answer tokens only: (answer tokens, hidden), not (batch, seq, hidden).
+    assert rows == [torch.Size([answer_tokens, model.config.hidden_size if arch != "gpt2" else model.config.n_embd])]
+    torch.testing.assert_close(part, full, rtol=1e-5, atol=1e-5)
+    assert part_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(part_grads[name], full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_gradient_checkpointing_trains_the_same_weights(tiny_model_dir, tmp_path):
+    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.models import resolve_model
+
+    curves = {}
+    for setting in (False, True):
+        model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
+        examples = [tokenize_example(tok, [{"role": "user", "content": q}], a, 256) for q, a in QA]
+        cfg = TrainConfig(max_steps=3, batch_size=2, seq_len=128, threads=1, checkpoint_every=0,
+                          gradient_checkpointing=setting)
+        stats = train(model, tok, examples, cfg, tmp_path / f"gc-{setting}", seed=0)
+        assert stats["gradient_checkpointing"] is setting
+        assert not model.is_gradient_checkpointing  # switched off again before the save
+        curves[setting] = [r["loss"] for r in stats["curve"]]
+    assert curves[True] == pytest.approx(curves[False], rel=1e-5)
+
+
+def test_manifest_records_peak_memory_for_every_stage(tmp_path, tiny_model_dir, teacher_server):
+    """The real CLI, two rounds (every FDD stage kind): each stage carries its peak RSS, the table shows it."""
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, teacher_server.base_url)
+    r = toolkit("distill", str(recipe), f"data.root={DATA}", "distill.rounds=2", "distill.label_solves=2",
+                "distill.vote_min=1", "distill.question_max_tokens=96", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert len(stages) == 10
+    for name, stage in stages.items():
+        # A python process with torch imported holds well over 50 MB; less than 64 GB on any test machine.
+        assert 50e6 < stage["peak_rss_bytes"] < 64e9, name
+        assert stage["peak_rss_method"] == "vmhwm", name
+    assert manifest["peak_rss_bytes"] >= max(s["peak_rss_bytes"] for s in stages.values())
+    assert "peak memory" in r.stdout and " GB" in r.stdout
