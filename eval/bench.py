@@ -15,9 +15,8 @@ from pathlib import Path
 
 from toolkit.errors import ToolkitError
 from toolkit.eval.bench_runner import detect
-from toolkit.eval.machine import is_busy
 from toolkit.eval.remote import BenchError, LocalExecutor
-from toolkit.eval.roofline import ceiling_tok_s, model_facts
+from toolkit.eval.roofline import model_facts, ratio_text, roofline
 from toolkit.integrity import check_gguf, check_hf_folder, check_onnx_folder
 from toolkit.rundir import atomic_write_json, atomic_write_text
 
@@ -66,9 +65,12 @@ def run_bench(model: str, *, prompt_tokens: int = 128, gen_tokens: int = 128, re
             "warmup": warmup, "threads": threads, "allow_busy": allow_busy}
     result = executor(spec)
     if result.get("error") == "busy":
+        check = result["busy_check"]
+        who = ", ".join(f"{p['comm']} (pid {p['pid']}) {p['cores']:.2f}" for p in check.get("top", [])[:3])
         raise BusyMachineError(
-            f"{executor.where} is busy: load average {result['load_avg_1m']:.2f} on {result['cores']} cores leaves "
-            f"no room for {threads} thread(s); wait for a quiet machine or pass --allow-busy (figures flagged)")
+            f"{executor.where} is busy: other processes used {check['others_cores']:.2f} of {check['cores']} cores "
+            f"over the last {check.get('window_s', 0):.1f} s{f' ({who})' if who else ''}, leaving no room for "
+            f"{threads} thread(s); wait for a quiet machine or pass --allow-busy (figures flagged)")
     if "error" in result:
         raise BenchError(f"bench of {model} failed on {executor.where}: {result['error']}")
     return summarize(model, facts, spec, result, executor.where)
@@ -79,7 +81,6 @@ def summarize(model: str, facts: dict, spec: dict, result: dict, where: str) -> 
     samples = result["samples"]
     decode = stats([s["decode_tok_s"] for s in samples])
     machine = result["machine"]
-    ceiling = ceiling_tok_s(machine.get("mem_bw_GBps"), facts["bytes_per_token"])
     return {
         "model": model, "model_path": result["model_path"], "backend": result["backend"],
         "format": facts["format"], "quant": facts["quant"], "file_size_bytes": facts["file_size_bytes"],
@@ -91,10 +92,9 @@ def summarize(model: str, facts: dict, spec: dict, result: dict, where: str) -> 
         "decode_ms_per_token": stats([ms for s in samples for ms in s["decode_step_ms"]]),
         "peak_rss_bytes": result["peak_rss_bytes"], "load_s": result["load_s"],
         "machine": machine, "host": where,
-        "busy": is_busy(machine["load_avg_1m_before"], machine["cores"], spec["threads"]),
-        "roofline": {"bytes_per_token": facts["bytes_per_token"], "bytes_note": facts["bytes_note"],
-                     "mem_bw_GBps": machine.get("mem_bw_GBps"), "ceiling_tok_s": ceiling,
-                     "ratio": decode["mean"] / ceiling if ceiling else None},
+        "busy": machine["busy_check"]["busy"],
+        "roofline": roofline(facts, machine.get("mem_bw_GBps"), decode["mean"], spec["prompt_tokens"],
+                             spec["gen_tokens"]),
         "samples": samples, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -102,7 +102,7 @@ def summarize(model: str, facts: dict, spec: dict, result: dict, where: str) -> 
 CSV_COLUMNS = ("model", "format", "quant", "backend", "host", "threads", "prompt_tokens", "gen_tokens", "reps",
                "ttft_ms_mean", "prefill_tok_s_mean", "prefill_tok_s_std", "decode_tok_s_mean", "decode_tok_s_std",
                "decode_ms_p50", "decode_ms_p90", "decode_ms_p99", "peak_rss_bytes", "file_size_bytes",
-               "mem_bw_GBps", "ceiling_tok_s", "roofline_ratio", "busy")
+               "mem_bw_GBps", "ceiling_tok_s", "roofline_ratio", "above_ceiling", "busy")
 
 
 def flat_row(r: dict) -> dict:
@@ -115,7 +115,7 @@ def flat_row(r: dict) -> dict:
             "decode_ms_p50": lat["p50"], "decode_ms_p90": lat["p90"], "decode_ms_p99": lat["p99"],
             "peak_rss_bytes": r["peak_rss_bytes"], "file_size_bytes": r["file_size_bytes"],
             "mem_bw_GBps": r["roofline"]["mem_bw_GBps"], "ceiling_tok_s": r["roofline"]["ceiling_tok_s"],
-            "roofline_ratio": r["roofline"]["ratio"], "busy": r["busy"]}
+            "roofline_ratio": r["roofline"]["ratio"], "above_ceiling": r["roofline"]["above_ceiling"], "busy": r["busy"]}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -126,7 +126,6 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lat, roof = r["decode_ms_per_token"], r["roofline"]
         ceiling = f"{roof['ceiling_tok_s']:.0f}" if roof["ceiling_tok_s"] else "–"
-        ratio = f"{roof['ratio']:.0%}" if roof["ratio"] is not None else "–"
         flag = " (busy)" if r["busy"] else ""
         lines.append(
             f"| {Path(r['model']).name}{flag} | {r['format']} | {r['quant']} | {r['threads']} | "
@@ -134,7 +133,7 @@ def markdown(rows: list[dict]) -> str:
             f"{r['prefill_tok_s']['mean']:.1f} ± {r['prefill_tok_s']['std']:.1f} | "
             f"{r['decode_tok_s']['mean']:.1f} ± {r['decode_tok_s']['std']:.1f} | "
             f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['p99']:.1f} | {r['peak_rss_bytes'] / 1e6:.0f} | "
-            f"{ceiling} | {ratio} |")
+            f"{ceiling} | {ratio_text(roof)} |")
     return "\n".join(lines) + "\n"
 
 

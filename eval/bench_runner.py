@@ -209,9 +209,10 @@ def run(spec: dict) -> dict:
     """Load, check the machine is quiet, warm up, time `reps` reps. spec keys: model, prompt_tokens,
     gen_tokens, reps, warmup, threads, allow_busy."""
     threads = spec["threads"]
-    load, n_cores = machine.load_average(), machine.cores()
-    if machine.is_busy(load, n_cores, threads) and not spec.get("allow_busy"):
-        return {"error": "busy", "load_avg_1m": load, "cores": n_cores, "threads": threads}
+    load = machine.load_average()
+    check = machine.busy_check(threads)  # samples others' CPU use for ~1 s, our own process tree excluded
+    if check["busy"] and not spec.get("allow_busy"):
+        return {"error": "busy", "busy_check": check}
     backend, path = detect(Path(spec["model"]))
     pp, tg = spec["prompt_tokens"], spec["gen_tokens"]
     t0 = time.perf_counter()
@@ -221,9 +222,10 @@ def run(spec: dict) -> dict:
     for _ in range(spec.get("warmup", 1)):
         one_rep(loop, ids, min(tg, 8))
     samples = [{"rep": i, **one_rep(loop, ids, tg)} for i in range(spec["reps"])]
-    peak = peak_rss_bytes()  # before the bandwidth probe, whose 512 MiB of buffers are not the model's
-    info = machine.machine_info(measure_bandwidth=spec.get("measure_bandwidth", True))
+    peak = peak_rss_bytes()  # before the bandwidth probe, whose buffer (≥ 256 MiB) is not the model's
+    info = machine.machine_info(threads, measure_bandwidth=spec.get("measure_bandwidth", True))
     info["load_avg_1m_before"] = round(load, 2)
+    info["busy_check"] = check
     return {"backend": backend, "model_path": str(path), "load_s": load_s, "samples": samples,
             "peak_rss_bytes": peak, "machine": info}
 
