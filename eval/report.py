@@ -13,6 +13,7 @@ from pathlib import Path
 from toolkit.errors import ToolkitError
 from toolkit.eval.accuracy import wilson_interval
 from toolkit.eval.bench import markdown as bench_markdown
+from toolkit.eval.roofline import ratio_text
 from toolkit.rundir import atomic_write_text
 
 
@@ -161,7 +162,7 @@ def models_table(rows: list[dict]) -> str:
                     f"{b['decode_ms_per_token']['p50']:.2f}", f"{b['file_size_bytes'] / 1e6:.1f}",
                     f"{b['peak_rss_bytes'] / 1e6:.0f}",
                     f"{roof['ceiling_tok_s']:.0f}" if roof.get("ceiling_tok_s") else "–",
-                    f"{roof['ratio']:.0%}" if roof.get("ratio") is not None else "–", str(b["threads"])]
+                    ratio_text(roof), str(b["threads"])]
         lines.append("| " + " | ".join([r["name"], r["format"], r["quant"], *acc, *perf]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,9 +1,10 @@
 """Bytes a decode step reads, the bandwidth roofline they imply, and a model's format/quant/size.
 
-Decoding one token reads every weight matrix once, so tokens/s ≤ memory bandwidth ÷ bytes read
-per token. Embedding tables that are only gathered (one row per token) are left out; a table tied
-to the output projection is read in full and counted. KV-cache reads are left out too: at the
-few hundred positions benchmarked they are well under 1% of the weights of these models.
+Decoding one token reads every weight matrix once and the KV cache of every earlier position, so
+tokens/s ≤ read bandwidth ÷ bytes read per token. Embedding tables that are only gathered (one row
+per token) are left out; a table tied to the output projection is read in full and counted. Every
+byte counted must be read, so the ceiling is an upper bound: a decode speed above it is a
+measurement error (a wrong bandwidth or byte count), never a result.
 """
 from __future__ import annotations
 
@@ -19,11 +20,41 @@ _FOUR_BIT = {21, 22, 23}
 _GATHERS = {"Gather", "GatherBlockQuantized", "RotaryEmbedding", "GroupQueryAttention"}
 
 
-def ceiling_tok_s(mem_bw_gbps: float | None, bytes_per_token: int) -> float | None:
+def ceiling_tok_s(mem_bw_gbps: float | None, bytes_per_token: float) -> float | None:
     """The decode ceiling in tokens/s, or None where the bandwidth is unknown."""
     if not mem_bw_gbps or bytes_per_token <= 0:
         return None
     return mem_bw_gbps * 1e9 / bytes_per_token
+
+
+def mean_context(prompt_tokens: int, gen_tokens: int) -> float:
+    """Positions a timed decode step attends to, averaged over the steps: step i (0-based) runs the token at
+    position prompt_tokens + i and reads the keys and values of prompt_tokens + i + 1 positions (its own included)."""
+    return prompt_tokens + (gen_tokens + 1) / 2
+
+
+def roofline(facts: dict, mem_bw_gbps: float | None, decode_tok_s: float, prompt_tokens: int,
+             gen_tokens: int) -> dict:
+    """The roofline block of a Bench JSON row: bytes per token (weights + KV cache at the run's mean context),
+    the ceiling at the probed bandwidth, and the ratio, with `above_ceiling` set when the ratio exceeds 1."""
+    context = mean_context(prompt_tokens, gen_tokens)
+    kv = facts["kv_bytes_per_position"] * context
+    per_token = facts["weight_bytes"] + kv
+    ceiling = ceiling_tok_s(mem_bw_gbps, per_token)
+    ratio = decode_tok_s / ceiling if ceiling else None
+    return {"bytes_per_token": round(per_token), "weight_bytes": facts["weight_bytes"],
+            "kv_bytes_per_position": facts["kv_bytes_per_position"], "kv_context": context,
+            "kv_bytes_per_token": round(kv), "bytes_note": f"{facts['bytes_note']}; KV cache: {facts['kv_note']}",
+            "mem_bw_GBps": mem_bw_gbps, "ceiling_tok_s": ceiling, "ratio": ratio,
+            "above_ceiling": ratio is not None and ratio > 1.0}
+
+
+def ratio_text(roof: dict) -> str:
+    """The ratio for a table: a percentage, or a measurement-error flag when decode beat its ceiling."""
+    ratio = roof.get("ratio")
+    if ratio is None:
+        return "–"
+    return f"{ratio:.0%}" if ratio <= 1.0 else f"⚠ {ratio:.2f}× ceiling: measurement error"
 
 
 def folder_size(path: Path) -> int:
@@ -37,6 +68,7 @@ def gguf_facts(path: Path) -> dict:
     from gguf import GGUFReader, LlamaFileType
 
     reader = GGUFReader(path)
+    kv_per_position, kv_note = _gguf_kv(reader)
     sizes = {t.name: int(t.n_bytes) for t in reader.tensors}
     tied = "output.weight" not in sizes
     read = sum(sizes.values()) - (0 if tied else sizes.get("token_embd.weight", 0))
@@ -45,9 +77,32 @@ def gguf_facts(path: Path) -> dict:
     if field:  # MOSTLY_Q4_K_M -> q4_k_m, ALL_F32 -> f32
         quant = LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_").removeprefix("ALL_")
         quant = quant.lower()
-    return {"format": "gguf", "quant": quant, "bytes_per_token": read,
+    return {"format": "gguf", "quant": quant, "weight_bytes": read,
             "bytes_note": "all tensors; token_embd is the tied output matrix, read every step" if tied
-            else "all tensors except token_embd (gathered, one row per token)"}
+            else "all tensors except token_embd (gathered, one row per token)",
+            "kv_bytes_per_position": kv_per_position, "kv_note": kv_note}
+
+
+def _gguf_ints(reader, key: str) -> list[int]:
+    """An integer metadata field as a list (one element, or one per layer), [] when absent."""
+    field = reader.fields.get(key)
+    return [int(field.parts[i][0]) for i in field.data] if field else []
+
+
+def _gguf_kv(reader) -> tuple[int, str]:
+    """KV-cache bytes per position: per layer, KV heads × (key + value length) × 2 B (llama.cpp's f16 cache,
+    the default that bench_runner keeps)."""
+    field = reader.fields["general.architecture"]
+    arch = bytes(field.parts[field.data[0]]).decode()
+    layers = _gguf_ints(reader, f"{arch}.block_count")[0]
+    heads = _gguf_ints(reader, f"{arch}.attention.head_count")
+    kv_heads = _gguf_ints(reader, f"{arch}.attention.head_count_kv") or heads
+    if len(kv_heads) != layers:
+        kv_heads = kv_heads[:1] * layers
+    key = (_gguf_ints(reader, f"{arch}.attention.key_length")
+           or [_gguf_ints(reader, f"{arch}.embedding_length")[0] // heads[0]])[0]
+    value = (_gguf_ints(reader, f"{arch}.attention.value_length") or [key])[0]
+    return sum(kv_heads) * (key + value) * 2, f"{layers} layers × {kv_heads[0]} KV heads × ({key} + {value}) × 2 B (f16)"
 
 
 def _initializer_bytes(t) -> int:
@@ -86,12 +141,30 @@ def onnx_facts(folder: Path, fmt: str) -> dict:
             gathered += size
         else:
             read += size
+    kv_per_position, kv_note = _onnx_kv(graph)
     ops = {n.op_type for n in graph.node}
     float_types = {t.data_type for t in graph.initializer if t.data_type in (1, 10, 16)}
     quant = ("int4" if "MatMulNBits" in ops else "int8" if ops & {"MatMulInteger", "DynamicQuantizeLinear"}
              else "fp16" if float_types == {10} else "fp32")
-    return {"format": fmt, "quant": quant, "bytes_per_token": read,
-            "bytes_note": f"ONNX initializers; {gathered} B only gathered by row (embedding, rotary tables) left out"}
+    return {"format": fmt, "quant": quant, "weight_bytes": read,
+            "bytes_note": f"ONNX initializers; {gathered} B only gathered by row (embedding, rotary tables) left out",
+            "kv_bytes_per_position": kv_per_position, "kv_note": kv_note}
+
+
+def _onnx_kv(graph) -> tuple[int, str]:
+    """KV-cache bytes per position from the graph's past_key_values inputs, (batch, heads, sequence, head size)
+    each, in their element type."""
+    from onnx import helper
+
+    total, dims = 0, set()
+    for inp in graph.input:
+        if inp.name.startswith("past_key_values"):
+            t = inp.type.tensor_type
+            heads, size = (d.dim_value for d in (t.shape.dim[1], t.shape.dim[3]))
+            itemsize = helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+            total += heads * size * itemsize
+            dims.add(f"{heads} heads × {size} × {itemsize} B")
+    return total, f"past_key_values inputs ({', '.join(sorted(dims)) or 'none'})"
 
 
 def _safetensors_sizes(path: Path) -> dict[str, int]:
@@ -109,14 +182,22 @@ def hf_facts(folder: Path) -> dict:
     tied = cfg.get("tie_word_embeddings", True)
     embed = sum(v for k, v in sizes.items() if k.endswith("embed_tokens.weight"))
     read = sum(sizes.values()) - (0 if tied else embed) if sizes else folder_size(folder)
+    heads = cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    layers = cfg["num_hidden_layers"]
     return {"format": "hf", "quant": str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
-            "bytes_per_token": read,
+            "weight_bytes": read,
             "bytes_note": "safetensors weights; embed_tokens is the tied output matrix" if tied
-            else "safetensors weights except embed_tokens (gathered)"}
+            else "safetensors weights except embed_tokens (gathered)",
+            # bench_runner runs torch in float32: 4 B per cached element
+            "kv_bytes_per_position": layers * 2 * kv_heads * head_dim * 4,
+            "kv_note": f"{layers} layers × 2 × {kv_heads} KV heads × {head_dim} × 4 B (float32)"}
 
 
 def model_facts(backend: str, path: Path) -> dict:
-    """format, quant, file_size_bytes and bytes_per_token (with how they were counted) of a detected model.
+    """format, quant, file_size_bytes, weight_bytes read per step and kv_bytes_per_position (with how each was
+    counted) of a detected model.
 
     An export.json beside the model (written by `toolkit export`) names format and quant authoritatively.
     """

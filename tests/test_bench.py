@@ -13,7 +13,6 @@ import pytest
 
 from tests.conftest import toolkit
 from toolkit.eval.bench import BusyMachineError, run_bench, write_outputs
-from toolkit.eval.machine import is_busy
 from toolkit.eval.remote import BenchError
 
 STAT_KEYS = {"mean", "std", "p50", "p90", "p99", "n"}
@@ -38,11 +37,17 @@ def check_row(row: dict, reps: int, gen_tokens: int) -> None:
     assert row["decode_tok_s"]["mean"] == pytest.approx(sum(s["decode_tok_s"] for s in row["samples"]) / reps)
     assert row["file_size_bytes"] > 0 and row["peak_rss_bytes"] > 10_000_000  # a Python + runtime process
     m = row["machine"]
-    assert m["cores"] >= 1 and m["mem_bw_GBps"] > 0 and m["versions"]["python"]
+    assert m["cores"] >= 1 and m["mem_bw_GBps"] > 0 and m["mem_bw_all_cores_GBps"] > 0 and m["versions"]["python"]
+    assert m["mem_bw_probe"]["threads"] == row["threads"] and m["busy_check"]["threads"] == row["threads"]
+    assert row["busy"] == m["busy_check"]["busy"]
     roof = row["roofline"]
-    assert 0 < roof["bytes_per_token"] <= row["file_size_bytes"]
-    assert roof["ceiling_tok_s"] == pytest.approx(m["mem_bw_GBps"] * 1e9 / roof["bytes_per_token"])
+    assert 0 < roof["weight_bytes"] <= row["file_size_bytes"] and roof["kv_bytes_per_position"] > 0
+    # weights once per step, plus the KV cache of every position the timed steps attend to (mean over steps)
+    assert roof["kv_context"] == row["prompt_tokens"] + (row["gen_tokens"] + 1) / 2
+    assert roof["bytes_per_token"] == round(roof["weight_bytes"] + roof["kv_bytes_per_position"] * roof["kv_context"])
+    assert roof["ceiling_tok_s"] == pytest.approx(m["mem_bw_GBps"] * 1e9 / roof["bytes_per_token"], rel=1e-6)
     assert roof["ratio"] == pytest.approx(row["decode_tok_s"]["mean"] / roof["ceiling_tok_s"])
+    assert roof["above_ceiling"] == (roof["ratio"] > 1.0)
 
 
 def test_gguf_bench_writes_json_csv_markdown(smollm2_gguf, tmp_path):
@@ -50,8 +55,10 @@ def test_gguf_bench_writes_json_csv_markdown(smollm2_gguf, tmp_path):
     check_row(row, reps=2, gen_tokens=6)
     assert (row["backend"], row["format"], row["quant"]) == ("llama.cpp", "gguf", "q4_1")
     # SmolLM2 ties its embedding to the output matrix, so a decode step reads (almost) the whole file
-    assert row["roofline"]["bytes_per_token"] > 0.95 * row["file_size_bytes"]
+    assert row["roofline"]["weight_bytes"] > 0.95 * row["file_size_bytes"]
     assert "tied" in row["roofline"]["bytes_note"]
+    # llama.cpp's f16 cache: 30 layers × 3 KV heads × (64 + 64) × 2 B per position
+    assert row["roofline"]["kv_bytes_per_position"] == 30 * 3 * 128 * 2
     assert row["peak_rss_bytes"] > row["file_size_bytes"]  # the weights are resident (mmap counts once touched)
     paths = write_outputs([row], tmp_path / "bench.json")
     assert json.loads(paths[0].read_text())["decode_tok_s"] == row["decode_tok_s"]
@@ -85,6 +92,8 @@ def test_bench_of_onnx_genai_and_torch_folders(tiny_exports, backend):
     if backend == "genai":  # only gathered by row: the fp32 embedding (458 tokens × 64 × 4 B) and the
         # rotary cos/sin caches (2 × 1024 positions × 8 × 4 B)
         assert f"{458 * 64 * 4 + 2 * 1024 * 8 * 4} B only gathered" in row["roofline"]["bytes_note"]
+    # every runtime keeps this float32 model's cache in float32: 2 layers × 2 × 2 KV heads × 16 × 4 B
+    assert row["roofline"]["kv_bytes_per_position"] == 512
 
 
 def test_thread_sweep_and_errors_through_the_cli(smollm2_gguf, tmp_path):
@@ -101,14 +110,8 @@ def test_thread_sweep_and_errors_through_the_cli(smollm2_gguf, tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_busy_rule():
-    # 2 cores: one thread fits beside a load of 1.5 but not 1.6; two threads need a load ≤ 0.5
-    assert not is_busy(1.5, 2, 1) and is_busy(1.6, 2, 1)
-    assert not is_busy(0.5, 2, 2) and is_busy(0.9, 2, 2)
-
-
 def test_busy_machine_is_refused(smollm2_gguf, monkeypatch):
-    """A spec whose runner sees more load than it allows is refused with a ToolkitError, not a figure."""
+    """A spec whose threads do not fit beside the others' CPU use is refused with a ToolkitError, not a figure."""
     from toolkit.eval.remote import LocalExecutor
 
     class Loaded(LocalExecutor):  # the real runner, asked for 64 threads: more than any idle cores here
