@@ -20,11 +20,14 @@ def machine(threads: int) -> dict:
 
 
 def require_quiet(threads: int, force: bool) -> None:
-    """Exit when the 1-minute load average is well above the threads we use (DESIGN.md, contention trap)."""
-    load = os.getloadavg()[0]
-    if load > threads + 0.5 and not force:
-        sys.exit(f"machine busy (load average {load:.2f} with {threads} thread(s)): figures would be "
-                 "meaningless; wait for a quiet machine or pass --force")
+    """Exit when other processes, sampled for a second, leave fewer free cores than our threads (DESIGN.md,
+    contention trap; this script's own children do not count)."""
+    from toolkit.eval.machine import busy_check
+
+    check = busy_check(threads)
+    if check["busy"] and not force:
+        sys.exit(f"machine busy (other processes used {check['others_cores']:.2f} of {check['cores']} cores with "
+                 f"{threads} thread(s) wanted): figures would be meaningless; wait for a quiet machine or pass --force")
 
 
 def emit(result: dict, out: Path | None) -> None:

@@ -3,8 +3,9 @@
     .venv/bin/python bench/export_formats.py pkg:smollm2-135m-instruct --out bench/results/export-smollm2 --threads 2
 
 Writes OUT/<format>-<quant>/ (each with export.json) and OUT/formats.json + OUT/formats.md. Decode speed is
-measured only on a quiet machine (1-minute load average below --max-load), else recorded as null: contention
-on a small CPU makes the figures meaningless (DESIGN.md, contention trap). Sizes are always recorded.
+measured only when other processes leave room for --threads (sampled for a second after each export; this
+script's own work does not count), else recorded as null: contention on a small CPU makes the figures
+meaningless (DESIGN.md, contention trap). Sizes are always recorded.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
+from toolkit.eval.machine import busy_check
 from toolkit.export.run import export_model
 
 PLAN = [("gguf", "f16"), ("gguf", "q8_0"), ("gguf", "q4_k_m"), ("gguf", "q4_0"),
@@ -83,7 +85,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--max-load", type=float, default=1.5)
     args = ap.parse_args()
     out = Path(args.out)
     rows = []
@@ -92,14 +93,15 @@ def main() -> None:
         m = export_model(args.model, fmt, quant, folder, threads=args.threads)
         row = {"format": fmt, "quant": quant, "bytes": m["total_bytes"], "passed": m["passed"],
                "first_token_match": m["parity"]["greedy"]["first_token_match"],
-               "token_agreement": m["parity"]["greedy"]["token_agreement"], "decode_tok_s": None, "load": None}
-        load = os.getloadavg()[0]
-        if load <= args.max_load:
+               "token_agreement": m["parity"]["greedy"]["token_agreement"], "decode_tok_s": None}
+        check = busy_check(args.threads)
+        row["others_cores"] = check["others_cores"]
+        if not check["busy"]:
             target = next(folder.glob("*.gguf")) if fmt == "gguf" else folder
             fn = {"gguf": decode_gguf, "genai": decode_genai, "onnx": decode_onnx}[fmt]
             speeds = [fn(target, args.threads, args.gen_tokens) for _ in range(args.reps)]
             row.update(decode_tok_s=round(statistics.mean(speeds), 1),
-                       decode_tok_s_std=round(statistics.pstdev(speeds), 1), load=load)
+                       decode_tok_s_std=round(statistics.pstdev(speeds), 1))
         rows.append(row)
         print(json.dumps(row), flush=True)
     (out / "formats.json").write_text(json.dumps({"model": args.model, "threads": args.threads,
