@@ -132,3 +132,63 @@ def test_kill_9_during_training_resumes_from_the_step_checkpoint(tmp_path, tiny_
         torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0)
     log = [json.loads(line) for line in (work / "runs" / "tiny" / "round-0" / "train_log.jsonl").open()]
     assert [r["step"] for r in log] == list(range(1, 101))  # the curve before the kill is kept
+
+
+class _Planted:
+    """What a hostile `state.pt` holds: unpickling it runs code (here: writes a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def _interrupted(tiny_model_dir, tmp_path, cfg):
+    model, tok = _fresh(tiny_model_dir)
+
+    def stop_at_3(row: dict) -> None:
+        if row["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(model, tok, _examples(tok), cfg, tmp_path / "student", seed=1, log=stop_at_3)
+    state = tmp_path / "student.checkpoint" / "state.pt"
+    assert state.is_file()
+    return state
+
+
+def test_a_planted_checkpoint_never_runs_code(tiny_model_dir, tmp_path):
+    """A state.pt that would run code when unpickled (multi-node runs share the run folder) is loaded data-only,
+    after the fingerprint check: the resume ends in one clear error and the code never runs."""
+    from toolkit.errors import ToolkitError
+
+    cfg = TrainConfig(max_steps=4, batch_size=2, seq_len=128, lr=3e-3, threads=1, checkpoint_every=2)
+    state = _interrupted(tiny_model_dir, tmp_path, cfg)
+    marker = tmp_path / "code-ran"
+    torch.save({"params": _Planted(marker), "step": 2}, state)  # beside the real run's fingerprint
+    model, tok = _fresh(tiny_model_dir)
+    with pytest.raises(ToolkitError) as err:
+        train(model, tok, _examples(tok), cfg, tmp_path / "student", seed=1)
+    assert not marker.exists()
+    msg = str(err.value)
+    assert str(state) in msg and "not loaded" in msg and "\n" not in msg
+    assert state.is_file()  # left for the user to look at; the message says what to delete
+    state.write_bytes(state.read_bytes()[:1000])  # damaged (cut short): the same kind of one-line error
+    with pytest.raises(ToolkitError, match=r"state\.pt was not loaded: it is damaged .*delete .*student\.checkpoint"):
+        train(model, tok, _examples(tok), cfg, tmp_path / "student", seed=1)
+
+
+def test_a_checkpoint_without_our_fingerprint_is_never_unpickled(tiny_model_dir, tmp_path):
+    """A state.pt alone (planted, or from before fingerprints were kept beside it) is not opened at all: the
+    training starts from step 0 and replaces it."""
+    cfg = TrainConfig(max_steps=4, batch_size=2, seq_len=128, lr=3e-3, threads=1, checkpoint_every=2)
+    state = _interrupted(tiny_model_dir, tmp_path, cfg)
+    for other in state.parent.iterdir():
+        if other != state:
+            other.unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"params": _Planted(marker), "step": 2}, state)
+    model, tok = _fresh(tiny_model_dir)
+    stats = train(model, tok, _examples(tok), cfg, tmp_path / "student", seed=1)
+    assert not marker.exists() and "resumed_from_step" not in stats and stats["steps"] == 4

@@ -279,15 +279,33 @@ def _fingerprint(examples: list[Example], cfg: TrainConfig, seed: int) -> str:
 
 
 class Checkpoint:
-    """The latest training state of one run, in `<folder>/state.pt`, replaced atomically at each save."""
+    """The latest training state of one run, in `<folder>/state.pt`, replaced atomically at each save.
+
+    A checkpoint may come from elsewhere (multi-node runs share the run folder), so it is data, never
+    code: `<folder>/state.json` holds the fingerprint and is checked before state.pt is opened at all,
+    and state.pt is read with `torch.load(weights_only=True)` (tensors and plain containers only).
+    A state.pt without a matching state.json (another run's, or one from before state.json) is ignored
+    and the training starts over; one that matches but is not plain data, or is damaged, is a
+    ToolkitError naming it and the folder to delete. Nothing in it is ever run.
+    """
+
+    KIND = "toolkit-train-checkpoint"
 
     def __init__(self, folder: Path, fingerprint: str):
         self.folder = Path(folder)
         self.file = self.folder / "state.pt"
+        self.meta = self.folder / "state.json"
         self.fingerprint = fingerprint
 
     def save(self, state: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        # The fingerprint first: it is the same for every save of this run, so a kill between the two
+        # writes leaves either this run's state.pt or another run's, whose own fingerprint differs.
+        meta = json.dumps({"kind": self.KIND, "fingerprint": self.fingerprint})
+        if not self.meta.is_file() or self.meta.read_text() != meta:
+            tmp_meta = self.meta.with_suffix(".json.tmp")
+            tmp_meta.write_text(meta)
+            os.replace(tmp_meta, self.meta)
         tmp = self.file.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             torch.save({**state, "fingerprint": self.fingerprint}, f)
@@ -297,10 +315,31 @@ class Checkpoint:
 
     def load(self) -> dict | None:
         """The saved state, or None when there is none or it belongs to other data or settings."""
+        from toolkit.errors import ToolkitError
+
         if not self.file.is_file():
             return None
-        state = torch.load(self.file, map_location="cpu", weights_only=False)
-        return state if state.get("fingerprint") == self.fingerprint else None
+        try:
+            meta = json.loads(self.meta.read_text())
+        except (OSError, ValueError):
+            return None  # no fingerprint beside it: never unpickled
+        if not isinstance(meta, dict) or meta.get("kind") != self.KIND or meta.get("fingerprint") != self.fingerprint:
+            return None
+        try:
+            state = torch.load(self.file, map_location="cpu", weights_only=True)
+        except Exception as exc:  # UnpicklingError: not plain data; RuntimeError/EOFError: a damaged zip
+            import pickle
+
+            if isinstance(exc, pickle.UnpicklingError):  # torch's text suggests loading it unsafely: not shown
+                why = "it holds objects other than tensors and plain data"
+            else:
+                text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                why = f"it is damaged ({text})"
+            raise ToolkitError(f"training checkpoint {self.file} was not loaded: {why}; delete {self.folder} "
+                               f"to train this round from its first step") from None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+            return None
+        return state
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
