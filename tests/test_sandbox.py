@@ -1,21 +1,30 @@
 """The PoT sandbox: answers come back, and each defence (limits, uid, network, files, processes, output) holds."""
 from __future__ import annotations
 
-import ctypes
-import functools
 import json
 import os
+import pwd
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from toolkit import sandbox
 from toolkit.sandbox import SandboxResult, run_program, run_programs
+
+
+# Empties the tripwire: the hook looks these names up in the runner's globals at every event.
+HOOK_OFF = ("import sys\n_m = sys.modules['__main__']\n_m.may_read = _m.may_write = lambda *a: True\n"
+            "_m.DENIED_EVENTS, _m.DENIED_MODULES = ('\\0',), set()\n")
 
 
 def _processes() -> dict[int, tuple[int, int]]:
@@ -81,13 +90,13 @@ def test_limits_uid_and_environment_in_the_child():
             " 'cwd': os.getcwd(), 'limits': {n: r.getrlimit(getattr(r, n))[1] for n in"
             " ('RLIMIT_CPU', 'RLIMIT_AS', 'RLIMIT_FSIZE', 'RLIMIT_NPROC', 'RLIMIT_NOFILE', 'RLIMIT_CORE')}})")
     child = json.loads(run_program(code, timeout_s=3, memory_mb=200).answer)
-    _, drop = sandbox._interpreter()
-    assert child["uid"] == (sandbox.NOBODY if drop else os.getuid())
+    assert child["uid"] == sandbox.NOBODY  # inside its user namespace, as root and as an ordinary user
     assert child["limits"]["RLIMIT_CPU"] <= 5 and child["limits"]["RLIMIT_AS"] == 200 << 20
     assert child["limits"]["RLIMIT_FSIZE"] == sandbox.FILE_SIZE_BYTES and child["limits"]["RLIMIT_CORE"] == 0
     assert child["limits"]["RLIMIT_NPROC"] <= sandbox.MAX_PROCESSES
     assert child["limits"]["RLIMIT_NOFILE"] <= sandbox.MAX_OPEN_FILES
-    assert child["env"]["HOME"] == child["cwd"] and set(child["env"]) <= {"HOME", "TMPDIR", "LC_CTYPE"}
+    # PWD is bwrap's: it sets it after --clearenv.
+    assert child["env"]["HOME"] == child["cwd"] and set(child["env"]) <= {"HOME", "TMPDIR", "LC_CTYPE", "PWD"}
 
 
 def test_no_answer_and_exceptions():
@@ -113,27 +122,22 @@ FORK_BOMBS = {
 @pytest.mark.parametrize("name", FORK_BOMBS)
 def test_fork_bomb_is_contained(name):
     baseline = _census()
-    result = run_program(FORK_BOMBS[name], timeout_s=3)
-    assert result.error_kind == "forbidden" and result.answer is None, result
+    # Without the tripwire the kernel says no: fork fails with EAGAIN at RLIMIT_NPROC (multiprocessing reaps
+    # its finished children as it goes, so it may spin until the timeout instead).
+    result = run_program(HOOK_OFF + FORK_BOMBS[name], timeout_s=3)
+    assert result.error_kind in ("forbidden", "timeout") and result.answer is None, result
     assert _settled(baseline) == baseline
     _assert_normal(run_program("answer = 2 + 2"), "4")
 
 
 def test_process_limit_holds_without_the_audit_hook():
-    """The kernel layer alone: forks beyond RLIMIT_NPROC fail (as root only after the uid drop)."""
-    python, drop = sandbox._interpreter()
-    if os.getuid() == 0 and not drop:
-        pytest.skip("no interpreter that uid nobody can run: NPROC cannot bind root")
+    """The kernel layer alone: forks beyond RLIMIT_NPROC fail, counted in the sandbox's own user namespace."""
     forker = ("import os, time\nkids = []\nfor _ in range(64):\n    try:\n        pid = os.fork()\n"
               "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n"
-              "    kids.append(pid)\nprint(len(kids), flush=True)\nfor pid in kids:\n"
-              "    os.kill(pid, 9)\n    os.waitpid(pid, 0)\n")
+              "    kids.append(pid)\nanswer = len(kids)\n")
     baseline = _census()
-    proc = subprocess.run([python, "-I", "-S", "-c", forker], capture_output=True, text=True, timeout=30, cwd="/",
-                          env={}, start_new_session=True,
-                          preexec_fn=functools.partial(sandbox._confine, 10, 256 << 20, drop))
-    assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout) < sandbox.MAX_PROCESSES
+    result = run_program(HOOK_OFF + forker, timeout_s=5)
+    assert result.error_kind is None and 0 < int(result.answer) < sandbox.MAX_PROCESSES, result
     assert _settled(baseline) == baseline
 
 
@@ -173,33 +177,21 @@ def listener():
 ])
 def test_network_is_refused(listener, connect):
     port, accepted = listener
-    result = run_program(connect.format(port=port) + "\nanswer = 'connected'")
+    result = run_program(HOOK_OFF + connect.format(port=port) + "\nanswer = 'connected'")
     time.sleep(0.3)  # give a connection that got through time to be accepted
     assert result.error_kind == "forbidden" and result.answer is None, result
     assert accepted == []
 
 
-def _unshare_net() -> None:
-    if sandbox._LIBC.unshare(sandbox._CLONE_NEWNET) != 0:
-        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
-
-
 def test_network_namespace_holds_without_the_audit_hook(listener):
-    """The kernel layer alone: where this kernel grants a network namespace, the sandbox child is in
-    one, and 127.0.0.1 of the host is out of its reach."""
+    """The kernel layer alone: the program is in a network namespace of its own, and 127.0.0.1 of the host
+    is out of its reach."""
     port, accepted = listener
-    try:
-        subprocess.run(["true"], check=True, preexec_fn=_unshare_net)
-    except subprocess.SubprocessError:
-        pytest.skip("this kernel refuses new network namespaces here; the audit hook is the only network guard")
-    python, drop = sandbox._interpreter()
-    probe = ("import os, socket\nprint(os.readlink('/proc/self/ns/net'))\n"
-             f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    print('connected')\n"
-             "except OSError as exc:\n    print('refused', exc)\n")
-    proc = subprocess.run([python, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30, cwd="/",
-                          env={}, start_new_session=True,
-                          preexec_fn=functools.partial(sandbox._confine, 10, 256 << 20, drop))
-    namespace, outcome = proc.stdout.splitlines()
+    probe = ("import os, socket\nseen = [os.readlink('/proc/self/ns/net')]\n"
+             f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    seen.append('connected')\n"
+             "except OSError as exc:\n    seen.append(f'refused {exc}')\nanswer = '\\n'.join(seen)")
+    result = run_program(HOOK_OFF + probe)
+    namespace, outcome = result.answer.splitlines()
     assert namespace != os.readlink("/proc/self/ns/net")
     assert outcome.startswith("refused") and accepted == []
 
@@ -209,15 +201,13 @@ def test_network_namespace_holds_without_the_audit_hook(listener):
     "import os\nos.close(os.open({path!r}, os.O_WRONLY | os.O_CREAT))",
     "import os\nopen('here', 'w').close()\nos.rename('here', {path!r})",
 ])
-def test_writes_outside_the_folder_are_refused(write):
-    path = f"/tmp/sandbox_escape_{secrets.token_hex(8)}"
-    try:
-        result = run_program(write.format(path=path) + "\nanswer = 'written'")
-        assert result.error_kind == "forbidden", result
-        assert not os.path.exists(path)
-    finally:
-        if os.path.exists(path):
-            os.unlink(path)
+@pytest.mark.parametrize("where", ["host", "system"])
+def test_writes_outside_the_folder_are_refused(write, where, host_folder):
+    """A host folder anyone may write to is not in the sandbox at all; what it does see is read-only."""
+    path = str(host_folder / "escaped") if where == "host" else f"/usr/lib/sandbox_escape_{secrets.token_hex(8)}"
+    result = run_program(HOOK_OFF + write.format(path=path) + "\nanswer = 'written'")
+    assert result.error_kind in ("forbidden", "exception") and result.answer is None, result
+    assert not os.path.exists(path)
 
 
 def test_file_size_limit():
@@ -228,14 +218,14 @@ def test_file_size_limit():
 def test_parent_environment_does_not_leak(monkeypatch):
     token = secrets.token_hex(16)
     monkeypatch.setenv("SANDBOX_SECRET", token)
-    shown = run_program("import os\nprint(dict(os.environ))\nanswer = repr(dict(os.environ))")
+    shown = run_program(HOOK_OFF + "import os\nprint(dict(os.environ))\nanswer = repr(dict(os.environ))")
     assert shown.error_kind is None and token not in shown.answer + shown.output
     # /proc/<ppid>/environ holds the environment the test process started with, not the token.
     started_with = [e for e in Path("/proc/self/environ").read_bytes().decode("latin-1").split("\0") if len(e) > 8]
-    read = run_program("import os\ndata = open(f'/proc/{os.getppid()}/environ', 'rb').read().decode('latin-1')\n"
-                       "print(data)\nanswer = data")
-    assert read.error_kind == "forbidden" and read.answer is None, read
-    assert not any(entry in read.output for entry in started_with)
+    read = run_program(HOOK_OFF + "import os\nfor pid in os.listdir('/proc'):\n    try:\n"
+                       "        print(open(f'/proc/{pid}/environ', 'rb').read().decode('latin-1'))\n"
+                       "    except OSError:\n        pass\nanswer = 'read'")
+    assert not any(entry in read.output for entry in started_with), read
 
 
 def test_home_files_are_not_readable():
@@ -243,8 +233,8 @@ def test_home_files_are_not_readable():
     secret = Path.home() / f".sandbox_secret_{secrets.token_hex(8)}"
     secret.write_text(token)
     try:
-        result = run_program(f"data = open({str(secret)!r}).read()\nprint(data)\nanswer = data")
-        assert result.error_kind == "forbidden" and token not in (result.answer or "") + result.output, result
+        result = run_program(HOOK_OFF + f"data = open({str(secret)!r}).read()\nprint(data)\nanswer = data")
+        assert result.error_kind in ("forbidden", "exception") and token not in (result.answer or "") + result.output
     finally:
         secret.unlink()
 
@@ -257,8 +247,15 @@ def test_home_files_are_not_readable():
     "import ctypes\nctypes.CDLL(None).system(b'echo hi')",
 ])
 def test_commands_are_refused(code):
-    result = run_program(code + "\nanswer = 'ran'")
-    assert result.error_kind == "forbidden" and "hi" not in result.output, result
+    """No shell and no command binaries inside: only the interpreter and shared libraries are mounted."""
+    result = run_program(HOOK_OFF + code + "\nanswer = 'ran'")
+    assert "hi" not in result.output, result
+
+
+def test_the_audit_hook_still_trips_on_accidents():
+    """The tripwire (not a boundary: every test above runs with it off) names what a program tried."""
+    result = run_program("import socket\nsocket.socket()\nanswer = 1")
+    assert result.error_kind == "forbidden" and "socket" in result.error, result
 
 
 def test_huge_output_is_capped_then_the_next_program_runs():
@@ -275,3 +272,277 @@ def test_run_programs_keeps_order():
     results = run_programs(codes, workers=2)
     assert [r.answer for r in results] == [str(i * i) for i in range(6)] + [None]
     assert results[-1].error_kind == "exception" and all(r.error_kind in sandbox.ERROR_KINDS for r in results)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attacks. Each runs from a helper process, as the invoking user (root in CI) and as an ordinary user made
+# for the test (setpriv), with a fake API key in the helper's environment. Every attack program first
+# switches the audit hook off, so what holds is the kernel's doing, never the tripwire's.
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACK_USER = "tk-sandbox-attack"
+HELPER = r'''
+import json, os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from toolkit import sandbox
+
+def survivors(marker):
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            if pid.isdigit() and marker.encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+request = json.load(sys.stdin)
+try:
+    results = [r.__dict__ for r in sandbox.run_programs(request["codes"], workers=request["workers"],
+                                                        timeout_s=request["timeout_s"])]
+except BaseException as exc:
+    results = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"results": results, "survivors": survivors(request["marker"]) if request["marker"] else []}))
+'''
+
+
+@dataclass
+class Attacker:
+    """Runs programs through toolkit.sandbox from a helper process as `who` ("invoker" or "user")."""
+
+    who: str
+    folder: Path
+    secret: str
+    user: pwd.struct_passwd | None = None
+
+    @property
+    def home(self) -> Path:
+        return Path(self.user.pw_dir) if self.user else Path.home()
+
+    def run(self, codes: list[str], workers: int = 1, timeout_s: float = 5.0, marker: str = "") -> dict:
+        request = json.dumps({"codes": [HOOK_OFF + c for c in codes], "workers": workers, "timeout_s": timeout_s,
+                              "marker": marker})
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.home), "OPENAI_API_KEY": self.secret,
+               "TOOLKIT_BWRAP": os.environ.get("TOOLKIT_BWRAP", "")}
+        env = {k: v for k, v in env.items() if v}
+        if self.user:
+            command = ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}", "--clear-groups",
+                       "/usr/bin/python3", "-I", str(self.folder / "helper.py")]
+        else:
+            command = [sys.executable, "-I", str(self.folder / "helper.py")]
+        proc = subprocess.run(command, input=request, capture_output=True, text=True, env=env, cwd=self.folder,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.splitlines()[-1])
+
+
+def _ordinary_user() -> pwd.struct_passwd:
+    if os.getuid() != 0:
+        pytest.skip("as an ordinary user the 'invoker' runs already are the ordinary-user attacks")
+    if not (shutil.which("useradd") and shutil.which("setpriv") and os.path.exists("/usr/bin/python3")):
+        pytest.skip("switching to an ordinary user needs useradd, setpriv and /usr/bin/python3")
+    try:
+        return pwd.getpwnam(ATTACK_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin", ATTACK_USER], check=True)
+        return pwd.getpwnam(ATTACK_USER)
+
+
+@pytest.fixture(scope="module")
+def attack_kit():
+    """A world-readable copy of the modules the helper imports: the checkout may sit under a 0700 home."""
+    folder = Path(tempfile.mkdtemp(prefix="sandbox-attack-"))
+    folder.chmod(0o755)
+    (folder / "toolkit").mkdir(mode=0o755)
+    for name in ("__init__.py", "errors.py", "sandbox.py", "seccomp.py"):
+        if (ROOT / "toolkit" / name).exists():
+            shutil.copy(ROOT / "toolkit" / name, folder / "toolkit" / name)
+    (folder / "helper.py").write_text(HELPER)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.fixture(params=["invoker", "user"])
+def attacker(request, attack_kit):
+    user = _ordinary_user() if request.param == "user" else None
+    return Attacker(request.param, attack_kit, "sk-" + secrets.token_hex(16), user)
+
+
+@pytest.fixture
+def host_folder():
+    """A folder on the host that any uid may write to: a side effect that escaped would land here."""
+    folder = Path(tempfile.mkdtemp(prefix="sandbox-host-"))
+    folder.chmod(0o1777)
+    yield folder
+    shutil.rmtree(folder)
+
+
+def _kill_marked(marker: str) -> list[int]:
+    """Kills (and lists) processes whose command line carries `marker`: what an attack left running."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                os.kill(int(entry), signal.SIGKILL)
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _text(result: dict) -> str:
+    return f"{result['answer']}\n{result['output']}\n{result['error']}"
+
+
+def test_attack_hook_off_prelude_really_disables_the_tripwire(attacker):
+    """Guards the other attacks: after HOOK_OFF the audit hook refuses nothing, so they test the kernel."""
+    out = attacker.run(["import socket\ntry:\n    socket.socket().close()\nexcept OSError as exc:\n"
+                        "    print(exc)\nanswer = 'done'"])
+    assert "sandbox:" not in _text(out["results"][0]), out
+
+
+def test_attack_parent_environment_and_proc_environ(attacker):
+    code = ("import os\nseen = [repr(dict(os.environ))]\nfor pid in ['self', str(os.getppid())] + os.listdir('/proc'):\n"
+            "    try:\n        seen.append(open(f'/proc/{pid}/environ', 'rb').read().decode('latin-1'))\n"
+            "    except OSError:\n        pass\nprint('\\n'.join(seen))\nanswer = '\\n'.join(seen)")
+    result = attacker.run([code])["results"][0]
+    assert attacker.secret not in _text(result), result
+
+
+def test_attack_loopback_listener(attacker, listener):
+    port, accepted = listener
+    code = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            f"s.sendall({attacker.secret!r}.encode())\nanswer = 'sent'")
+    result = attacker.run([code])["results"][0]
+    time.sleep(0.3)  # a connection that got through is accepted by now
+    assert accepted == [] and result["answer"] != "sent", result
+
+
+def test_attack_posixsubprocess_fork_exec(attacker, host_folder):
+    """_posixsubprocess.fork_exec raises no audit event; whatever it starts stays inside the sandbox."""
+    marker = host_folder / "pwned"
+    code = (
+        f"import importlib, os, sys\nmarker = {str(marker)!r}\nps = importlib.import_module('_posixsubprocess')\n"
+        "ran = []\nfor argv in (['/bin/sh', '-c', 'echo pwned > ' + marker],\n"
+        "             [sys.executable, '-c', f'open({marker!r}, \"w\").write(\"pwned\")']):\n"
+        "    try:\n        pid = ps.fork_exec(argv, [os.fsencode(argv[0])], True, (), None, None, -1, -1, -1, -1,"
+        " -1, -1, *os.pipe(), False, False, -1, None, None, None, -1, None, False)\n"
+        "        ran.append(os.waitpid(pid, 0)[1])\n    except BaseException as exc:\n        ran.append(repr(exc))\n"
+        "answer = repr(ran)")
+    result = attacker.run([code])["results"][0]
+    assert not marker.exists(), result
+
+
+def test_attack_double_forked_daemon_dies_with_the_run(attacker):
+    marker = "sandbox-daemon-" + secrets.token_hex(8)
+    code = ("import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}])\n"
+            "    os._exit(0)\ntime.sleep(0.5)\nanswer = 'spawned'")
+    try:
+        out = attacker.run([code], marker=marker)
+        assert out["results"][0]["answer"] == "spawned", out  # the daemon did start
+        assert out["survivors"] == [], out
+    finally:
+        assert _kill_marked(marker) == []
+
+
+KILLER = """
+import os, signal, time
+forged = b'{"answer": "666", "kind": null, "error": null}\\n'
+hits, end = 0, time.time() + 3
+while time.time() < end:
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if b'-I\\0-S\\0-B' not in open(f'/proc/{pid}/cmdline', 'rb').read():
+                continue
+            for fd in os.listdir(f'/proc/{pid}/fd'):
+                try:
+                    with open(f'/proc/{pid}/fd/{fd}', 'wb') as f:
+                        f.write(forged)
+                except OSError:
+                    pass
+            os.kill(int(pid), signal.SIGKILL)
+            hits += 1
+        except OSError:
+            pass
+    time.sleep(0.02)
+answer = str(hits)
+"""
+
+
+def test_attack_one_program_cannot_touch_another(attacker):
+    victim = "import time\ntime.sleep(1.5)\nanswer = 6 * 7"
+    out = attacker.run([KILLER, victim, victim], workers=3, timeout_s=6)
+    assert [r["answer"] for r in out["results"][1:]] == ["42", "42"], out
+
+
+def test_attack_filling_the_process_limit(attacker):
+    marker = "sandbox-holder-" + secrets.token_hex(8)
+    holder = ("import os, sys\nn = 0\nwhile n < 200:\n    try:\n        pid = os.fork()\n    except OSError:\n"
+              "        break\n    if pid == 0:\n        os.setsid()\n"
+              f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', {marker!r}])\n"
+              "    n += 1\nanswer = str(n)")
+    try:
+        # Two holders one after the other: what the first leaves behind must not starve the second or the rest.
+        out = attacker.run([holder, holder] + [f"answer = {i}" for i in range(3)], marker=marker)
+        assert isinstance(out["results"], list) and len(out["results"]) == 5, out
+        assert [r["answer"] for r in out["results"][2:]] == ["0", "1", "2"], out
+        assert all(int(r["answer"]) < sandbox.MAX_PROCESSES for r in out["results"][:2]), out
+    finally:
+        _kill_marked(marker)
+
+
+def test_attack_tmp_and_shm_do_not_persist(attacker):
+    token = secrets.token_hex(8)
+    writer = ("import os\nfor folder in ('/tmp', '/dev/shm', '.'):\n"
+              f"    open(os.path.join(folder, 'tk-{token}'), 'w').write('{token}')\nanswer = 'written'")
+    reader = ("import os\nseen = []\nfor folder in ('/tmp', '/dev/shm', '.'):\n    try:\n"
+              "        seen += os.listdir(folder)\n    except OSError:\n        pass\nanswer = repr(seen)")
+    try:
+        out = attacker.run([writer, reader])
+        assert out["results"][0]["answer"] == "written", out  # the writes themselves are allowed
+        assert token not in _text(out["results"][1]), out
+        assert not any(Path(folder, f"tk-{token}").exists() for folder in ("/tmp", "/dev/shm"))
+    finally:
+        for folder in ("/tmp", "/dev/shm"):
+            Path(folder, f"tk-{token}").unlink(missing_ok=True)
+
+
+def test_attack_other_processes_command_lines(attacker):
+    token = "sk-" + secrets.token_hex(16)
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--api-key={token}"])
+    try:
+        code = ("import os\nseen = []\nfor pid in os.listdir('/proc'):\n    try:\n"
+                "        seen.append(open(f'/proc/{pid}/cmdline', 'rb').read().decode('latin-1'))\n"
+                "    except OSError:\n        pass\nanswer = repr(seen)")
+        result = attacker.run([code])["results"][0]
+        assert token not in _text(result), result
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_attack_home_and_project_are_not_readable(attacker):
+    token = secrets.token_hex(16)
+    secret = attacker.home / f".sandbox-secret-{secrets.token_hex(4)}"
+    secret.write_text(token)
+    if attacker.user:
+        os.chown(secret, attacker.user.pw_uid, attacker.user.pw_gid)
+    secret.chmod(0o600)
+    project_line = (ROOT / "toolkit" / "sandbox.py").read_text().splitlines()[0]
+    try:
+        code = ("import os\nseen = []\n"
+                f"for path in ({str(secret)!r}, {str(ROOT / 'toolkit' / 'sandbox.py')!r}):\n"
+                "    try:\n        seen.append(open(path).read())\n    except OSError as exc:\n        seen.append(str(exc))\n"
+                f"for folder in ({str(attacker.home)!r}, {str(ROOT)!r}):\n"
+                "    try:\n        seen.append(repr(os.listdir(folder)))\n    except OSError as exc:\n"
+                "        seen.append(str(exc))\nanswer = repr(seen)")
+        result = attacker.run([code])["results"][0]
+        text = _text(result)
+        assert token not in text and project_line not in text and "pyproject.toml" not in text, result
+    finally:
+        secret.unlink()

@@ -1,12 +1,11 @@
-"""The PoT sandbox: runs untrusted model-written Python in a confined process and reads back its `answer`."""
+"""The PoT sandbox: runs untrusted model-written Python under bubblewrap, so that the kernel is the boundary,
+and reads back its `answer`."""
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import logging
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -18,18 +17,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from toolkit import seccomp
+from toolkit.errors import ToolkitError
+
 log = logging.getLogger(__name__)
 
 # error_kind values:
 #   None           the program ran to the end and set `answer`
 #   "no_answer"    it ran to the end without setting `answer` (or set it to None)
 #   "exception"    it raised (error = "Type: message"); syntax errors included
-#   "forbidden"    it tried something the sandbox refuses: network, processes, ctypes, files outside
-#                  its folder (answer is then None even if the program caught the refusal)
+#   "forbidden"    it tried something the sandbox refuses: it ended on an OSError by which the kernel said no
+#                  (EPERM, EACCES, EROFS, ENETUNREACH, ECONNREFUSED, EAGAIN: seccomp, the namespaces, read-only
+#                  mounts, the process limit), or the audit-hook tripwire refused it (answer is then None
+#                  even if the program caught the refusal)
 #   "memory"       MemoryError under the address-space limit
-#   "timeout"      the wall-clock timeout or the CPU-time limit; the whole process group was killed
+#   "timeout"      the wall-clock timeout or the CPU-time limit; the whole sandbox was killed
 #   "output_limit" it printed more than OUTPUT_KILL_BYTES and was killed
-#   "killed"       it ended without reporting: a signal (a crash) or an abrupt exit such as os._exit
+#   "killed"       it ended without reporting: a signal (a crash), an abrupt exit such as os._exit, or a
+#                  sandbox that could not start (the output then holds bwrap's message)
 ERROR_KINDS = (None, "no_answer", "exception", "forbidden", "memory", "timeout", "output_limit", "killed")
 _CHILD_KINDS = (None, "no_answer", "exception", "forbidden", "memory")  # the only kinds the runner may report
 
@@ -37,20 +42,35 @@ OUTPUT_CAP_BYTES = 4096  # output kept in the result
 OUTPUT_KILL_BYTES = 1 << 20  # output after which the program is killed: print loops must not cost the parent
 _RESULT_CAP_BYTES = 64 << 10
 FILE_SIZE_BYTES = 1 << 20
-MAX_PROCESSES = 16  # RLIMIT_NPROC counts every task (threads too) of the uid, across concurrent sandboxes
+TMPFS_BYTES = 8 << 20  # each of the working folder, /tmp and /dev/shm: all the disk a program has (in memory)
+MAX_PROCESSES = 16  # RLIMIT_NPROC, counted in the sandbox's own user namespace: this program's tasks, threads too
 MAX_OPEN_FILES = 32
 NOBODY = 65534
-_CLONE_NEWNET = 0x40000000
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)
+WORKDIR = "/sandbox"  # the program's folder and HOME inside the sandbox: an empty tmpfs of its own
+MODES = ("bwrap", "unsafe")
+_SYSTEM_LIBS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32", "/libx32")
+_TEARDOWN_S = 10.0  # a killed sandbox's pid 1 is gone in milliseconds; this only bounds a stuck kernel
+_mode: str | None = None  # set by prepare(); None: $TOOLKIT_SANDBOX, else bwrap
+_warned_unsafe = False
 
-# Runs in the child under `python -I -S -B`: reads the program from stdin, installs an audit hook (which
-# cannot be removed from Python code), execs the program in a fresh namespace, writes one JSON line to
-# the result pipe. The hook is a tripwire for what a model's program might do by accident, not a wall
-# (importlib.import_module, for one, skips the "import" event and can reach _posixsubprocess); the hard
-# boundary is the kernel's: the unprivileged uid, the rlimits and the empty network namespace.
+# Runs in the child under `python -I -S -B`: sets the rlimits, reads the program from stdin, installs an
+# audit hook, execs the program in a fresh namespace, writes one JSON line to the result pipe. The hook is a
+# tripwire for what a model's program might do by accident, not a wall: the program can patch what the hook
+# reads (the runner's globals) and importlib.import_module reaches _posixsubprocess without an "import"
+# event. The boundary is bubblewrap's: namespaces, a read-only minimal filesystem, rlimits and seccomp.
 _RUNNER = r'''
-import builtins, json, os, sys
+import builtins, errno, json, os, resource, sys
+
+def limit(cpu_s, memory_bytes, file_bytes, open_files, processes):
+    # Set here, inside the namespaces: RLIMIT_NPROC then counts this sandbox's tasks only (the kernel
+    # charges them to the user namespace bwrap made), where set before bwrap it would count all of the
+    # user's processes.
+    for which, value in ((resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, memory_bytes),
+                         (resource.RLIMIT_FSIZE, file_bytes), (resource.RLIMIT_NOFILE, open_files),
+                         (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, processes)):
+        hard = resource.getrlimit(which)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)  # a hard limit only falls
+        resource.setrlimit(which, (value, value))
 
 DENIED_EVENTS = ("socket.", "ctypes.", "subprocess.", "os.system", "os.exec", "os.fork", "os.forkpty",
                  "os.posix_spawn", "os.spawn", "os.kill", "os.killpg", "signal.pthread_kill", "os.link",
@@ -60,9 +80,12 @@ DENIED_MODULES = {"ctypes", "_ctypes", "_posixsubprocess", "pty", "_xxsubinterpr
 WRITE_EVENTS = {"os.mkdir", "os.remove", "os.rmdir", "os.rename", "os.truncate", "os.chmod", "os.chown", "os.utime"}
 READ_EVENTS = {"os.listdir", "os.scandir", "os.chdir"}
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+# An OSError with one of these is the kernel (namespaces, seccomp, read-only mounts, rlimits) saying no.
+KERNEL_REFUSALS = {errno.EPERM, errno.EACCES, errno.EROFS, errno.ENETUNREACH, errno.ECONNREFUSED, errno.EAGAIN}
 write, exit_now, dumps = os.write, os._exit, json.dumps  # bound now: the program may patch the modules
 
 result_fd = int(sys.argv[1])
+limit(*map(int, sys.argv[2:7]))
 code = sys.stdin.read()
 work = os.getcwd()
 readable = tuple(os.path.realpath(p) for p in sys.path) + (work,)
@@ -120,6 +143,8 @@ except SystemExit:
 except MemoryError:
     namespace.clear()  # frees what the program built, so that the report below has memory to run
     kind, error = "memory", "MemoryError"
+except OSError as exc:
+    kind, error = "forbidden" if exc.errno in KERNEL_REFUSALS else "exception", describe(exc)
 except BaseException as exc:
     kind, error = "exception", describe(exc)
 if kind is None:
@@ -143,6 +168,10 @@ exit_now(0)  # skips atexit handlers and threads the program may have left behin
 '''
 
 
+class SandboxUnavailable(ToolkitError):
+    """Program-of-thought needs the sandbox, confinement cannot be had here and `unsafe` was not chosen."""
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     """What one program produced; `error_kind` is one of ERROR_KINDS (see above), `seconds` the wall time."""
@@ -152,6 +181,17 @@ class SandboxResult:
     error: str | None
     error_kind: str | None
     seconds: float
+
+
+@dataclass
+class _Child:
+    """A started program: bwrap (or, unconfined, the runner itself), the result pipe's read end, and a pidfd
+    on the sandbox's pid 1 (confined) or the folder made for it (unconfined)."""
+
+    proc: subprocess.Popen
+    result_fd: int
+    init_fd: int | None = None
+    workdir: str | None = None
 
 
 def _world_runnable(interpreter: str) -> bool:
@@ -172,53 +212,235 @@ def _world_runnable(interpreter: str) -> bool:
 
 @functools.cache
 def _interpreter() -> tuple[str, bool]:
-    """The child's interpreter and whether to drop to uid `nobody`. As root the drop is what makes
-    RLIMIT_NPROC count (the kernel exempts root), so a system Python that `nobody` can run beats ours;
-    the runner needs only the stdlib."""
+    """The child's interpreter and whether to start it as uid `nobody`. As root bwrap runs as nobody: a
+    sandbox owned by root would be exempt from RLIMIT_NPROC and own every root file it can see, so a system
+    Python that nobody can run beats ours; the runner needs only the stdlib."""
     own = os.path.realpath(sys.executable)  # the base interpreter, not the venv: -S skips site-packages anyway
     if os.getuid() != 0:
         return own, False
     for candidate in (own, "/usr/local/bin/python3", "/usr/bin/python3"):
         if os.path.exists(candidate) and _world_runnable(candidate):
             return os.path.realpath(candidate), True
-    log.warning("sandbox: no Python that uid %d can run; PoT programs run as root, without a process limit", NOBODY)
     return own, False
 
 
-def _confine(cpu_s: int, memory_bytes: int, drop: bool) -> None:
-    """Runs in the forked child before exec (so it may only call the kernel, no imports): new network
-    namespace, rlimits, then the uid drop (after unshare, which needs CAP_SYS_ADMIN; that is why
-    Popen's own user= cannot be used: it switches uid before preexec_fn)."""
-    _LIBC.unshare(_CLONE_NEWNET)  # EPERM in unprivileged containers: the audit hook still refuses sockets
-    for limit, value in ((resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, memory_bytes),
-                         (resource.RLIMIT_FSIZE, FILE_SIZE_BYTES), (resource.RLIMIT_NOFILE, MAX_OPEN_FILES),
-                         (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, MAX_PROCESSES)):
-        hard = resource.getrlimit(limit)[1]
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)  # a non-root parent cannot raise
-        resource.setrlimit(limit, (value, value))
-    if drop:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-    # After the uid change, which clears it: the child dies with the thread that started it.
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _as_nobody() -> dict:
+    return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
+
+
+def _bwrap_binary() -> str | None:
+    """bubblewrap: $TOOLKIT_BWRAP (a path or a name on PATH) or `bwrap` on PATH; None when absent."""
+    return shutil.which(os.environ.get("TOOLKIT_BWRAP") or "bwrap")
+
+
+@functools.cache
+def _filesystem(python: str) -> tuple[str, ...]:
+    """bwrap arguments for the read-only view of the host: the shared libraries, the interpreter and its
+    stdlib (prefix/lib). No /etc (but the loader's cache), /home, /root, /run, project or other /proc."""
+    args: list[str] = []
+    bound: list[str] = []
+    for path in _SYSTEM_LIBS:
+        if os.path.islink(path):  # merged /usr: /lib -> usr/lib
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+            bound.append(path)
+    for path in (os.path.join(os.path.dirname(os.path.dirname(python)), "lib"), python):
+        if not any(path == b or path.startswith(b + os.sep) for b in bound):
+            args += ["--ro-bind", path, path]
+            bound.append(path)
+    return (*args, "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache")
+
+
+def _bwrap_argv(binary: str, python: str, info_fd: int, block_fd: int, filter_fd: int | None) -> list[str]:
+    """The bwrap command line up to the runner; see docs/security.md for what each part holds."""
+    size = str(TMPFS_BYTES)
+    argv = [binary,
+            # Own user (uid nobody inside), pid (it sees and signals only its own processes), network (no
+            # interface but its own loopback), IPC, UTS and cgroup namespaces; no nested user namespaces.
+            # The runner is pid 1: when it exits the kernel kills everything left in the namespace before
+            # bwrap, its parent, reaps it, so bwrap's exit means the whole tree is gone.
+            "--unshare-user", "--unshare-pid", "--as-pid-1", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--disable-userns", "--uid", str(NOBODY), "--gid", str(NOBODY),
+            "--die-with-parent", "--new-session",  # a new session: no TIOCSTI into a terminal
+            "--clearenv", "--setenv", "HOME", WORKDIR, "--setenv", "TMPDIR", "/tmp",
+            *_filesystem(python), "--proc", "/proc", "--dev", "/dev",
+            "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", WORKDIR,
+            "--chdir", WORKDIR, "--remount-ro", "/",
+            # info: pid 1's pid, on which we take a pidfd; block: pid 1 waits for that before it execs.
+            "--info-fd", str(info_fd), "--block-fd", str(block_fd)]
+    if filter_fd is not None:
+        argv += ["--seccomp", str(filter_fd)]
+    return argv + ["--"]
+
+
+def _runner_argv(python: str, result_fd: int, timeout_s: float, memory_mb: int) -> list[str]:
+    limits = (int(timeout_s) + 2, memory_mb << 20, FILE_SIZE_BYTES, MAX_OPEN_FILES, MAX_PROCESSES)
+    return [python, "-I", "-S", "-B", "-c", _RUNNER, str(result_fd), *map(str, limits)]
+
+
+@functools.cache
+def _filter() -> bytes | None:
+    program = seccomp.program()
+    if program is None:
+        log.warning("sandbox: no seccomp syscall table for this machine; namespaces and rlimits only")
+    return program
+
+
+def _filter_fd() -> int | None:
+    """A pipe's read end holding the seccomp program, which bwrap reads to its end (one per run: a shared
+    file offset would move under concurrent runs)."""
+    program = _filter()
+    if program is None:
+        return None
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, program)  # a few hundred bytes: within the pipe buffer
+    os.close(write_fd)
+    return read_fd
+
+
+def _read_all(fd: int, deadline: float) -> bytes:
+    data = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0 and sel.select(left):
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    return bytes(data)
+
+
+def _hold_init(info_fd: int, deadline: float) -> int | None:
+    """A pidfd on the sandbox's pid 1, from bwrap's info JSON; None when bwrap failed before making it.
+    Pid 1 waits on --block-fd until we release it, so the pid cannot have been reused meanwhile."""
+    try:
+        pid = json.loads(_read_all(info_fd, deadline))["child-pid"]
+        return os.pidfd_open(pid)
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def _spawn_confined(binary: str, python: str, as_nobody: bool, timeout_s: float, memory_mb: int,
+                    deadline: float) -> _Child:
+    result_r, result_w = os.pipe()
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    filter_r = _filter_fd()
+    passed = [fd for fd in (result_w, info_w, block_r, filter_r) if fd is not None]
+    try:
+        proc = subprocess.Popen(
+            _bwrap_argv(binary, python, info_w, block_r, filter_r) + _runner_argv(python, result_w, timeout_s, memory_mb),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=passed, cwd="/",
+            env={}, start_new_session=True, **(_as_nobody() if as_nobody else {}))
+    except BaseException:
+        for fd in (result_r, info_r, block_w):
+            os.close(fd)
+        raise
+    finally:
+        for fd in passed:
+            os.close(fd)
+    try:
+        init_fd = _hold_init(info_r, deadline)
+    finally:
+        os.close(info_r)
+    try:
+        os.write(block_w, b"go")
+    except BrokenPipeError:  # bwrap already gave up; its message is in the output
+        pass
+    finally:
+        os.close(block_w)
+    return _Child(proc, result_r, init_fd=init_fd)
+
+
+def _spawn_unconfined(python: str, as_nobody: bool, timeout_s: float, memory_mb: int) -> _Child:
+    """The `unsafe` mode: the runner as a plain process (rlimits, no environment, a folder of its own, the
+    tripwire); nothing stops it reading what its uid can read or reaching the network."""
+    workdir = tempfile.mkdtemp(prefix="pot-sandbox-")
+    result_r, result_w = os.pipe()
+    try:
+        if as_nobody:
+            os.chown(workdir, NOBODY, NOBODY)
+        proc = subprocess.Popen(
+            _runner_argv(python, result_w, timeout_s, memory_mb), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, pass_fds=(result_w,), cwd=workdir, env={"HOME": workdir, "TMPDIR": workdir},
+            start_new_session=True, **(_as_nobody() if as_nobody else {}))
+    except BaseException:
+        os.close(result_r)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    finally:
+        os.close(result_w)
+    return _Child(proc, result_r, workdir=workdir)
+
+
+def _stop(child: _Child) -> None:
+    """Kills what is left and waits until it is gone. Confined: SIGKILL to pid 1 (the runner) takes the
+    whole pid namespace with it (a setsid daemon too); its pidfd turns readable only once that is done."""
+    proc = child.proc
+    if child.init_fd is not None:
+        try:
+            signal.pidfd_send_signal(child.init_fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        with selectors.DefaultSelector() as sel:
+            sel.register(child.init_fd, selectors.EVENT_READ)
+            sel.select(_TEARDOWN_S)
+        os.close(child.init_fd)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # bwrap itself, or the unconfined runner and its group
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    proc.stdout.close()
+    proc.stdin.close()
+    os.close(child.result_fd)
+    if child.workdir:
+        shutil.rmtree(child.workdir, ignore_errors=True)
+
+
+def _drain(fd: int, limit: int) -> bytes:
+    """What `fd` holds now, up to `limit` bytes, without waiting for writers that are still alive."""
+    os.set_blocking(fd, False)
+    data = bytearray()
+    while len(data) < limit:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 def _exchange(proc: subprocess.Popen, result_fd: int, code: bytes,
               deadline: float) -> tuple[bytes, int, bytes, str | None]:
-    """Feeds `code` to the child's stdin and drains its output and result pipes until both close and the
-    child has exited (without reaping it: its pid must stay reserved for the killpg that follows).
-    Returns (kept output, output bytes seen, result bytes, "timeout" | "output_limit" | None)."""
+    """Feeds `code` to the child's stdin and reads its output and result pipes until the child has exited
+    (bwrap exits with the runner), then takes what the pipes still hold: a process the program left behind
+    may keep them open, and is not waited for. Returns (kept output, output bytes seen, result bytes,
+    "timeout" | "output_limit" | None)."""
     stdin, out_fd = proc.stdin.fileno(), proc.stdout.fileno()
     os.set_blocking(stdin, False)  # a large program must not block us while the child writes output
     pending, output, result, seen = memoryview(code), bytearray(), bytearray(), 0
+
+    def take(fd: int, chunk: bytes) -> bool:
+        """Keeps `chunk`; False once the output passed the kill limit."""
+        nonlocal seen, output, result
+        if fd == out_fd:
+            seen += len(chunk)
+            output += chunk[: max(0, OUTPUT_CAP_BYTES - len(output))]
+            return seen <= OUTPUT_KILL_BYTES
+        result += chunk[: max(0, _RESULT_CAP_BYTES - len(result))]
+        return True
+
     pidfd = os.pidfd_open(proc.pid)  # readable once the child exits, even if it closed its pipes first
     try:
         with selectors.DefaultSelector() as sel:
             for fd, events in ((stdin, selectors.EVENT_WRITE), (out_fd, selectors.EVENT_READ),
                                (result_fd, selectors.EVENT_READ), (pidfd, selectors.EVENT_READ)):
                 sel.register(fd, events)
-            while sel.get_map():
+            while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return bytes(output), seen, bytes(result), "timeout"
@@ -231,23 +453,19 @@ def _exchange(proc: subprocess.Popen, result_fd: int, code: bytes,
                         if not pending:
                             sel.unregister(stdin)
                             proc.stdin.close()
-                        continue
-                    if key.fd == pidfd:
-                        sel.unregister(pidfd)
-                        continue
-                    chunk = os.read(key.fd, 65536)
-                    if not chunk:
-                        sel.unregister(key.fd)
-                    elif key.fd == out_fd:
-                        seen += len(chunk)
-                        output += chunk[: max(0, OUTPUT_CAP_BYTES - len(output))]
-                        if seen > OUTPUT_KILL_BYTES:
+                    elif key.fd == pidfd:
+                        for fd, limit in ((out_fd, OUTPUT_KILL_BYTES + 1 - seen), (result_fd, _RESULT_CAP_BYTES)):
+                            if fd in sel.get_map() and not take(fd, _drain(fd, max(0, limit))):
+                                return bytes(output), seen, bytes(result), "output_limit"
+                        return bytes(output), seen, bytes(result), None
+                    else:
+                        chunk = os.read(key.fd, 65536)
+                        if not chunk:
+                            sel.unregister(key.fd)
+                        elif not take(key.fd, chunk):
                             return bytes(output), seen, bytes(result), "output_limit"
-                    elif len(result) < _RESULT_CAP_BYTES:
-                        result += chunk
     finally:
         os.close(pidfd)
-    return bytes(output), seen, bytes(result), None
 
 
 def _report(raw: bytes) -> dict | None:
@@ -262,56 +480,107 @@ def _report(raw: bytes) -> dict | None:
     return None
 
 
-def run_program(code: str, timeout_s: float = 5.0, memory_mb: int = 256) -> SandboxResult:
-    """Runs `code` (which should set `answer`) in a confined child process; see ERROR_KINDS for outcomes."""
+def _outcome(stopped: str | None, returncode: int, report: dict | None, timeout_s: float) -> tuple[str | None, str | None]:
+    """(error_kind, error) of a finished run."""
+    if stopped == "timeout" or returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return "timeout", f"no result within {timeout_s:g} s (wall clock or CPU time)"
+    if stopped == "output_limit":
+        return "output_limit", f"printed more than {OUTPUT_KILL_BYTES} bytes"
+    if report is not None:
+        return report["kind"], report["error"]
+    if returncode < 0:
+        return "killed", f"killed by signal {-returncode} ({signal.strsignal(-returncode)})"
+    if returncode > 128:  # bwrap passes a signal death on as 128 + the signal
+        return "killed", f"killed by signal {returncode - 128} ({signal.strsignal(returncode - 128)})"
+    return "killed", f"exited with status {returncode} without a result"
+
+
+def _run(code: str, timeout_s: float, memory_mb: int, confined: bool) -> SandboxResult:
     start = time.monotonic()
-    python, drop = _interpreter()
-    workdir = tempfile.mkdtemp(prefix="pot-sandbox-")
-    read_fd, write_fd = os.pipe()
-    proc = None
+    deadline = start + timeout_s
+    python, as_nobody = _interpreter()
     try:
-        if drop:
-            os.chown(workdir, NOBODY, NOBODY)
-        proc = subprocess.Popen(
-            [python, "-I", "-S", "-B", "-c", _RUNNER, str(write_fd)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(write_fd,),
-            cwd=workdir, env={"HOME": workdir, "TMPDIR": workdir}, start_new_session=True,
-            # preexec_fn is fine under run_programs' threads: _confine takes no locks another thread may hold.
-            preexec_fn=functools.partial(_confine, int(timeout_s) + 2, memory_mb << 20, drop))
-        os.close(write_fd)
-        write_fd = -1
-        output, seen, raw, stopped = _exchange(proc, read_fd, code.encode(), start + timeout_s)
+        if confined:
+            child = _spawn_confined(_bwrap_binary() or "bwrap", python, as_nobody, timeout_s, memory_mb, deadline)
+        else:
+            child = _spawn_unconfined(python, as_nobody, timeout_s, memory_mb)
+    except OSError as exc:  # out of processes or memory on the host: this program gets no run, the rest do
+        return SandboxResult(None, "", f"the sandbox could not start: {exc}", "killed", time.monotonic() - start)
+    try:
+        output, seen, raw, stopped = _exchange(child.proc, child.result_fd, code.encode(), deadline)
     finally:
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the group outlives its leader if anything forked
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            proc.stdout.close()
-            proc.stdin.close()
-        for fd in (read_fd, write_fd):
-            if fd >= 0:
-                os.close(fd)
-        shutil.rmtree(workdir, ignore_errors=True)
+        _stop(child)
     report = _report(raw) if stopped is None else None
-    if stopped == "timeout" or proc.returncode == -signal.SIGXCPU:
-        kind, error = "timeout", f"no result within {timeout_s:g} s (wall clock or CPU time)"
-    elif stopped == "output_limit":
-        kind, error = "output_limit", f"printed more than {OUTPUT_KILL_BYTES} bytes"
-    elif report is not None:
-        kind, error = report["kind"], report["error"]
-    elif proc.returncode < 0:
-        kind, error = "killed", f"killed by signal {-proc.returncode} ({signal.strsignal(-proc.returncode)})"
-    else:
-        kind, error = "killed", f"exited with status {proc.returncode} without a result"
+    kind, error = _outcome(stopped, child.proc.returncode, report, timeout_s)
     text = output.decode("utf-8", "replace") + ("\n[truncated]" if seen > OUTPUT_CAP_BYTES else "")
     answer = report["answer"] if report is not None and kind is None else None
     return SandboxResult(answer, text, error, kind, time.monotonic() - start)
 
 
-def run_programs(codes: list[str], workers: int = 2, **kw) -> list[SandboxResult]:
-    """run_program over `codes`, `workers` at a time, results in input order; a process per program is
-    the unit of isolation, so threads suffice to overlap them."""
+@functools.cache
+def _problem(binary: str | None, uid: int) -> str | None:
+    """None when bubblewrap confines programs here (a real program through the real sandbox answers),
+    else what is missing and the fix, in one line."""
+    if binary is None:
+        return ("bubblewrap is not installed: install it (apt-get install bubblewrap; dnf or pacman install "
+                "bubblewrap) or name its binary in TOOLKIT_BWRAP")
+    python, as_nobody = _interpreter()
+    if uid == 0 and not as_nobody:
+        return "no Python that uid nobody can run for the sandbox (root runs it as nobody): apt-get install python3"
+    result = _run("answer = 6 * 7", 10.0, 256, confined=True)
+    if result.answer == "42":
+        return None
+    detail = (result.output.strip().splitlines() or [result.error or "no answer"])[0][:200]
+    return (f"bubblewrap ({binary}) cannot make a sandbox here ({detail}): enable unprivileged user namespaces "
+            "(sysctl kernel.unprivileged_userns_clone=1 user.max_user_namespaces=10000)")
+
+
+def confinement_problem() -> str | None:
+    """None when PoT programs run confined by bubblewrap here, else the reason and the fix in one line."""
+    return _problem(_bwrap_binary(), os.getuid())
+
+
+def _current_mode() -> str:
+    mode = _mode or os.environ.get("TOOLKIT_SANDBOX") or "bwrap"
+    if mode not in MODES:
+        raise SandboxUnavailable(f"TOOLKIT_SANDBOX must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def prepare(mode: str | None = None) -> bool:
+    """Checks, before any work, that PoT programs can run; `mode` (bwrap | unsafe) applies from now on in
+    this process (default: $TOOLKIT_SANDBOX, else bwrap). True when bubblewrap confines them. Without
+    confinement: False in `unsafe` mode, after a loud warning; SandboxUnavailable (one line) in bwrap mode."""
+    global _mode, _warned_unsafe
+    if mode is not None:
+        if mode not in MODES:
+            raise SandboxUnavailable(f"sandbox mode must be one of {', '.join(MODES)}, got {mode!r}")
+        _mode = mode
+    problem = confinement_problem()
+    if problem is None:
+        return True
+    if _current_mode() != "unsafe":
+        raise SandboxUnavailable(f"program-of-thought needs the sandbox: {problem}; or set distill.sandbox: unsafe "
+                                 "(TOOLKIT_SANDBOX=unsafe for eval) to run model-written programs unconfined")
+    if not _warned_unsafe:
+        _warned_unsafe = True
+        message = (f"WARNING: sandbox: unsafe: model-written programs run WITHOUT kernel confinement ({problem}); "
+                   "they can read your files and reach the network")
+        log.warning(message)
+        print(message, file=sys.stderr)
+    return False
+
+
+def run_program(code: str, timeout_s: float = 5.0, memory_mb: int = 256) -> SandboxResult:
+    """Runs `code` (which should set `answer`) in the sandbox; see ERROR_KINDS for outcomes. Raises
+    SandboxUnavailable where confinement cannot be had and `unsafe` was not chosen."""
+    return _run(code, timeout_s, memory_mb, prepare())
+
+
+def run_programs(codes: list[str], workers: int = 2, timeout_s: float = 5.0,
+                 memory_mb: int = 256) -> list[SandboxResult]:
+    """run_program over `codes`, `workers` at a time, results in input order, one for every program; a
+    sandbox per program is the unit of isolation, so threads suffice to overlap them."""
+    confined = prepare() if codes else True
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(lambda code: run_program(code, **kw), codes))
+        return list(pool.map(lambda code: _run(code, timeout_s, memory_mb, confined), codes))
