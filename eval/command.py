@@ -63,6 +63,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from toolkit.eval.generate import export_info, open_generator
     from toolkit.eval.prompts import fewshot_examples
 
+    # PoT programs run in the sandbox: refuse now, before the model loads, where it cannot confine them.
+    sandbox = None
+    if args.strategy in ("pot", "auto"):
+        from toolkit.sandbox import prepare
+
+        sandbox = "bwrap" if prepare() else "unsafe (unconfined)"
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     unknown = [s for s in suites if s not in SUITE_NAMES]
     if unknown:
@@ -77,6 +83,8 @@ def run_eval(args: argparse.Namespace) -> int:
                          seed=args.seed, concurrency=args.concurrency, api_key_env=args.api_key_env)
     console = Console(quiet=args.quiet)
     config = {"limit": args.limit, "suites": suites, "fewshot": args.fewshot, "seed": args.seed}
+    if sandbox:
+        config["sandbox"] = sandbox
     if export:
         config["export"] = export
     try:

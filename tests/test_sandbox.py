@@ -546,3 +546,61 @@ def test_attack_home_and_project_are_not_readable(attacker):
         assert token not in text and project_line not in text and "pyproject.toml" not in text, result
     finally:
         secret.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where confinement cannot be had: PoT refuses in one line, unless `unsafe` was chosen.
+
+@pytest.fixture
+def no_bwrap(monkeypatch):
+    """A machine without bubblewrap: TOOLKIT_BWRAP names a binary that does not exist."""
+    monkeypatch.setenv("TOOLKIT_BWRAP", "/nonexistent/bwrap")
+    monkeypatch.delenv("TOOLKIT_SANDBOX", raising=False)
+    monkeypatch.setattr(sandbox, "_mode", None)
+    monkeypatch.setattr(sandbox, "_warned_unsafe", False)
+
+
+def _one_line_refusal(stderr: str) -> None:
+    assert stderr.strip().startswith("error: program-of-thought needs the sandbox: bubblewrap is not installed")
+    assert "apt-get install bubblewrap" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_without_bubblewrap_programs_are_refused(no_bwrap):
+    for call in (lambda: run_program("answer = 1"), lambda: run_programs(["answer = 1", "answer = 2"])):
+        with pytest.raises(sandbox.SandboxUnavailable) as refused:
+            call()
+        _one_line_refusal(f"error: {refused.value}")
+
+
+def test_unsafe_mode_runs_unconfined_and_warns(no_bwrap, monkeypatch, capsys):
+    monkeypatch.setenv("TOOLKIT_SANDBOX", "unsafe")
+    _assert_normal(run_program("answer = 6 * 7"), "42")
+    assert "WARNING: sandbox: unsafe" in capsys.readouterr().err
+
+
+def test_cli_refuses_pot_before_any_work(no_bwrap, tmp_path, tiny_model_dir):
+    from tests.conftest import toolkit, write_tiny_recipe
+    from toolkit.llama_server import free_port
+
+    r = toolkit("eval", "pkg:smollm2-135m-instruct", "--suite", "multiarith", "--strategy", "pot",
+                "--out", str(tmp_path / "results.json"), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    _one_line_refusal(r.stderr)
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, f"http://127.0.0.1:{free_port()}/v1")
+    r = toolkit("distill", str(recipe), "distill.strategies=[cot, pot]", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    _one_line_refusal(r.stderr)
+    assert not (tmp_path / "runs").exists()  # refused before the run folder, let alone a teacher call
+
+
+def test_distill_unsafe_warns_and_is_recorded_in_the_manifest(no_bwrap, tmp_path, tiny_model_dir):
+    from tests.conftest import toolkit, write_tiny_recipe
+    from toolkit.llama_server import free_port
+
+    # The teacher is unreachable: the run stops at the rationales, after the manifest is written.
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, f"http://127.0.0.1:{free_port()}/v1")
+    r = toolkit("distill", str(recipe), "distill.strategies=[cot, pot]", "distill.sandbox=unsafe",
+                "teacher.max_retries=1", "teacher.timeout_s=2", cwd=tmp_path)
+    assert "WARNING: sandbox: unsafe" in r.stderr and "run unconfined" in r.stdout, r
+    manifest = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())
+    assert manifest["sandbox"] == {"mode": "unsafe", "confined": False}

@@ -66,12 +66,30 @@ class Distiller:
     def __init__(self, recipe: Recipe, console: Console | None = None, fresh: bool = False):
         self.recipe = recipe
         self.console = console or Console()
+        sandbox = self._check_sandbox()
         self._check_models()
         self.run = RunDir(Path(recipe.output_dir) / recipe.name)
         self.run.open(recipe.digest(), recipe.model_dump(mode="json"), recipe.seed, fresh)
+        if sandbox:
+            self.run.manifest["sandbox"] = sandbox
+            self.run.save()
         self.threads = recipe.train.threads or os.cpu_count() or 1
         self.cache_path = Path(recipe.cache_dir).expanduser() if recipe.cache_dir else cache_root()
         self._model = None  # (model, tokenizer) of the base student while it is in memory
+
+    def _check_sandbox(self) -> dict | None:
+        """With PoT, fail before any teacher call when its programs cannot run confined and the recipe did
+        not choose `sandbox: unsafe` (one line naming the fix); returns what the manifest records."""
+        if "pot" not in self.recipe.distill.strategies:
+            return None
+        from toolkit.sandbox import prepare
+
+        mode = self.recipe.distill.sandbox
+        confined = prepare(mode)
+        if not confined:
+            self.console.print("[bold red]WARNING: distill.sandbox: unsafe and no bubblewrap sandbox here: "
+                               "PoT programs written by the model run unconfined (see the line above)[/bold red]")
+        return {"mode": mode, "confined": confined}
 
     def _check_models(self) -> None:
         """Fail before any work when a model reference cannot be resolved (clear error, no run folder)."""

@@ -261,6 +261,10 @@ class DistillConfig(_Section):
         With more than `cot` the student learns to start its reply with a tag ([cot], [l2m], [pot])
         and picks its own strategy at evaluation.
     self_guided: SIKeD iterations (see SelfGuidedConfig); absent: none.
+    sandbox: how PoT programs run. `bwrap` (default): each in its own bubblewrap sandbox (namespaces,
+        read-only minimal filesystem, no network, rlimits, seccomp); where that cannot be had the run
+        stops before any teacher call, naming the fix. `unsafe`: where bubblewrap cannot confine them,
+        run model-written programs as plain processes, with a loud warning and a note in the manifest.
     """
 
     rounds: int = Field(1, ge=1, le=20)
@@ -279,6 +283,9 @@ class DistillConfig(_Section):
     leakage_ngram: int = Field(13, ge=4)
     strategies: list[Literal["cot", "l2m", "pot"]] = Field(default_factory=lambda: ["cot"], min_length=1)
     self_guided: SelfGuidedConfig | None = None
+    # Left out of the recipe's digest and dump (the manifest records it apart): a run folder made before
+    # the field existed still resumes, and a dump read back never turns `unsafe` on.
+    sandbox: Literal["bwrap", "unsafe"] = Field("bwrap", exclude=True)
 
     @model_validator(mode="after")
     def _votes_possible(self) -> DistillConfig:
