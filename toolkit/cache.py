@@ -26,8 +26,23 @@ def request_key(model: str, messages: list[dict], params: dict[str, Any], sample
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _digest(key: str, completion: str) -> bytes:
+    """The entry's checksum: SQLite checks its pages' structure, never their content, so a flipped byte
+    inside a stored answer would otherwise be served as the teacher's."""
+    # 16 raw bytes: 128 bits are ample against damage (this is no defence against someone who edits the file).
+    return hashlib.blake2b(f"{key}\0{completion}".encode(), digest_size=16).digest()
+
+
+class CacheCorrupt(ToolkitError):
+    """The teacher cache file is damaged (a bad page, or an entry that no longer matches its checksum)."""
+
+
 class RequestCache:
-    """A key -> completion text store; every put is committed at once so a kill -9 loses nothing."""
+    """A key -> completion text store; every put is committed at once so a kill -9 loses nothing.
+
+    Each entry carries a checksum of its key and text (entries from before the checksum have none and
+    are served as stored); a damaged file or entry ends the run with one CacheCorrupt line.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -39,42 +54,70 @@ class RequestCache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS completions ("
-                " key TEXT PRIMARY KEY, model TEXT, request TEXT, completion TEXT, created REAL)"
+                " key TEXT PRIMARY KEY, model TEXT, request TEXT, completion TEXT, created REAL, digest BLOB)"
             )
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}
+            if "digest" not in columns:  # a cache written before entries had checksums
+                self._db.execute("ALTER TABLE completions ADD COLUMN digest BLOB")
             self._db.commit()
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # cannot open or write: a folder or permission problem
+                raise ToolkitError(f"cannot open the teacher cache {self.path}: {_reason(exc)} "
+                                   f"(set TOOLKIT_CACHE or cache_dir to a writable folder)") from None
+            raise self._corrupt(exc) from None
+        except OSError as exc:
             raise ToolkitError(f"cannot open the teacher cache {self.path}: {_reason(exc)} "
                                f"(set TOOLKIT_CACHE or cache_dir to a writable folder)") from None
         self.hits = 0
         self.misses = 0
 
+    def _corrupt(self, why: BaseException | str) -> CacheCorrupt:
+        reason = why if isinstance(why, str) else _reason(why)
+        return CacheCorrupt(f"teacher cache {self.path} is corrupt ({reason}): move it aside or set TOOLKIT_CACHE "
+                            f"to another folder and run again; nothing was lost from the run folder, the requests "
+                            f"it held are asked again")
+
     def get(self, key: str) -> str | None:
         with self._lock:
-            row = self._db.execute("SELECT completion FROM completions WHERE key = ?", (key,)).fetchone()
+            try:
+                row = self._db.execute("SELECT completion, digest FROM completions WHERE key = ?",
+                                       (key,)).fetchone()
+            except sqlite3.DatabaseError as exc:  # "database disk image is malformed": a bad page
+                raise self._corrupt(exc) from None
         if row is None:
             self.misses += 1
             return None
+        completion, digest = row
+        if not isinstance(completion, str) or (digest is not None and digest != _digest(key, completion)):
+            raise self._corrupt("an entry does not match its checksum")
         self.hits += 1
-        return row[0]
+        return completion
 
     def put(self, key: str, model: str, request: dict, completion: str) -> None:
         """Store one completion; `request` must not hold credentials (it is kept for inspection)."""
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
-                    (key, model, json.dumps(request, ensure_ascii=False), completion, time.time()),
+                    "INSERT OR REPLACE INTO completions (key, model, request, completion, created, digest)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, model, json.dumps(request, ensure_ascii=False), completion, time.time(),
+                     _digest(key, completion)),
                 )
                 self._db.commit()
             except sqlite3.Error as exc:  # a full disk: earlier entries stay committed
                 with contextlib.suppress(sqlite3.Error):
                     self._db.rollback()
+                if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                    raise self._corrupt(exc) from None  # a bad page met while inserting
                 raise ToolkitError(f"cannot write the teacher cache {self.path}: {_reason(exc)}; "
                                    f"completed requests are kept") from None
 
     def __len__(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+            try:
+                return self._db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
+            except sqlite3.DatabaseError as exc:
+                raise self._corrupt(exc) from None
 
     def close(self) -> None:
         with self._lock:

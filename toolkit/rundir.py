@@ -65,6 +65,19 @@ def versions(packages: tuple[str, ...] = RUN_PACKAGES) -> dict[str, str]:
     return out
 
 
+# manifest["kind"] of every run folder `toolkit distill` makes: what lets --fresh delete a folder.
+RUN_KIND = "toolkit-run"
+
+
+def is_run_manifest(manifest: dict) -> bool:
+    """A manifest written by `toolkit distill`: our mark, or (runs made before the mark) our own fields."""
+    if manifest.get("kind") == RUN_KIND:
+        return True
+    versions_ = manifest.get("versions")
+    return (isinstance(manifest.get("recipe_sha256"), str) and isinstance(manifest.get("stages"), dict)
+            and isinstance(versions_, dict) and "toolkit" in versions_)
+
+
 class RunDir:
     """`<output_dir>/<name>/`: one folder per round plus `manifest.json` at the top.
 
@@ -78,26 +91,72 @@ class RunDir:
         self.manifest: dict[str, Any] = {}
 
     def open(self, recipe_digest: str, recipe_dump: dict, seed: int, fresh: bool) -> None:
-        if fresh and self.root.exists():
+        # Only a folder that is ours (our manifest) or empty is deleted by --fresh or written into: a
+        # name or output_dir that points at someone's documents must not cost them their files.
+        ours = self._inspect()
+        if fresh and ours:
             shutil.rmtree(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ToolkitError(f"cannot create run folder {self.root}: {exc.strerror}") from None
-        self.sweep_temporaries()
+        if ours:
+            self.sweep_temporaries()
+        else:  # empty, or a first manifest write that was killed: only its temporary is there
+            for tmp in self.root.glob(f".{self.manifest_path.name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
         if self.manifest_path.is_file():
-            self.manifest = json.loads(self.manifest_path.read_text())
+            self.manifest = self._read_manifest()
         if self.manifest.get("stages") and self.manifest.get("recipe_sha256") != recipe_digest:
             raise ToolkitError(
                 f"{self.root} was made by a different recipe; use --fresh to start over "
                 f"or give the run another name"
             )
         if not self.manifest.get("stages"):  # nothing finished yet: (re)start under this recipe
-            self.manifest = {"recipe_sha256": recipe_digest, "recipe": recipe_dump, "seed": seed,
+            self.manifest = {"kind": RUN_KIND, "recipe_sha256": recipe_digest, "recipe": recipe_dump, "seed": seed,
                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": {}}
+        self.manifest["kind"] = RUN_KIND
         self.manifest["versions"] = versions()
         self.manifest["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
         self.save()
+
+    def _inspect(self) -> bool:
+        """True when the folder is a run folder of ours, False when it is absent or empty (or holds only our
+        killed first manifest write); otherwise a ToolkitError naming the folder (exit 2)."""
+        if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
+            raise ToolkitError(f"{self.root} is not a toolkit run folder (a link or a file): not touching it; "
+                               f"give the run another name or output_dir")
+        if not self.root.is_dir():
+            return False
+        manifest_tmp = f".{self.manifest_path.name}."
+        try:
+            entries = [p for p in self.root.iterdir()
+                       if not (p.name.startswith(manifest_tmp) and p.name.endswith(".tmp"))]
+        except OSError as exc:
+            raise ToolkitError(f"cannot read run folder {self.root}: {exc.strerror}") from None
+        if not entries:
+            return False
+        if self.manifest_path.is_file() and is_run_manifest(self._read_manifest()):
+            return True
+        raise ToolkitError(f"{self.root} is not a toolkit run folder (it holds files but no manifest.json of a "
+                           f"toolkit run): not deleting or writing into it; give the run another name or output_dir")
+
+    def _read_manifest(self) -> dict:
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ToolkitError(f"cannot read the run manifest {self.manifest_path}: {exc.strerror}") from None
+        except ValueError as exc:  # not JSON, or not UTF-8
+            reason = str(exc).splitlines()[0][:120]
+            raise ToolkitError(f"run manifest {self.manifest_path} is corrupt ({reason}): move {self.root} aside "
+                               f"(nothing was deleted) and run again to start over; the teacher cache is untouched") \
+                from None
+        if not isinstance(manifest, dict):
+            raise ToolkitError(f"run manifest {self.manifest_path} is corrupt (not a JSON object): move {self.root} "
+                               f"aside (nothing was deleted) and run again to start over; the teacher cache is "
+                               f"untouched")
+        return manifest
 
     def sweep_temporaries(self) -> None:
         """Remove what a killed run was still writing: temp files and half-saved model folders."""
