@@ -8,7 +8,7 @@ from pathlib import Path
 
 import openai
 
-from toolkit.errors import ModelError
+from toolkit.errors import ModelError, redact
 from toolkit.llama_server import LlamaServer
 
 from toolkit.eval.generate import default_threads
@@ -56,7 +56,7 @@ class OpenAIGenerator:
             raise ModelError(f"OpenAI-compatible endpoint {self.base_url} is unreachable") from None
         except openai.APIStatusError as exc:
             raise ModelError(f"endpoint {self.base_url} answered {exc.status_code} to /models: "
-                             f"{str(exc.message).splitlines()[0]}") from None
+                             f"{redact(str(exc.message), [self.client.api_key]).splitlines()[0]}") from None
 
     def _one(self, messages, max_new_tokens: int, temperature: float) -> str:
         try:
@@ -66,7 +66,7 @@ class OpenAIGenerator:
             raise ModelError(f"OpenAI-compatible endpoint {self.base_url} is unreachable") from None
         except openai.APIStatusError as exc:
             raise ModelError(f"endpoint {self.base_url} answered {exc.status_code}: "
-                             f"{str(exc.message).splitlines()[0]}") from None
+                             f"{redact(str(exc.message), [self.client.api_key]).splitlines()[0]}") from None
         if not resp.choices:
             raise ModelError(f"endpoint {self.base_url} returned no choices for model {self.model}")
         return resp.choices[0].message.content or ""

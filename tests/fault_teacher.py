@@ -19,7 +19,8 @@ four, so votes and answer filters have something to do); a question-writing requ
 arithmetic word problems this server can solve. Every attempt is one JSON line in the log
 (`body`, `attempt`, `fault`, `auth`, `t0` arrival, `t` end); `fault` is "ok" once the answer was written whole.
 
-With `--api-key-env VAR`, a request without `Authorization: Bearer $VAR` is refused with 401.
+With `--api-key-env VAR`, a request without `Authorization: Bearer $VAR` is refused with 401; with `--echo-auth`
+every error body repeats the request's key and its Authorization header, as careless servers do.
 POST /_control takes JSON: `down` (true: every request is refused with 503), `stall_after` (after
 that many answered requests, hold every new one unanswered until the next control call; logged as
 "stalled"), `rates`. The tests stop the server by its PID.
@@ -105,6 +106,7 @@ class _State:
         self.delay_s = args.delay_s
         self.max_faults = args.max_faults
         self.api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+        self.echo_auth = args.echo_auth
         self.log = open(args.log, "a", buffering=1)
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
@@ -154,6 +156,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _error(self, code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        if self.state.echo_auth:  # as careless servers do: the key, bare and as the header, in the error body
+            auth = self.headers.get("Authorization") or ""
+            message += f": {auth.removeprefix('Bearer ')} (request header Authorization: {auth})"
         self._send(code, json.dumps({"error": {"message": message, "type": "fault", "code": code}}).encode(),
                    headers)
 
@@ -237,13 +242,15 @@ class FaultTeacher:
 
     def __init__(self, log: Path, *, seed: int = 0, rates: dict[str, float] | None = None,
                  retry_after: float = 0.2, hang_s: float = 3.0, max_faults: int = 3,
-                 api_key_env: str | None = None, delay_s: float = 0.0):
+                 api_key_env: str | None = None, delay_s: float = 0.0, echo_auth: bool = False):
         self.log = Path(log)
         self.args = ["--log", str(self.log), "--seed", str(seed), "--rates", json.dumps(rates or {}),
                      "--retry-after", str(retry_after), "--hang-s", str(hang_s), "--max-faults", str(max_faults),
                      "--delay-s", str(delay_s)]
         if api_key_env:
             self.args += ["--api-key-env", api_key_env]
+        if echo_auth:
+            self.args += ["--echo-auth"]
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -298,6 +305,7 @@ def main() -> None:
     p.add_argument("--max-faults", type=int, default=3)
     p.add_argument("--delay-s", type=float, default=0.0, help="seconds before each good answer")
     p.add_argument("--api-key-env", default=None, help="check `Authorization: Bearer $VAR` (logged as auth)")
+    p.add_argument("--echo-auth", action="store_true", help="error bodies repeat the request's key and header")
     args = p.parse_args()
     Handler.state = _State(args)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

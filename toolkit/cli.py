@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from toolkit import __version__
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, redact
 
 
 def _quiet_libraries() -> None:
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ToolkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)  # a server's text may quote a key
         return exc.exit_code
     except OSError as exc:  # a write the stages did not expect to fail: full disk, read-only folder
         from toolkit.storage import write_failure

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
+import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal
 
 import yaml
@@ -11,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from toolkit.errors import RecipeError
 
+log = logging.getLogger(__name__)
 
 class _Section(BaseModel):
     # Unknown keys are errors: a typo such as `epoch:` must not silently fall back to a default.
@@ -71,13 +75,38 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 def _check_url(url: str) -> str:
-    if not url.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
-    if "@" in url.split("//", 1)[1].split("/", 1)[0]:
-        # A URL with user:key@ would land in the manifest and in error messages.
+    # The URL lands in the manifest, logs and error messages, so it must not carry a secret: no
+    # user:key@, no ?api-key=…, no #… (the value is never echoed back, see _describe).
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
         raise ValueError("must not carry credentials; put the key in an environment variable named by "
                          "api_key_env")
+    if "?" in url or "#" in url:
+        raise ValueError("must not have a query string or a fragment (a key there would be written to the "
+                         "manifest); put the key in an environment variable named by api_key_env")
     return url
+
+
+def _plain_http_host(url: str | None) -> str | None:
+    """The host of an http:// URL that leaves this machine (the key and prompts travel unencrypted)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return host
 
 
 class EndpointConfig(_Section):
@@ -466,6 +495,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     except RecursionError:
         raise RecipeError(f"{path}: a YAML alias refers to itself") from None
     recipe.base_dir = path.resolve().parent
+    t = recipe.teacher
+    for url in [t.base_url] + [e.base_url for e in t.endpoints or []]:
+        host = _plain_http_host(url)
+        if host:
+            log.warning("warning: %s: the teacher at %s is reached over plain http://: the API key and every "
+                        "prompt travel unencrypted; use https:// unless that network is yours", path, host)
     return recipe
 
 

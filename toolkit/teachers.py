@@ -14,7 +14,7 @@ import openai
 
 from toolkit.cache import RequestCache, request_key
 from toolkit.endpoints import ENDPOINT_REFUSALS, Endpoint, backoff_s, pick, retry_after_s
-from toolkit.errors import TeacherError
+from toolkit.errors import TeacherError, redact
 from toolkit.llama_server import LlamaServer
 from toolkit.models import resolve_model
 from toolkit.recipe import TeacherConfig
@@ -137,6 +137,9 @@ class OpenAITeacher:
             raise TeacherError(f"{self._failure}; {done} of {total} requests are done and cached, "
                                f"run again to resume")
 
+    def _keys(self) -> list[str | None]:
+        return [self.api_key, *(e.api_key for e in self.endpoints)]
+
     def _give_up(self, message: str) -> None:
         if self._failure is None:
             self._failure = TeacherError(message)
@@ -149,7 +152,7 @@ class OpenAITeacher:
         hint = ""
         if exc.status_code in (401, 403) and self.api_key_env:
             hint = f" (the API key comes from ${self.api_key_env})"
-        why = f"{_short(exc)}{hint}"
+        why = f"{_short(exc, self._keys())}{hint}"
         if exc.status_code in ENDPOINT_REFUSALS and any(e is not ep and e.refused is None for e in self.endpoints):
             ep.refused = why
             log.warning("teacher at %s refused the request (%s); going on with the other endpoints", ep.base_url, why)
@@ -214,7 +217,7 @@ class OpenAITeacher:
                 continue  # fail over at once to an endpoint that is up and this request has not failed on
             if retries == self.max_retries:
                 self._give_up(f"teacher at {self.base_url} failed {attempts} times "
-                              f"({type(error).__name__}: {_short(error)})")
+                              f"({type(error).__name__}: {_short(error, self._keys())})")
                 return None
             wait = backoff_s(retries, retry_after_s(getattr(getattr(error, "response", None), "headers", None)),
                              self._rng, self.backoff_base_s)
@@ -225,8 +228,11 @@ class OpenAITeacher:
         return None
 
 
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+def _short(exc: Exception, keys: list[str | None] = ()) -> str:
+    """The first line of a failure, at most 200 characters, with keys redacted: a server's error body may
+    repeat our Authorization header or the key itself (redacted before cutting, so no key is half-shown)."""
+    text = redact(str(exc), keys).splitlines()
+    return text[0][:200] if text and text[0] else type(exc).__name__
 
 
 def endpoints_of(cfg: TeacherConfig) -> list[Endpoint]:
