@@ -4,20 +4,58 @@ Both executors take a runner spec (see bench_runner.run) and return the runner's
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from toolkit.errors import ToolkitError
 
-RUNNER_FILES = ("bench_runner.py", "machine.py", "safetar.py")  # self-contained: all the device needs besides its runtime
+# Self-contained: all the device needs besides its runtime (safetar.py unpacks a bundle there).
+RUNNER_FILES = ("bench_runner.py", "machine.py", "safetar.py")
 
 
 class BenchError(ToolkitError):
     """The benchmark could not run: the runner failed, the device is unreachable, or the model is unusable."""
+
+
+# What ssh and scp accept as a destination without reading it as an option or a second word: DNS names
+# (labels of letters, digits and inner hyphens), IP literals, and POSIX-style user names. Nothing may
+# start with "-" (ssh would take `-oProxyCommand=…` as an option and run it).
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_remote(url: str) -> tuple[str | None, str, int]:
+    """(user, host, port) of `ssh://[user@]host[:port]`; a BenchError for anything else (the URL is not echoed
+    whole: it may hold a password)."""
+    usage = "--remote wants ssh://[user@]host[:port]"
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 22
+    except ValueError:
+        raise BenchError(f"{usage}: the port is not a number from 1 to 65535") from None
+    if parts.scheme != "ssh" or not parts.hostname:
+        raise BenchError(f"{usage} (no ssh:// or no host)")
+    if parts.password is not None:
+        raise BenchError(f"{usage}: no password in the URL; ssh logs in with keys (--ssh-option IdentityFile=…)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BenchError(f"{usage}: no path, query or fragment")
+    host = parts.hostname
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.match(host):
+            raise BenchError(f"{usage}: host {host[:80]!r} is not a host name or IP address") from None
+    user = parts.username
+    if user is not None and not _USER.match(user):
+        raise BenchError(f"{usage}: user {user[:40]!r} is not a plain user name")
+    return user, host, port
 
 
 def _parse(stdout: str, where: str) -> dict:
@@ -48,18 +86,19 @@ class RemoteExecutor:
     never a password prompt); `options` are passed as `-o KEY=VALUE` (e.g. IdentityFile=…)."""
 
     def __init__(self, url: str, model: Path, python: str = "python3", options: tuple[str, ...] = ()):
-        parsed = urlparse(url)
-        if parsed.scheme != "ssh" or not parsed.hostname:
-            raise BenchError(f"--remote wants ssh://[user@]host[:port], got {url!r}")
-        self.target = f"{parsed.username}@{parsed.hostname}" if parsed.username else parsed.hostname
-        self.port = str(parsed.port or 22)
+        user, host, port = parse_remote(url)
+        self.target = f"{user}@{host}" if user else host
+        # scp reads HOST:PATH, so an IPv6 literal needs its brackets there
+        self.scp_target = f"{user}@[{host}]" if ":" in host and user else f"[{host}]" if ":" in host else self.target
+        self.port = str(port)
         self.where = f"{self.target}:{self.port}"
         self.model, self.python = Path(model), python
         self.opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15"] + [x for o in options for x in ("-o", o)]
         self.dir: str | None = None
 
     def _ssh(self, command: str, timeout: float | None = None) -> str:
-        proc = subprocess.run(["ssh", "-p", self.port, *self.opts, self.target, command],
+        # "--": nothing after it is read as an option, whatever the destination looks like
+        proc = subprocess.run(["ssh", "-p", self.port, *self.opts, "--", self.target, command],
                               capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise BenchError(f"ssh {self.where} `{command[:60]}` failed ({proc.returncode}): "
@@ -70,7 +109,8 @@ class RemoteExecutor:
         self.dir = self._ssh("mktemp -d", timeout=60).strip()
         here = Path(__file__).parent
         files = [str(here / f) for f in RUNNER_FILES] + [str(self.model)]
-        proc = subprocess.run(["scp", "-q", "-r", "-P", self.port, *self.opts, *files, f"{self.target}:{self.dir}/"],
+        proc = subprocess.run(["scp", "-q", "-r", "-P", self.port, *self.opts, "--", *files,
+                               f"{self.scp_target}:{self.dir}/"],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             self.__exit__()
@@ -85,6 +125,6 @@ class RemoteExecutor:
 
     def __exit__(self, *exc) -> None:
         if self.dir:
-            subprocess.run(["ssh", "-p", self.port, *self.opts, self.target, f"rm -rf {shlex.quote(self.dir)}"],
+            subprocess.run(["ssh", "-p", self.port, *self.opts, "--", self.target, f"rm -rf {shlex.quote(self.dir)}"],
                            capture_output=True, timeout=60)
             self.dir = None

@@ -72,7 +72,8 @@ def check_members(tar: tarfile.TarFile, dest: Path, *, max_members: int = MAX_ME
             raise UnsafeArchive(f"member {member.name!r}: {exc}") from None
         if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
             kind = ("a symlink" if member.issym() else "a hardlink" if member.islnk() else
-                    "a fifo" if member.isfifo() else "a device" if member.isdev() else "a sparse file" if member.issparse() else "not a plain file")
+                    "a fifo" if member.isfifo() else "a device" if member.isdev() else
+                    "a sparse file" if member.issparse() else "not a plain file")
             raise UnsafeArchive(f"member {member.name!r} is {kind}; a bundle holds plain files and folders only")
         # Resolved against the real destination: nothing we write can land outside it.
         target = (root / rel).resolve() if rel != PurePosixPath(".") else root

@@ -116,3 +116,46 @@ def test_unreachable_device_is_one_line_error(smollm2_gguf, tmp_path):
                         ["StrictHostKeyChecking=no"], tmp_path / "x.json", tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ssh ") and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("url", [
+    "ssh://-oProxyCommand=touch${IFS}{marker}",
+    "ssh://-oProxyCommand=touch${IFS}{marker}@127.0.0.1",
+    "ssh://nobody@-oProxyCommand=touch${IFS}{marker}",
+    "ssh://user:secret@127.0.0.1",
+    "ssh://us er@127.0.0.1",
+    "ssh://127.0.0.1/some/path",
+])
+def test_a_hostile_remote_url_never_reaches_ssh(tmp_path, url):
+    """A host or user that ssh would read as an option (-oProxyCommand=… runs a command here) is refused in one
+    line before ssh or scp runs."""
+    marker = tmp_path / "pwned"  # a relative name: no "/" to end the URL's host part early; cwd is tmp_path
+    proc = toolkit("bench", "pkg:smollm2-135m-instruct", "--remote", url.replace("{marker}", "pwned"), "--allow-busy",
+                   "--out", str(tmp_path / "x.json"), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --remote") and proc.stderr.count("\n") == 1, \
+        proc.stderr
+    assert "secret" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_ssh_and_scp_get_the_destination_after_a_double_dash(tmp_path, monkeypatch):
+    from toolkit.eval import remote
+
+    calls: list[list[str]] = []
+
+    def fake_run(argv, **kwargs):
+        calls.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, stdout="/tmp/remote-dir\n", stderr="")
+
+    monkeypatch.setattr(remote.subprocess, "run", fake_run)
+    model = tmp_path / "-m.gguf"  # a file name that looks like an option, too
+    model.write_bytes(b"GGUF")
+    with remote.RemoteExecutor("ssh://pi@raspberrypi.local:2222", model, options=("IdentityFile=/k",)):
+        pass
+    assert [c[0] for c in calls] == ["ssh", "scp", "ssh"]
+    for argv in calls:
+        at = argv.index("--")
+        assert all(not a.startswith("-") for a in argv[at + 1:] if a != str(model)), argv
+        assert "pi@raspberrypi.local" in argv[at + 1] or argv[0] == "scp"
+    scp = calls[1]
+    assert scp.index("--") < scp.index(str(model)) and scp[-1] == "pi@raspberrypi.local:/tmp/remote-dir/"

@@ -75,3 +75,69 @@ def test_distill_trains_with_two_processes(tmp_path, tiny_model_dir, teacher_ser
     assert len((run / "round-0" / "train_log.jsonl").read_text().splitlines()) == 3
     assert (run / "round-0" / "student" / "model.safetensors").is_file()
     assert "round-0/eval" in json.loads((run / "manifest.json").read_text())["stages"]
+
+
+def _listening_sockets_of_our_children() -> list[tuple[int, str, int]]:
+    """(pid, local address, port) of every listening TCP socket held by a descendant of this process."""
+    import os
+    import socket
+    import struct
+    from pathlib import Path
+
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    ours, me = set(), os.getpid()
+    for pid in parent:
+        p = pid
+        while p in parent and p not in (0, 1):
+            if parent[p] == me:
+                ours.add(pid)
+                break
+            p = parent[p]
+    listening = {}  # socket inode -> (address, port)
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A":  # LISTEN
+                continue
+            hex_addr, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            # /proc prints the address as host-order 32-bit words
+            raw = b"".join(struct.pack("<I", struct.unpack(">I", raw[i:i + 4])[0]) for i in range(0, len(raw), 4))
+            listening[cols[9]] = (socket.inet_ntop(family, raw), int(hex_port, 16))
+    out = []
+    for pid in ours:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in listening:
+                    out.append((pid, *listening[target[8:-1]]))
+        except OSError:
+            continue
+    return out
+
+
+def test_single_node_training_listens_on_loopback_only(tiny_model_dir, tmp_path):
+    """torch's rendezvous store (and gloo's own sockets) bind every interface unless told otherwise: a
+    one-machine job must accept connections from this machine only."""
+    import ipaddress
+
+    cfg = TrainConfig(max_steps=3, batch_size=2, seq_len=48, lr=3e-3, threads=1, checkpoint_every=0, processes=2,
+                      master_addr="127.0.0.1")
+    rows = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    job = write_job(tmp_path / "job" / "train-job.json", student=str(tiny_model_dir), base_dir=None, rows=rows,
+                    cfg=cfg, out=tmp_path / "out", seed=5)
+    seen: list[tuple[int, str, int]] = []
+
+    def on_step(row: dict) -> None:
+        if row["step"] == 1:  # the workers and the store are up mid-training
+            seen.extend(_listening_sockets_of_our_children())
+
+    launch(job, threads=1, on_step=on_step)
+    assert seen, "no listening socket found while the job ran"
+    assert all(ipaddress.ip_address(addr).is_loopback for _, addr, _ in seen), seen

@@ -61,17 +61,51 @@ def run_job(job_path: Path) -> dict:
     return stats
 
 
+# On one machine the rendezvous port is chosen by the torchrun wrapper below, which binds it itself.
+_LOCAL_PORT = "0"
+
+
 def launch_cmd(job_path: Path, cfg: TrainConfig, node_rank: int = 0) -> list[str]:
-    """The torchrun command of one machine: `cfg.processes` workers; alone, rendezvous on a free local port."""
+    """The torchrun command of one machine: `cfg.processes` workers.
+
+    Alone (one node), torchrun runs inside `python -m toolkit.train_job --torchrun-on-loopback`, whose
+    rendezvous store listens on 127.0.0.1 only (see _torchrun_on_loopback); several nodes rendezvous at
+    master_addr:master_port, which the other machines must reach.
+    """
     if cfg.nodes == 1:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            addr, port = "127.0.0.1", s.getsockname()[1]
+        head = [sys.executable, "-m", "toolkit.train_job", "--torchrun-on-loopback"]
+        addr, port = "127.0.0.1", _LOCAL_PORT
     else:
-        addr, port = cfg.master_addr, cfg.master_port
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(cfg.nodes), "--node-rank", str(node_rank),
-            "--nproc-per-node", str(cfg.processes), "--master-addr", addr, "--master-port", str(port),
+        head = [sys.executable, "-m", "torch.distributed.run"]
+        addr, port = cfg.master_addr, str(cfg.master_port)
+    return [*head, "--nnodes", str(cfg.nodes), "--node-rank", str(node_rank),
+            "--nproc-per-node", str(cfg.processes), "--master-addr", addr, "--master-port", port,
             "-m", "toolkit.train_job", str(Path(job_path).resolve())]
+
+
+def _torchrun_on_loopback(args: list[str]) -> None:
+    """torchrun for one machine with its rendezvous store listening on 127.0.0.1 only.
+
+    torch's TCPStore server binds every interface (`::` or 0.0.0.0) whatever --master-addr says, so
+    anyone on the network could write into the job's store. A TCPStore can instead be handed a socket
+    that already listens: we bind one to 127.0.0.1, start the store on it as a multi-tenant server,
+    and torchrun's static rendezvous, which opens a multi-tenant store on the same port in this
+    process, gets this server instead of binding its own (tests/test_train_dist.py checks /proc/net).
+    """
+    import datetime
+
+    import torch.distributed as td
+    from torch.distributed.run import main as torchrun
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    store = td.TCPStore("127.0.0.1", port, None, True, datetime.timedelta(minutes=30), wait_for_workers=False,
+                        multi_tenant=True, master_listen_fd=sock.detach())  # the store owns and closes the fd
+    at = args.index("--master-port") + 1
+    torchrun([*args[:at], str(port), *args[at + 1:]])
+    del store  # kept alive until torchrun is done: the multi-tenant server lives as long as a store holds it
 
 
 def launch(job_path: Path, threads: int | None, on_step=None, log_path: Path | None = None) -> dict:
@@ -85,6 +119,11 @@ def launch(job_path: Path, threads: int | None, on_step=None, log_path: Path | N
     result, progress = Path(job["result"]), Path(job["progress"])
     result.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}
+    if cfg.nodes == 1 and sys.platform.startswith("linux"):
+        # gloo's and NCCL's own worker-to-worker sockets: loopback too (by default the interface of the
+        # host name, which may face the network).
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        env.setdefault("NCCL_SOCKET_IFNAME", "lo")
     log = open(log_path or Path(job_path).with_name("train-processes.log"), "ab")
     proc = subprocess.Popen(launch_cmd(job_path, cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
@@ -114,4 +153,7 @@ def _report(progress: Path, seen: int, on_step) -> int:
 
 
 if __name__ == "__main__":
-    run_job(Path(sys.argv[1]))
+    if sys.argv[1:2] == ["--torchrun-on-loopback"]:
+        _torchrun_on_loopback(sys.argv[2:])
+    else:
+        run_job(Path(sys.argv[1]))
