@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import sandbox
+from toolkit import sandbox, seccomp
 from toolkit.sandbox import SandboxResult, run_program, run_programs
 
 
@@ -284,7 +285,7 @@ ATTACK_USER = "tk-sandbox-attack"
 HELPER = r'''
 import json, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from toolkit import sandbox
+from toolkit import sandbox, seccomp
 
 def survivors(marker):
     found = []
@@ -546,6 +547,33 @@ def test_attack_home_and_project_are_not_readable(attacker):
         assert token not in text and project_line not in text and "pyproject.toml" not in text, result
     finally:
         secret.unlink()
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The seccomp filter.
+
+HEADERS = {"x86_64": "/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "aarch64": "/usr/include/asm-generic/unistd.h"}
+
+
+@pytest.mark.parametrize("machine, column", [("x86_64", 0), ("aarch64", 1)])
+def test_seccomp_syscall_numbers_match_the_kernel_headers(machine, column):
+    header = Path(HEADERS[machine])
+    if not header.is_file():
+        pytest.skip(f"{header} is not installed (Debian: linux-libc-dev)")
+    defined = dict(re.findall(r"#define __NR_(\w+)\s+(\d+)", header.read_text()))
+    assert {name: int(defined[name]) for name in seccomp.DENIED} == {n: nrs[column] for n, nrs in seccomp.DENIED.items()}
+
+
+def test_seccomp_filter_is_in_force():
+    if seccomp.program() is None:
+        pytest.skip("no seccomp syscall table for this machine")
+    # keyctl reads the kernel keyring, which no namespace hides; socket would open the network stack.
+    code = ("import ctypes, errno, socket\nlibc = ctypes.CDLL(None, use_errno=True)\nseen = []\n"
+            "seen.append(libc.syscall(%d, 0, -3, 0, 0, 0) == -1 and ctypes.get_errno() == errno.EPERM)\n"
+            "try:\n    socket.socket(socket.AF_UNIX)\n    seen.append(False)\nexcept PermissionError:\n"
+            "    seen.append(True)\nanswer = repr(seen)") % seccomp.DENIED["keyctl"][seccomp.ARCHES[os.uname().machine][1]]
+    _assert_normal(run_program(HOOK_OFF + code), "[True, True]")
 
 
 # ---------------------------------------------------------------------------------------------------------
