@@ -13,6 +13,15 @@ if [ ! -x /usr/sbin/sshd ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/nul
     apt-get install -y -q openssh-server >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q openssh-server >/dev/null; } || echo "openssh-server not installed: remote-bench tests will skip"
 fi
 
+# Program-of-thought runs model-written programs under bubblewrap and refuses to run them without it.
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get install -y -q bubblewrap >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null; } || echo "bubblewrap not installed: program-of-thought will refuse to run"
+    else
+        echo "program-of-thought needs bubblewrap: install it (sudo apt-get install bubblewrap; dnf or pacman install bubblewrap)"
+    fi
+fi
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 
