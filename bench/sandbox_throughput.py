@@ -1,12 +1,16 @@
-"""PoT sandbox throughput: programs per second for 200 small programs, with 1 and 2 workers."""
+"""PoT sandbox throughput: programs per second for 200 small programs, with 1 and 2 workers, median of 3 runs."""
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 import time
 
-from toolkit.sandbox import run_programs
+from _common import require_quiet
 
-PROGRAMS = 200
+from toolkit.errors import ToolkitError
+from toolkit.eval.machine import busy_check
+from toolkit.sandbox import prepare, run_programs
 
 
 def programs(n: int) -> list[str]:
@@ -15,17 +19,34 @@ def programs(n: int) -> list[str]:
             for i in range(n)]
 
 
+def rate(codes: list[str], workers: int) -> float:
+    """Programs per second for one pass over `codes`; every program must answer."""
+    start = time.perf_counter()
+    results = run_programs(codes, workers=workers)
+    seconds = time.perf_counter() - start
+    failed = [r for r in results if r.error_kind is not None]
+    if failed:
+        raise SystemExit(f"{len(failed)} programs failed, e.g. {failed[0]}")
+    return len(codes) / seconds
+
+
 def main() -> None:
-    codes = programs(PROGRAMS)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--programs", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--force", action="store_true", help="time even on a busy machine (rows say busy)")
+    args = ap.parse_args()
+    require_quiet(2, args.force)
+    try:
+        confined = prepare()  # the figure is for the bubblewrap sandbox, unless TOOLKIT_SANDBOX=unsafe says not
+    except ToolkitError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    codes = programs(args.programs)
     for workers in (1, 2):
-        start = time.perf_counter()
-        results = run_programs(codes, workers=workers)
-        seconds = time.perf_counter() - start
-        failed = [r for r in results if r.error_kind is not None]
-        if failed:
-            raise SystemExit(f"{len(failed)} programs failed, e.g. {failed[0]}")
-        print(json.dumps({"programs": PROGRAMS, "workers": workers, "seconds": round(seconds, 3),
-                          "programs_per_s": round(PROGRAMS / seconds, 1)}), flush=True)
+        busy = busy_check(workers)["busy"]
+        rates = [round(rate(codes, workers), 1) for _ in range(args.repeats)]
+        print(json.dumps({"programs": args.programs, "workers": workers, "confined": confined, "runs": rates,
+                          "programs_per_s": statistics.median(rates), "busy": busy}), flush=True)
 
 
 if __name__ == "__main__":
