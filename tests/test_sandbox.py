@@ -600,6 +600,15 @@ def test_without_bubblewrap_programs_are_refused(no_bwrap):
         _one_line_refusal(f"error: {refused.value}")
 
 
+def test_a_bubblewrap_that_cannot_make_a_sandbox_is_refused(no_bwrap, monkeypatch):
+    """The self-test runs a real program: a bwrap that starts but cannot confine (here one that fails at
+    once, as bwrap does where user namespaces are disabled) is as good as none."""
+    monkeypatch.setenv("TOOLKIT_BWRAP", shutil.which("false"))
+    with pytest.raises(sandbox.SandboxUnavailable, match="cannot make a sandbox here .*user namespaces") as refused:
+        run_program("answer = 1")
+    assert "\n" not in str(refused.value)
+
+
 def test_unsafe_mode_runs_unconfined_and_warns(no_bwrap, monkeypatch, capsys):
     monkeypatch.setenv("TOOLKIT_SANDBOX", "unsafe")
     _assert_normal(run_program("answer = 6 * 7"), "42")

@@ -532,7 +532,8 @@ def _problem(binary: str | None, uid: int) -> str | None:
         return None
     detail = (result.output.strip().splitlines() or [result.error or "no answer"])[0][:200]
     return (f"bubblewrap ({binary}) cannot make a sandbox here ({detail}): enable unprivileged user namespaces "
-            "(sysctl kernel.unprivileged_userns_clone=1 user.max_user_namespaces=10000)")
+            "(sysctl user.max_user_namespaces=10000 kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 "
+            "kernel.apparmor_restrict_unprivileged_userns=0)")
 
 
 def confinement_problem() -> str | None:
