@@ -148,3 +148,23 @@ def test_a_cache_file_that_is_not_sqlite_is_one_line(tmp_path):
     bad.write_bytes(b"this is not a database" * 300)
     with pytest.raises(ToolkitError, match=f"teacher cache {bad} is corrupt.*move it aside or set TOOLKIT_CACHE"):
         RequestCache(bad)
+
+
+def test_a_cache_from_before_checksums_is_still_served(tmp_path):
+    """Teacher caches written before entries carried checksums: their answers are served (they cost money),
+    new entries get checksums."""
+    from toolkit.cache import RequestCache
+
+    path = tmp_path / "teacher.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE completions (key TEXT PRIMARY KEY, model TEXT, request TEXT, completion TEXT, "
+               "created REAL)")
+    db.execute("INSERT INTO completions VALUES ('old', 'm', '{}', 'The answer is 4.', 0)")
+    db.commit()
+    db.close()
+    cache = RequestCache(path)
+    cache.put("new", "m", {}, "The answer is 5.")
+    assert (cache.get("old"), cache.get("new"), len(cache)) == ("The answer is 4.", "The answer is 5.", 2)
+    cache.close()
+    digests = dict(sqlite3.connect(path).execute("SELECT key, digest FROM completions"))
+    assert digests["old"] is None and len(digests["new"]) == 16

@@ -58,7 +58,11 @@ class RequestCache:
             )
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}
             if "digest" not in columns:  # a cache written before entries had checksums
-                self._db.execute("ALTER TABLE completions ADD COLUMN digest BLOB")
+                try:
+                    self._db.execute("ALTER TABLE completions ADD COLUMN digest BLOB")
+                except sqlite3.OperationalError as exc:  # another process added it a moment ago
+                    if "duplicate column" not in str(exc):
+                        raise
             self._db.commit()
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError):  # cannot open or write: a folder or permission problem
