@@ -46,8 +46,10 @@ def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens
     prompts = [build_messages(p.question, strategy, shots) for p in problems]
     outputs = generator.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0, on_done=on_done)
     answers = final_answers(strategy, outputs)
+    calculator = bool(getattr(generator, "calculator", False))
+    counts = generator.calc_counts if calculator else [(None, None)] * len(outputs)
     rows = []
-    for prob, prompt, out, (used, strict) in zip(problems, prompts, outputs, answers):
+    for prob, prompt, out, (used, strict), (forced, changed) in zip(problems, prompts, outputs, answers, counts):
         body = split_tag(out)[1] if strategy == "auto" else out
         flexible = strict if used == "pot" else extract_flexible(body)
         rows.append({
@@ -56,6 +58,7 @@ def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens
             "strict_match": answers_match(strict, prob.answer),
             "flexible_extract": answers_match(flexible, prob.answer),
             "prompt_hash": _sha(str(prompt)), "output_hash": _sha(out),
+            "calculator": calculator, "calc_forced": forced, "calc_changed": changed,
         })
     n = len(rows)
     metrics: dict = {"n": n}
@@ -64,6 +67,8 @@ def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens
         p = k / n if n else 0.0
         lo, hi = wilson_interval(k, n)
         metrics.update({key: p, f"{key}_stderr": stderr(p, n), f"{key}_ci95": [lo, hi]})
+    if calculator:  # results the calculator forced, and those that differed from the model's own
+        metrics.update(calc_forced=sum(r["calc_forced"] for r in rows), calc_changed=sum(r["calc_changed"] for r in rows))
     if strategy != "cot":
         metrics["strategies"] = strategy_stats([r["strategy"] for r in rows], [r["strict_match"] for r in rows])
     return metrics, rows
@@ -84,7 +89,8 @@ def evaluate(generator: Generator, suites: dict[str, list[Problem]], out_path: P
         results[name] = metrics
         atomic_write_jsonl(out_path.parent / f"samples_{name}.jsonl", rows)
     report = {
-        "model": model, "backend": generator.name, "strategy": strategy, "results": results,
+        "model": model, "backend": generator.name, "strategy": strategy,
+        "calculator": bool(getattr(generator, "calculator", False)), "results": results,
         "config": {"max_new_tokens": max_new_tokens, "temperature": 0.0, **getattr(generator, "config", {}),
                    **(config or {})},
         "versions": versions(), "duration_s": round(time.perf_counter() - start, 2),

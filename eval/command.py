@@ -33,6 +33,9 @@ def add_eval_arguments(e: argparse.ArgumentParser) -> None:
                         "train split (GSM8K) or a fixed set, never from the evaluated problems")
     e.add_argument("--seed", type=int, default=1234, help="seed of the few-shot draw and of any sampling")
     e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--calculator", action="store_true",
+                   help="compute the arithmetic the model writes before '=' and force the result's tokens "
+                        "(every local backend and llama.cpp-server; not a remote openai endpoint)")
     e.add_argument("--batch-size", type=int, default=16, help="prompts per batch (torch, onnx, genai)")
     e.add_argument("--concurrency", type=int, default=4, help="requests in flight (openai)")
     e.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
@@ -80,7 +83,8 @@ def run_eval(args: argparse.Namespace) -> int:
     shots = {s: fewshot_examples(s, args.fewshot, data_root, problems[s], seed=args.seed) for s in suites}
     export = export_info(args.model) if not args.model.startswith("openai:") else None
     gen = open_generator(args.model, args.backend, batch_size=args.batch_size, threads=args.threads,
-                         seed=args.seed, concurrency=args.concurrency, api_key_env=args.api_key_env)
+                         seed=args.seed, concurrency=args.concurrency, api_key_env=args.api_key_env,
+                         calculator=args.calculator)
     console = Console(quiet=args.quiet)
     config = {"limit": args.limit, "suites": suites, "fewshot": args.fewshot, "seed": args.seed}
     if sandbox:
@@ -99,7 +103,8 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report["results"], indent=2))
         return 0
-    table = Table(title=f"{args.model} ({report['backend']}, {report['duration_s']:.1f} s)")
+    calc = ", calculator" if report["calculator"] else ""
+    table = Table(title=f"{args.model} ({report['backend']}{calc}, {report['duration_s']:.1f} s)")
     for col in ("suite", "n", "strict match", "flexible extract"):
         table.add_column(col)
     for name, r in report["results"].items():

@@ -7,6 +7,7 @@ from pathlib import Path
 from toolkit.errors import ModelError
 from toolkit.integrity import check_onnx_folder
 
+from toolkit.eval.calc_decode import assistant_prefix, hf_sequence, steer_numpy
 from toolkit.eval.generate import default_threads, length_sorted_batches
 from toolkit.eval.prompts import cut_at_stop, render
 
@@ -20,6 +21,7 @@ class GenaiGenerator:
     """
 
     name = "genai"
+    calculator = False
 
     def __init__(self, path: Path, batch_size: int = 16, threads: int | None = None, seed: int = 0):
         import onnxruntime_genai as og
@@ -54,6 +56,7 @@ class GenaiGenerator:
         rendered = [render(self.tok, p) for p in prompts]
         ids = [self.tok(text, add_special_tokens=False)["input_ids"] for text, _ in rendered]
         results: dict[int, str] = {}
+        counts: dict[int, tuple[int, int]] = {}
         for idx in length_sorted_batches([len(i) for i in ids], self.batch_size):
             width = max(len(ids[i]) for i in idx)
             if width + 1 > self.context:
@@ -67,18 +70,40 @@ class GenaiGenerator:
             params.set_search_options(**search)
             gen = self.og.Generator(self.model, params)
             gen.append_tokens(batch)
+            seqs = [hf_sequence(self.tok, assistant_prefix(prompts[i])) for i in idx] if self.calculator else []
             while not gen.is_done():
-                gen.generate_next_token()
+                if seqs:
+                    steer_rows(gen, seqs, self.eos_ids)
+                else:
+                    gen.generate_next_token()
             for row, i in enumerate(idx):
                 new = [int(t) for t in gen.get_sequence(row)[width:]]
                 # A finished row keeps being padded while others decode: cut at its first end token.
                 end = next((k for k, t in enumerate(new) if t in self.eos_ids), len(new))
                 text = self.tok.decode(new[:end], skip_special_tokens=True)
                 results[i] = cut_at_stop(text, rendered[i][1])
+                counts[i] = (seqs[row].forced, seqs[row].changed) if seqs else (0, 0)
             del gen
             if on_done:
                 on_done(len(idx))
+        self.calc_counts = [counts[i] for i in range(len(prompts))]
         return [results[i] for i in range(len(prompts))]
 
     def close(self) -> None:
         pass
+
+
+def steer_rows(gen, seqs, eos_ids: set[int]) -> None:
+    """Run one genai step with the calculator: logits are replaced (all rows at once, as genai takes
+    them) only when some row must take a chosen token; then each live row's new token is fed back."""
+    busy = [row for row, seq in enumerate(seqs) if seq.pending and not seq.ended]
+    if busy:
+        logits = gen.get_logits().copy()  # (batch, 1, vocab): the scores of the token this step picks
+        for row in busy:
+            logits[row, -1] = steer_numpy(seqs[row], logits[row, -1])
+        gen.set_logits(logits)
+    gen.generate_next_token()
+    for seq, tok in zip(seqs, gen.get_next_tokens().tolist()):
+        if not seq.ended:
+            seq.push(tok)
+            seq.ended = tok in eos_ids

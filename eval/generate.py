@@ -20,11 +20,15 @@ class Generator(Protocol):
     """What every backend offers: greedy (temperature 0) or sampled chat completions, in prompt order.
 
     `config` describes the backend's settings (threads, batch size, prompt format) for the results JSON;
-    `close()` releases what it holds (a server process, a session).
+    `close()` releases what it holds (a server process, a session). With `calculator` on, arithmetic
+    the model writes before `=` is computed and forced (eval/calc_decode.py), and `calc_counts` holds
+    (results forced, results that differed from the model's own) per prompt of the last `generate`.
     """
 
     name: str
     config: dict
+    calculator: bool
+    calc_counts: list[tuple[int, int]]
 
     def generate(self, prompts: list[Messages], max_new_tokens: int, temperature: float = 0.0,
                  on_done: Callable[[int], None] | None = None) -> list[str]: ...
@@ -47,6 +51,7 @@ class TorchGenerator:
     """`model.generate` on left-padded batches: a transformers model, or optimum's ORT model (same API)."""
 
     name = "torch"
+    calculator = False
 
     def __init__(self, model, tokenizer, batch_size: int = 16, threads: int | None = None, seed: int = 0):
         import torch
@@ -73,6 +78,7 @@ class TorchGenerator:
         self.tok.padding_side = "left"  # decoder-only batches pad on the left so outputs line up
         rendered = [render(self.tok, p) for p in prompts]
         results: dict[int, str] = {}
+        counts: dict[int, tuple[int, int]] = {}
         if temperature > 0:
             torch.manual_seed(self.seed)
         for idx in length_sorted_batches([len(text) for text, _ in rendered], self.batch_size):
@@ -84,14 +90,24 @@ class TorchGenerator:
                 kwargs["temperature"] = temperature
             else:  # silence the model's generation_config sampling defaults under greedy decoding
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            seqs = []
+            if self.calculator:
+                from transformers import LogitsProcessorList
+
+                from toolkit.eval.calc_decode import TorchCalculator, assistant_prefix, hf_sequence
+
+                seqs = [hf_sequence(self.tok, assistant_prefix(prompts[i])) for i in idx]
+                kwargs["logits_processor"] = LogitsProcessorList([TorchCalculator(seqs, enc["input_ids"].shape[1])])
             with torch.inference_mode():
                 gen = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                           **kwargs)
             for row, i in enumerate(idx):
                 text = self.tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                 results[i] = cut_at_stop(text, rendered[i][1])
+                counts[i] = (seqs[row].forced, seqs[row].changed) if seqs else (0, 0)
             if on_done:
                 on_done(len(idx))
+        self.calc_counts = [counts[i] for i in range(len(prompts))]
         return [results[i] for i in range(len(prompts))]
 
     def close(self) -> None:
@@ -137,6 +153,7 @@ class LlamaCppGenerator:
     """
 
     name = "llama.cpp"
+    calculator = False
 
     def __init__(self, path: Path, n_ctx: int = 2048, threads: int | None = None, seed: int = 0):
         from llama_cpp import Llama
@@ -155,9 +172,12 @@ class LlamaCppGenerator:
                        "prompt_format": "chat template" if self.chat else "plain"}
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
+        if self.calculator:
+            return self._generate_with_calculator(prompts, max_new_tokens, temperature, on_done)
         if any(p and p[-1]["role"] == "assistant" for p in prompts):
             raise ModelError("a forced strategy tag (an assistant prefix) needs the torch, onnx or genai backend; "
                              "use --strategy auto or cot with llama.cpp")
+        self.calc_counts = [(0, 0)] * len(prompts)
         out = []
         for p in prompts:
             if self.chat:
@@ -172,8 +192,46 @@ class LlamaCppGenerator:
                 on_done(1)
         return out
 
+    def _generate_with_calculator(self, prompts, max_new_tokens, temperature, on_done):
+        """Raw completions of the prompt as create_chat_completion renders it (the GGUF's template, no
+        BOS added, the end token as stop), so that a logits processor sees every token and an assistant
+        prefix is continued, not closed."""
+        from toolkit.calculator import Sequence
+        from toolkit.eval.calc_decode import LlamaCppCalculator, assistant_prefix
+
+        out, self.calc_counts = [], []
+        for p in prompts:
+            text, stops = llama_prompt(self.llm, p)
+            ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+            seq = Sequence(lambda t: self.llm.detokenize(t).decode(errors="replace"),
+                           lambda t: self.llm.tokenize(t.encode(), add_bos=False, special=False), assistant_prefix(p))
+            resp = self.llm.create_completion(ids, max_tokens=max_new_tokens, temperature=temperature, seed=self.seed,
+                                              stop=stops, logits_processor=[LlamaCppCalculator(seq, len(ids))])
+            out.append(resp["choices"][0]["text"] or "")
+            self.calc_counts.append((seq.forced, seq.changed))
+            if on_done:
+                on_done(1)
+        return out
+
     def close(self) -> None:
         self.llm.close()
+
+
+def llama_prompt(llm, messages: Messages) -> tuple[str, list[str]]:
+    """(prompt text, stop strings) for a llama-cpp-python model: its GGUF chat template rendered as its
+    create_chat_completion does, or the plain completion format; a trailing assistant message is
+    continued (the generation prompt, then its text)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    prefix = ""
+    if messages and messages[-1]["role"] == "assistant":
+        messages, prefix = messages[:-1], messages[-1]["content"]
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return plain_text(messages) + (" " + prefix if prefix else ""), list(PLAIN_STOP)
+    special = [llm._model.token_get_text(t) if t != -1 else "" for t in (llm.token_eos(), llm.token_bos())]
+    result = Jinja2ChatFormatter(template=template, eos_token=special[0], bos_token=special[1])(messages=messages)
+    return result.prompt + prefix, [special[0]] if special[0] else []
 
 
 BACKENDS = ("auto", "torch", "onnx", "genai", "llama.cpp", "llama.cpp-server", "openai")
@@ -220,9 +278,22 @@ def _folder(model: str, backend: str, marker: str) -> Path:
 
 
 def open_generator(model: str, backend: str = "auto", *, batch_size: int = 16, threads: int | None = None,
-                   n_ctx: int = 2048, seed: int = 0, concurrency: int = 4,
-                   api_key_env: str = "OPENAI_API_KEY") -> Generator:
-    """The generator for a model reference under `backend` (`auto`: see `detect_backend`)."""
+                   n_ctx: int = 2048, seed: int = 0, concurrency: int = 4, api_key_env: str = "OPENAI_API_KEY",
+                   calculator: bool = False) -> Generator:
+    """The generator for a model reference under `backend` (`auto`: see `detect_backend`); `calculator`
+    switches the calculator in decoding on (eval/calc_decode.py)."""
+    if calculator and (backend == "openai" or backend == "auto" and detect_backend(model) == "openai"):
+        raise ModelError("--calculator needs to steer decoding, which a remote chat endpoint does not allow; "
+                         "use a local model (torch, onnx, genai, llama.cpp) or --backend llama.cpp-server")
+    gen = _open(model, backend, batch_size=batch_size, threads=threads, n_ctx=n_ctx, seed=seed,
+                concurrency=concurrency, api_key_env=api_key_env)
+    gen.calculator = calculator
+    gen.config["calculator"] = calculator
+    return gen
+
+
+def _open(model: str, backend: str, *, batch_size: int, threads: int | None, n_ctx: int, seed: int,
+          concurrency: int, api_key_env: str) -> Generator:
     if backend == "auto":
         backend = detect_backend(model)
     if backend == "openai":

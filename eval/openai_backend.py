@@ -95,15 +95,78 @@ class LlamaServerGenerator(OpenAIGenerator):
     """
 
     name = "llama.cpp-server"
+    calculator = False
 
     def __init__(self, path: Path, *, n_ctx: int = 2048, threads: int | None = None, seed: int = 0):
+        self.path = Path(path)
+        self._vocab = None  # the GGUF's tokenizer and template, loaded when the calculator first needs them
         threads = threads or default_threads()
         self._logs = tempfile.TemporaryDirectory(prefix="toolkit-eval-server-")
         self.server = LlamaServer(path, Path(self._logs.name) / "server.log", n_ctx=n_ctx, threads=threads).start()
         super().__init__(self.server.base_url, Path(path).stem, concurrency=1, seed=seed)
         self.config.update(threads=threads, n_ctx=n_ctx, base_url="127.0.0.1 (started for this eval)")
 
+    def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
+        if not self.calculator:
+            return super().generate(prompts, max_new_tokens, temperature, on_done)
+        from toolkit.eval.calc_decode import assistant_prefix, stream_with_calculator
+        from toolkit.eval.generate import llama_prompt
+
+        if self._vocab is None:
+            from llama_cpp import Llama
+
+            self._vocab = Llama(str(self.path), vocab_only=True, verbose=False)
+            # logit_bias that keeps digits off the token after a forced result ("36" + "5")
+            self._no_digits = {str(t): -100 for t in range(self._vocab.n_vocab())
+                               if self._vocab.detokenize([t])[:1].isdigit()}
+        out, self.calc_counts = [], []
+        for p in prompts:
+            prompt, stops = llama_prompt(self._vocab, p)
+            opener = lambda gen, budget, guard: self._stream(prompt + gen, budget, stops, temperature, guard)  # noqa: E731
+            text, forced, changed = stream_with_calculator(opener, assistant_prefix(p), max_new_tokens)
+            out.append(text)
+            self.calc_counts.append((forced, changed))
+            if on_done:
+                on_done(1)
+        return out
+
+    def _stream(self, prompt: str, max_tokens: int, stops: list[str], temperature: float, guard: bool):
+        """The server's raw completion of `prompt`, one piece per token, then an End; with `guard` the
+        first token comes from a one-token request that keeps digits off it."""
+        from toolkit.eval.calc_decode import End
+
+        args = dict(model=self.model, temperature=temperature, seed=self.seed, stop=stops)
+        try:
+            if guard:
+                first = self.client.completions.create(prompt=prompt, max_tokens=1, logit_bias=self._no_digits, **args)
+                choice = first.choices[0]
+                if choice.text:
+                    yield choice.text
+                    prompt, max_tokens = prompt + choice.text, max_tokens - 1
+                if choice.finish_reason == "stop" or max_tokens <= 0:
+                    yield End(choice.finish_reason == "stop")
+                    return
+            stream = self.client.completions.create(prompt=prompt, max_tokens=max_tokens, stream=True, **args)
+            try:
+                for chunk in stream:
+                    choice = chunk.choices[0]
+                    if choice.text:
+                        yield choice.text
+                    if choice.finish_reason:
+                        yield End(choice.finish_reason == "stop")
+                        return
+                yield End(False)
+            finally:
+                stream.close()  # the server stops decoding when the client goes
+        except openai.APIConnectionError:
+            raise ModelError(f"llama.cpp server {self.base_url} is unreachable") from None
+        except openai.APIStatusError as exc:
+            raise ModelError(f"llama.cpp server {self.base_url} answered {exc.status_code} to a raw completion: "
+                             f"{redact(str(exc.message), [self.client.api_key]).splitlines()[0]}") from None
+
     def close(self) -> None:
+        if self._vocab is not None:
+            self._vocab.close()
         super().close()
         self.server.stop()
         self._logs.cleanup()
