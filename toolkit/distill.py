@@ -236,7 +236,9 @@ class Distiller:
         from toolkit.eval.generate import TorchGenerator
 
         model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
-        yield TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
+        gen = TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
+        gen.calculator = gen.config["calculator"] = self.recipe.eval.calculator
+        yield gen
 
     def evaluate(self, name: str, title: str, model_and_tok, heldout: list[Problem], out: Path,
                  path: Path | None = None) -> dict:

@@ -369,10 +369,13 @@ class EvalConfig(_Section):
     """Evaluation of the base and distilled students on the held-out problems.
 
     max_new_tokens: longest answer, in tokens; batch_size: prompts decoded together.
+    calculator: the student's arithmetic before `=` is computed and its result forced while it decodes
+      (toolkit/calculator.py), in the round evals and in FDD feedback; not with student.sampler vllm.
     """
 
     max_new_tokens: int = Field(256, ge=8)
     batch_size: int = Field(16, ge=1)
+    calculator: bool = False
 
 
 class Recipe(_Section):
@@ -394,6 +397,13 @@ class Recipe(_Section):
     distill: DistillConfig = DistillConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _calculator_needs_a_local_sampler(self) -> Recipe:
+        if self.eval.calculator and self.student.sampler == "vllm":
+            raise ValueError("eval.calculator steers decoding token by token, which the vLLM sampler does not "
+                             "allow; use student.sampler: transformers or eval.calculator: false")
+        return self
 
     # Set by load_recipe: the folder relative paths in the recipe are resolved against.
     base_dir: Path = Field(default=Path("."), exclude=True)
