@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from toolkit.calculator import Sequence, result_for
-
-RANKED = 64  # candidates offered at a guarded step; one without a leading digit is always among them in practice
+from toolkit.calculator import RANKED, Sequence, result_for, steer
 
 
 def hf_sequence(tokenizer, prefix: str = "") -> Sequence:
@@ -25,18 +23,6 @@ def hf_sequence(tokenizer, prefix: str = "") -> Sequence:
 def assistant_prefix(messages: list[dict]) -> str:
     """The assistant text a prompt already ends with (a forced tag, a prefilled answer), else ''."""
     return messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
-
-
-def steer_numpy(seq: Sequence, scores):
-    """One step on a 1-D numpy logits row: the row unchanged, or one that only lets the chosen token through."""
-    import numpy as np
-
-    tok = seq.choose(lambda: iter(np.argsort(-scores, kind="stable")[:RANKED].tolist()))
-    if tok is None:
-        return scores
-    out = np.full_like(scores, -np.inf)
-    out[tok] = 0.0
-    return out
 
 
 class TorchCalculator:
@@ -68,7 +54,7 @@ class LlamaCppCalculator:
     def __call__(self, input_ids, scores):
         for tok in input_ids[self.n_prompt + len(self.seq.ids):].tolist():
             self.seq.push(int(tok))
-        return steer_numpy(self.seq, scores)
+        return steer(self.seq, scores)
 
 
 class End:

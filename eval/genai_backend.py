@@ -7,7 +7,8 @@ from pathlib import Path
 from toolkit.errors import ModelError
 from toolkit.integrity import check_onnx_folder
 
-from toolkit.eval.calc_decode import assistant_prefix, hf_sequence, steer_numpy
+from toolkit.calculator import steer
+from toolkit.eval.calc_decode import assistant_prefix, hf_sequence
 from toolkit.eval.generate import default_threads, length_sorted_batches
 from toolkit.eval.prompts import cut_at_stop, render
 
@@ -100,7 +101,7 @@ def steer_rows(gen, seqs, eos_ids: set[int]) -> None:
     if busy:
         logits = gen.get_logits().copy()  # (batch, 1, vocab): the scores of the token this step picks
         for row in busy:
-            logits[row, -1] = steer_numpy(seqs[row], logits[row, -1])
+            logits[row, -1] = steer(seqs[row], logits[row, -1])
         gen.set_logits(logits)
     gen.generate_next_token()
     for seq, tok in zip(seqs, gen.get_next_tokens().tolist()):

@@ -6,14 +6,20 @@ import io
 import tarfile
 from pathlib import Path
 
+from toolkit import calculator
 from toolkit.errors import ExportError
 from toolkit.export.manifest import MANIFEST, PARTIAL, sha256
 
-# Runners import only the runtime: llama_cpp (GGUF) or onnxruntime_genai (genai folder), never toolkit.
+# Runners import only the runtime: llama_cpp (GGUF) or onnxruntime_genai (genai folder), never toolkit,
+# and the calculator module, which the bundle carries as a copy of toolkit/calculator.py.
 _GGUF_RUNNER = '''#!/usr/bin/env python3
-"""Answer one question with this GGUF model; needs only llama-cpp-python (pip install llama-cpp-python)."""
+"""Answer one question with this GGUF model; needs only llama-cpp-python (pip install llama-cpp-python).
+
+The calculator beside this file computes the arithmetic the model writes before '=' and writes the
+result for it (--no-calculator: the model alone)."""
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from llama_cpp import Llama
@@ -23,17 +29,50 @@ ap = argparse.ArgumentParser()
 ap.add_argument("question", nargs="?", default="What is 12 * 7 - 4?")
 ap.add_argument("--max-tokens", type=int, default=256)
 ap.add_argument("--threads", type=int, default=os.cpu_count())
+ap.add_argument("--no-calculator", action="store_true", help="let the model do its own arithmetic")
+ap.add_argument("--prefix", default="", help="text the answer starts with (the model continues it)")
 args = ap.parse_args()
 llm = Llama(str(here / "{model}"), n_ctx=2048, n_threads=args.threads, verbose=False)
 messages = [{{"role": "user", "content": args.question}}]
-out = llm.create_chat_completion(messages=messages, max_tokens=args.max_tokens, temperature=0.0)
-print(out["choices"][0]["message"]["content"])
+sys.path.insert(0, str(here))  # calculator.py ships beside this file (python -I leaves the folder off sys.path)
+import calculator as calc  # noqa: E402
+# A raw completion of the prompt as create_chat_completion renders it, so that a logits processor sees
+# every token and a prefix is continued: the GGUF's chat template, no BOS added, its end token as the stop.
+template = llm.metadata.get("tokenizer.chat_template")
+eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
+if template:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
+    prompt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)(messages=messages).prompt
+else:
+    prompt = "Question: " + args.question + "\\nAnswer:"
+ids = llm.tokenize((prompt + args.prefix).encode(), add_bos=False, special=True)
+seq = calc.Sequence(lambda t: llm.detokenize(t).decode(errors="replace"),
+                    lambda text: llm.tokenize(text.encode(), add_bos=False, special=False), args.prefix)
+
+
+def steer(input_ids, scores):
+    for tok in input_ids[len(ids) + len(seq.ids):].tolist():
+        seq.push(int(tok))
+    return calc.steer(seq, scores)
+
+
+out = llm.create_completion(ids, max_tokens=args.max_tokens, temperature=0.0, stop=[eos] if eos else [],
+                            logits_processor=None if args.no_calculator else [steer])
+print(out["choices"][0]["text"])
+if not args.no_calculator:
+    print(f"calculator: {{seq.forced}} result(s) written, {{seq.changed}} differed from the model's", file=sys.stderr)
 '''
 
 _GENAI_RUNNER = '''#!/usr/bin/env python3
-"""Answer one question with this ONNX model; needs only onnxruntime-genai (pip install onnxruntime-genai)."""
+"""Answer one question with this ONNX model; needs only onnxruntime-genai (pip install onnxruntime-genai).
+
+The calculator beside this file computes the arithmetic the model writes before '=' and writes the
+result for it (--no-calculator: the model alone)."""
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import onnxruntime_genai as og
@@ -42,6 +81,8 @@ here = Path(__file__).resolve().parent
 ap = argparse.ArgumentParser()
 ap.add_argument("question", nargs="?", default="What is 12 * 7 - 4?")
 ap.add_argument("--max-tokens", type=int, default=256)
+ap.add_argument("--no-calculator", action="store_true", help="let the model do its own arithmetic")
+ap.add_argument("--prefix", default="", help="text the answer starts with (the model continues it)")
 args = ap.parse_args()
 model = og.Model(str(here))
 tok = og.Tokenizer(model)
@@ -50,19 +91,33 @@ try:
                                      add_generation_prompt=True)
 except Exception:  # no chat template shipped: plain text prompt
     prompt = args.question
-ids = tok.encode(prompt)
+ids = tok.encode(prompt + args.prefix)
 params = og.GeneratorParams(model)
 params.set_search_options(max_length=len(ids) + args.max_tokens, do_sample=False)
 gen = og.Generator(model, params)
 gen.append_tokens(ids)
+seq = None
+if not args.no_calculator:
+    sys.path.insert(0, str(here))  # calculator.py ships beside this file (python -I leaves the folder off sys.path)
+    import calculator as calc
+    seq = calc.Sequence(lambda t: tok.decode(t), lambda text: [int(i) for i in tok.encode(text)], args.prefix)
 while not gen.is_done():
+    if seq is not None and seq.pending:  # the calculator's step: only its chosen token gets through
+        logits = gen.get_logits().copy()
+        logits[0, -1] = calc.steer(seq, logits[0, -1])
+        gen.set_logits(logits)
     gen.generate_next_token()
+    if seq is not None:
+        seq.push(int(gen.get_next_tokens()[0]))
 print(tok.decode(gen.get_sequence(0)[len(ids):]))
+if seq is not None:
+    print(f"calculator: {{seq.forced}} result(s) written, {{seq.changed}} differed from the model's", file=sys.stderr)
 '''
 
 _README = """# {name}
 
-{what}, exported by `toolkit export` ({fmt}, {quant}). Check the files, then ask a question:
+{what}, exported by `toolkit export` ({fmt}, {quant}). Check the files, then ask a question
+(`calculator.py` computes the arithmetic the model writes before `=`; `--no-calculator` turns it off):
 
 ```bash
 sha256sum -c SHA256SUMS
@@ -122,7 +177,7 @@ def write_bundle(out: Path, fmt: str, quant: str, name: str) -> Path:
     folder = f"{name}-{fmt}-{quant}"
     rows = "\n".join(f"| {d} | {i} | {r} |" for d, i, r in _ROWS[fmt])
     readme = _README.format(name=folder, what=what, fmt=fmt, quant=quant, rows=rows).encode()
-    extra = {"run.py": runner.encode(), "README.md": readme}
+    extra = {"run.py": runner.encode(), "calculator.py": Path(calculator.__file__).read_bytes(), "README.md": readme}
     sums = [f"{sha256(p)}  {p.name}" for p in files]
     sums += [f"{hashlib.sha256(data).hexdigest()}  {n}" for n, data in extra.items()]
     path = out / f"{folder}.tar.gz"
@@ -131,6 +186,7 @@ def write_bundle(out: Path, fmt: str, quant: str, name: str) -> Path:
         for p in files:
             tar.add(p, arcname=f"{folder}/{p.name}")
         _add_bytes(tar, f"{folder}/run.py", extra["run.py"], 0o755)
+        _add_bytes(tar, f"{folder}/calculator.py", extra["calculator.py"])
         _add_bytes(tar, f"{folder}/README.md", extra["README.md"])
         _add_bytes(tar, f"{folder}/SHA256SUMS", ("\n".join(sums) + "\n").encode())
     tmp.replace(path)

@@ -1,7 +1,8 @@
 """A safe arithmetic calculator for decoding: when the text ends in `<expression> =`, the result to force.
 
-Standard library only: edge bundles ship this file beside their run.py (export/bundle.py), so it must
-run where only llama-cpp-python or onnxruntime-genai is installed.
+Standard library only (`steer` imports numpy, which both device runtimes bring): edge bundles ship
+this file beside their run.py (export/bundle.py), so it must run where only llama-cpp-python or
+onnxruntime-genai is installed.
 
 What it accepts (anything else is refused, and the model writes on unaided):
 - numbers: `12`, `3.5`, `.5`, `1,234` (a comma only as a thousands separator: groups of exactly 3 digits);
@@ -297,3 +298,19 @@ class Sequence:
     def _disagree(self) -> None:
         self.agree = False
         self.changed += 1
+
+
+RANKED = 64  # candidates offered at a guarded step; one without a leading digit is always among them in practice
+
+
+def steer(seq: Sequence, scores):
+    """One decoding step on a 1-D numpy logits row (llama-cpp-python, onnxruntime-genai): the row itself
+    when the model is free, else a row that lets only the calculator's chosen token through."""
+    import numpy as np
+
+    tok = seq.choose(lambda: iter(np.argsort(-scores, kind="stable")[:RANKED].tolist()))
+    if tok is None:
+        return scores
+    out = np.full_like(scores, -np.inf)
+    out[tok] = 0.0
+    return out
