@@ -115,7 +115,8 @@ def flat_row(r: dict) -> dict:
             "decode_ms_p50": lat["p50"], "decode_ms_p90": lat["p90"], "decode_ms_p99": lat["p99"],
             "peak_rss_bytes": r["peak_rss_bytes"], "file_size_bytes": r["file_size_bytes"],
             "mem_bw_GBps": r["roofline"]["mem_bw_GBps"], "ceiling_tok_s": r["roofline"]["ceiling_tok_s"],
-            "roofline_ratio": r["roofline"]["ratio"], "above_ceiling": r["roofline"]["above_ceiling"], "busy": r["busy"]}
+            "roofline_ratio": r["roofline"]["ratio"], "above_ceiling": r["roofline"]["above_ceiling"],
+            "busy": r["busy"]}
 
 
 def markdown(rows: list[dict]) -> str:

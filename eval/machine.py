@@ -114,7 +114,8 @@ def cpu_use(window_s: float = BUSY_WINDOW_S, own: set[int] | None = None) -> dic
     seconds = t1 - t0
     if own is None:
         own = own_tree(os.getpid(), {**before, **after})
-    delta = {pid: cpu - before.get(pid, (0, 0, ""))[1] for pid, (_, cpu, _) in after.items()}  # new ones: all in the window
+    # a process born inside the window spent all its CPU time in it
+    delta = {pid: cpu - before.get(pid, (0, 0, ""))[1] for pid, (_, cpu, _) in after.items()}
     ours = sum(delta[p] for p in own if p in delta)
     total = ticks1 - ticks0
     top = sorted(((d / hz / seconds, pid) for pid, d in delta.items() if pid not in own and d > 0), reverse=True)[:5]

@@ -102,7 +102,8 @@ def _gguf_kv(reader) -> tuple[int, str]:
     key = (_gguf_ints(reader, f"{arch}.attention.key_length")
            or [_gguf_ints(reader, f"{arch}.embedding_length")[0] // heads[0]])[0]
     value = (_gguf_ints(reader, f"{arch}.attention.value_length") or [key])[0]
-    return sum(kv_heads) * (key + value) * 2, f"{layers} layers × {kv_heads[0]} KV heads × ({key} + {value}) × 2 B (f16)"
+    note = f"{layers} layers × {kv_heads[0]} KV heads × ({key} + {value}) × 2 B (f16)"
+    return sum(kv_heads) * (key + value) * 2, note
 
 
 def _initializer_bytes(t) -> int:
