@@ -160,7 +160,7 @@ def use_gradient_checkpointing(setting, device: torch.device) -> bool:
 
 def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
           log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None,
-          answer_only: bool = True) -> dict:
+          answer_only: bool = True, pin_heap: bool = True) -> dict:
     """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`.
 
     The folder appears only when complete (written beside it, then renamed). Every
@@ -169,12 +169,17 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     with the same weights as an uninterrupted run. Under torchrun / accelerate launch each process
     trains on its share of every batch (see toolkit/dist.py). Returns statistics: steps, tokens
     seen, loss curve, seconds, and `resumed_from_step` when it resumed. `answer_only=False` computes
-    the logits at every position, the old path (bench/memory.py compares the two).
+    the logits at every position, the old path; `pin_heap=False` leaves glibc's malloc as it was
+    (bench/memory.py compares them).
     """
     from toolkit import dist
 
+    from toolkit.memory import pin_mmap_threshold, unpin_mmap_threshold
+
     rank, world = dist.setup()
     device = dist.device()
+    if pin_heap:
+        pin_mmap_threshold()  # freed activations go back to the OS instead of piling up in malloc's arenas
     torch.manual_seed(seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -250,6 +255,8 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     seconds = time.perf_counter() - start
     if checkpointing:
         model.gradient_checkpointing_disable()  # the saved config and later generation run without it
+    if pin_heap:
+        unpin_mmap_threshold()  # training's activations are gone; generation reuses the heap again
     if cfg.lora:
         model = model.merge_and_unload()  # a plain HF folder that every exporter and runtime loads
     model.eval()
