@@ -276,9 +276,10 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
 def _fingerprint(examples: list[Example], cfg: TrainConfig, seed: int) -> str:
     """What a checkpoint must match to be resumed: the data, the seed and the settings that shape training."""
     h = hashlib.sha256()
-    # Thread/process counts and the checkpoint interval change neither the data order nor the steps.
+    # Thread/process counts, the checkpoint interval and activation checkpointing (a recompute, same
+    # gradients) change neither the data order nor the steps.
     h.update(json.dumps([seed, cfg.model_dump(exclude={"threads", "processes", "nodes", "master_addr", "master_port",
-                                                     "checkpoint_every"})],
+                                                     "checkpoint_every", "gradient_checkpointing"})],
                         sort_keys=True).encode())
     for e in examples:
         h.update(json.dumps([e.input_ids, e.labels]).encode())
