@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 
 import pytest
 import torch
@@ -16,9 +17,11 @@ QA = [("Tom has 3 apples and buys 5 more. How many apples does he have?", "3 + 5
       ("What is 2 times 3?", "2 * 3 = 6. The answer is 6.")]
 
 
-def _touch(n_bytes: int) -> bytearray:
-    """n_bytes really resident (every page written)."""
-    buf = bytearray(n_bytes)
+def _touch(n_bytes: int) -> mmap.mmap:
+    """n_bytes of fresh pages, really resident (every page written). An anonymous mapping, not a bytearray:
+    late in the full suite malloc serves a bytearray from freed memory that is still resident, and RSS
+    does not grow at all."""
+    buf = mmap.mmap(-1, n_bytes)
     buf[::4096] = b"\1" * len(range(0, n_bytes, 4096))
     return buf
 
