@@ -168,3 +168,15 @@ def teacher_server(smollm2_gguf, tmp_path_factory):
     with LlamaServer(smollm2_gguf, tmp_path_factory.mktemp("teacher") / "server.log", n_ctx=1024,
                      threads=2) as srv:
         yield srv
+
+
+DEAD = "http://127.0.0.1:9/v1"  # nothing is asked of the teacher before these errors
+
+
+def one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """The CLI ended with exit 2 and one `error:` line naming every needle, never a traceback."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in r.stderr, r.stderr
+    return r.stderr

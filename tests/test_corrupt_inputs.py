@@ -11,21 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, toolkit, write_tiny_recipe
+from tests.conftest import DATA, DEAD, one_line_error, toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher
 from toolkit.errors import ModelError, ToolkitError
 from toolkit.integrity import check_gguf, check_hf_folder, check_safetensors
-
-DEAD = "http://127.0.0.1:9/v1"  # nothing is asked of the teacher before these errors
-
-
-def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
-    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    for n in needles:
-        assert n in r.stderr, r.stderr
-    return r.stderr
-
 
 def _whole_files(root: Path) -> None:
     """Every file a run left is whole: no temporaries, every JSON/JSONL parses."""
@@ -49,10 +38,10 @@ def test_truncated_and_fake_gguf(tmp_path, smollm2_gguf):
     check_gguf(smollm2_gguf)  # the whole file passes
     # As a llama.cpp teacher and as a student: refused before a run folder exists.
     recipe = write_tiny_recipe(tmp_path, tmp_path / "cut.gguf", DEAD)
-    _one_line_error(toolkit("distill", str(recipe), cwd=tmp_path, timeout=120), "cut.gguf: truncated")
+    one_line_error(toolkit("distill", str(recipe), cwd=tmp_path, timeout=120), "cut.gguf: truncated")
     r = toolkit("distill", str(recipe), f"student.model={smollm2_gguf}", "teacher.backend=llama.cpp",
                 "teacher.base_url=null", f"teacher.model={fake}", cwd=tmp_path, timeout=120)
-    _one_line_error(r, "fake.gguf: not a GGUF file")
+    one_line_error(r, "fake.gguf: not a GGUF file")
     assert not (tmp_path / "runs").exists()
 
 
@@ -70,10 +59,10 @@ def test_truncated_safetensors(model_copy, tmp_path):
     with pytest.raises(ModelError, match="truncated safetensors file: its tensors need"):
         check_safetensors(weights)
     recipe = write_tiny_recipe(tmp_path, model_copy, DEAD)
-    _one_line_error(toolkit("distill", str(recipe), cwd=tmp_path, timeout=120), "model.safetensors: truncated")
+    one_line_error(toolkit("distill", str(recipe), cwd=tmp_path, timeout=120), "model.safetensors: truncated")
     r = toolkit("eval", str(model_copy), "--suite", "multiarith", "--limit", "1", "--data-root", str(DATA),
                 "--out", str(tmp_path / "res.json"), cwd=tmp_path, timeout=120)
-    _one_line_error(r, "truncated safetensors")
+    one_line_error(r, "truncated safetensors")
     os.truncate(weights, 5)
     with pytest.raises(ModelError, match="truncated safetensors file"):
         check_safetensors(weights)
@@ -126,8 +115,8 @@ def test_truncated_onnx_graph_and_weights(genai_export, tmp_path):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size - 1])
     for folder, needle in ((cut_graph, "model.onnx: truncated or corrupt ONNX model"),
                            (cut_weights, "model.onnx.data: truncated ONNX weights: tensor ")):
-        _one_line_error(toolkit("bench", str(folder), "--reps", "1", cwd=tmp_path, timeout=120), needle)
-        _one_line_error(toolkit("eval", str(folder), "--suite", "multiarith", "--limit", "1", "--data-root",
+        one_line_error(toolkit("bench", str(folder), "--reps", "1", cwd=tmp_path, timeout=120), needle)
+        one_line_error(toolkit("eval", str(folder), "--suite", "multiarith", "--limit", "1", "--data-root",
                                 str(DATA), "--out", str(tmp_path / "ev"), cwd=tmp_path, timeout=120), needle)
     (cut_weights / "model.onnx.data").unlink()
     with pytest.raises(ModelError, match="its weights file model.onnx.data is missing"):
@@ -144,7 +133,7 @@ def test_truncated_onnx_graph_and_weights(genai_export, tmp_path):
 def test_dataset_lines_that_do_not_parse_are_named(tmp_path, tiny_model_dir, lines, where):
     (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, DEAD)
-    _one_line_error(toolkit("distill", str(recipe), "data.train.path=bad.jsonl", cwd=tmp_path, timeout=120), where)
+    one_line_error(toolkit("distill", str(recipe), "data.train.path=bad.jsonl", cwd=tmp_path, timeout=120), where)
 
 
 # -- disks --------------------------------------------------------------------------------------
@@ -165,7 +154,7 @@ def test_disk_fills_up_during_training_then_resumes(tmp_path, tiny_model_dir):
         recipe = write_tiny_recipe(tmp_path, tiny_model_dir, srv.base_url)
         args = ["distill", str(recipe), f"output_dir={disk}", f"data.root={DATA}"]
         full = toolkit(*args, cwd=tmp_path)
-        _one_line_error(full, "No space left on device", "run again to resume")
+        one_line_error(full, "No space left on device", "run again to resume")
         run = disk / "tiny"
         stages = json.loads((run / "manifest.json").read_text())["stages"]
         assert "round-0/rationales" in stages and "round-0/train" not in stages
@@ -209,7 +198,7 @@ def test_cache_write_past_a_file_size_limit_keeps_earlier_entries(tmp_path):
 def test_unwritable_output_and_cache_folders(tmp_path, tiny_model_dir, monkeypatch):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, DEAD)
     (tmp_path / "plain-file").write_text("x")
-    _one_line_error(toolkit("distill", str(recipe), f"output_dir={tmp_path / 'plain-file' / 'runs'}",
+    one_line_error(toolkit("distill", str(recipe), f"output_dir={tmp_path / 'plain-file' / 'runs'}",
                             cwd=tmp_path, timeout=120), "cannot create run folder")
     # A read-only bind mount over an existing run folder: root cannot write there either.
     ro = tmp_path / "runs" / "tiny"
@@ -218,7 +207,7 @@ def test_unwritable_output_and_cache_folders(tmp_path, tiny_model_dir, monkeypat
         pytest.skip("cannot bind-mount here (needs root)")
     try:
         subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
-        _one_line_error(toolkit("distill", str(recipe), cwd=tmp_path, timeout=120),
+        one_line_error(toolkit("distill", str(recipe), cwd=tmp_path, timeout=120),
                         "manifest.json: Read-only file system")
     finally:
         subprocess.run(["umount", str(ro)], check=False)
@@ -228,7 +217,7 @@ def test_unwritable_output_and_cache_folders(tmp_path, tiny_model_dir, monkeypat
         recipe = write_tiny_recipe(tmp_path, tiny_model_dir, srv.base_url)
         monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "plain-file" / "cache"))
         r = toolkit("distill", str(recipe), f"data.root={DATA}", cwd=tmp_path, timeout=120)
-    _one_line_error(r, "cannot open the teacher cache", "TOOLKIT_CACHE")
+    one_line_error(r, "cannot open the teacher cache", "TOOLKIT_CACHE")
     assert json.loads((ro / "manifest.json").read_text())["stages"]["data"]["status"] == "done"
 
 

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, toolkit, write_tiny_recipe
+from tests.conftest import DATA, DEAD, one_line_error, toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher
 from toolkit.errors import ToolkitError
 from toolkit.rundir import RunDir
-
-DEAD = "http://127.0.0.1:9/v1"  # nothing is asked of the teacher before these errors
-
-
-def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
-    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    for n in needles:
-        assert n in r.stderr, r.stderr
-    return r.stderr
-
 
 def _documents(folder: Path) -> dict[str, bytes]:
     (folder / "taxes").mkdir(parents=True)
@@ -43,13 +31,13 @@ def test_fresh_refuses_a_folder_of_documents(tmp_path, tiny_model_dir):
     docs = tmp_path / "runs" / "tiny"
     before = _documents(docs)
     for args in (["--fresh"], []):  # neither deleted (--fresh) nor written into (a plain run)
-        err = _one_line_error(toolkit("distill", str(recipe), *args, cwd=tmp_path, timeout=120), str(docs))
+        err = one_line_error(toolkit("distill", str(recipe), *args, cwd=tmp_path, timeout=120), str(docs))
         assert "not a toolkit run folder" in err
         assert _files(docs) == before
     # A manifest.json of someone else's is no licence either: the mark is a field, not the file name.
     (docs / "manifest.json").write_text(json.dumps({"title": "my manifest", "stages": {}}))
     before = _files(docs)
-    _one_line_error(toolkit("distill", str(recipe), "--fresh", cwd=tmp_path, timeout=120), str(docs),
+    one_line_error(toolkit("distill", str(recipe), "--fresh", cwd=tmp_path, timeout=120), str(docs),
                     "not a toolkit run folder")
     assert _files(docs) == before
 
@@ -84,7 +72,7 @@ def test_corrupt_manifest_is_one_line(tmp_path, tiny_model_dir, text):
     (run / "manifest.json").write_bytes(text.encode("latin-1"))
     (run / "round-0").mkdir()
     for args in ([], ["--fresh"]):
-        _one_line_error(toolkit("distill", str(recipe), *args, cwd=tmp_path, timeout=120),
+        one_line_error(toolkit("distill", str(recipe), *args, cwd=tmp_path, timeout=120),
                         f"run manifest {run / 'manifest.json'} is corrupt", "move")
         assert (run / "round-0").is_dir()  # nothing deleted: a corrupt manifest does not prove the folder ours
 
@@ -123,7 +111,7 @@ def test_a_corrupt_cache_page_is_one_line(tmp_path, tiny_model_dir, monkeypatch)
     db_path.write_bytes(bytes(data))
     r = toolkit("distill", str(recipe), f"data.root={DATA}", "name=again", "train.max_steps=1", cwd=tmp_path,
                 timeout=300)
-    _one_line_error(r, f"teacher cache {db_path} is corrupt", "TOOLKIT_CACHE")
+    one_line_error(r, f"teacher cache {db_path} is corrupt", "TOOLKIT_CACHE")
 
 
 def test_a_changed_cached_answer_is_never_served(tmp_path, tiny_model_dir, monkeypatch):
@@ -138,7 +126,7 @@ def test_a_changed_cached_answer_is_never_served(tmp_path, tiny_model_dir, monke
     db_path.write_bytes(bytes(data))
     r = toolkit("distill", str(recipe), f"data.root={DATA}", "name=again", "train.max_steps=1", cwd=tmp_path,
                 timeout=300)
-    _one_line_error(r, f"teacher cache {db_path} is corrupt", "TOOLKIT_CACHE")
+    one_line_error(r, f"teacher cache {db_path} is corrupt", "TOOLKIT_CACHE")
 
 
 def test_a_cache_file_that_is_not_sqlite_is_one_line(tmp_path):

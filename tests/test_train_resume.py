@@ -72,14 +72,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_model_dir, tmp_pa
 
 def test_checkpoint_of_other_data_is_not_resumed(tiny_model_dir, tmp_path):
     cfg = TrainConfig(max_steps=4, batch_size=2, seq_len=128, lr=3e-3, threads=1, checkpoint_every=2)
-    model, tok = _fresh(tiny_model_dir)
-
-    def stop_at_3(row: dict) -> None:
-        if row["step"] == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(model, tok, _examples(tok), cfg, tmp_path / "student", seed=1, log=stop_at_3)
+    _interrupted(tiny_model_dir, tmp_path, cfg)
     model, tok = _fresh(tiny_model_dir)
     stats = train(model, tok, _examples(tok)[:5], cfg, tmp_path / "student", seed=1)
     assert "resumed_from_step" not in stats
