@@ -22,10 +22,10 @@ from pathlib import Path
 from _common import machine
 from siked_compare import paired
 
-from toolkit.calculator import result_for
+from toolkit.data.calculator import result_for
 from toolkit.eval.accuracy import score_suite, wilson_interval
 from toolkit.eval.generate import open_generator
-from toolkit.problems import load_suite, split_problems
+from toolkit.data.problems import load_suite, split_problems
 
 SUITES = ("multiarith", "addsub", "singleeq")
 _WRITTEN = re.compile(r"=\s*(-?\d[\d,]*(?:\.\d+)?)")

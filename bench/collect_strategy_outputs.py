@@ -17,12 +17,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from toolkit.answers import answers_match
-from toolkit.cache import RequestCache
-from toolkit.problems import load_suite, split_problems
-from toolkit.recipe import TeacherConfig
-from toolkit.strategies import clean_solution, final_answer, teacher_messages
-from toolkit.teachers import open_teacher
+from toolkit.data.answers import answers_match
+from toolkit.teacher.cache import RequestCache
+from toolkit.data.problems import load_suite, split_problems
+from toolkit.core.recipe import TeacherConfig
+from toolkit.data.strategies import clean_solution, final_answer, teacher_messages
+from toolkit.teacher.teachers import open_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import ToolkitError
+from toolkit.core.errors import ToolkitError
 from toolkit.eval.bench import markdown, run_bench, write_outputs
 from toolkit.eval.machine import PROBE_RUNS, cores, probe_buffer_bytes, read_bandwidth
 

@@ -22,7 +22,7 @@ from export_formats import decode_genai, decode_gguf, decode_onnx
 
 from toolkit.export import parity
 from toolkit.export.accuracy import eval_problems
-from toolkit.strategies import student_messages
+from toolkit.data.strategies import student_messages
 
 RUNTIMES = {"onnx": parity.onnx_outputs, "genai": parity.genai_outputs, "gguf": parity.gguf_outputs}
 DECODE = {"onnx": decode_onnx, "genai": decode_genai, "gguf": decode_gguf}

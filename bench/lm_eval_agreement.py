@@ -84,7 +84,7 @@ def timed(cmd: list[str], env: dict) -> float:
 
 
 def main() -> None:
-    from toolkit.strategies import COT_INSTRUCTION
+    from toolkit.data.strategies import COT_INSTRUCTION
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="pkg:smollm2-135m-instruct")
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--force", action="store_true", help="report timings even on a busy machine")
     args = ap.parse_args()
 
-    from toolkit.models import cache_root
+    from toolkit.core.models import cache_root
 
     work = Path(args.work) if args.work else cache_root() / "bench" / "lm_eval_agreement"
     model_dir = hf_folder(args.model, work / "model")

@@ -2,10 +2,10 @@
 
 Each variant runs in its own fresh process (a process's heap remembers what ran before it) and goes
 through the stages the engine runs for one round: load the packaged student (a GGUF, dequantized to
-fp32), train N optimizer steps with toolkit.train.train on packed GSM8K rationales at the quickstart's
+fp32), train N optimizer steps with toolkit.training.train.train on packed GSM8K rationales at the quickstart's
 shape (batch 4 × 512 tokens), free it, load the saved student and greedily answer held-out problems
 (batch 20, up to 128 new tokens, as the quickstart's eval). Per stage: peak RSS (VmHWM reset at the
-stage start, toolkit/memory.py), RSS at its end, seconds; for training also tokens/s. Variants run
+stage start, toolkit/core/memory.py), RSS at its end, seconds; for training also tokens/s. Variants run
 interleaved (A B C D A B C D ...) so that a machine that slows down mid-run slows all of them alike.
 
     python bench/memory.py --steps 4 --reps 2 --out bench/results/memory/student_stages.json
@@ -34,7 +34,7 @@ from _common import emit, machine
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 # name: (logits at answer positions only, gradient checkpointing, release memory between stages and pin
-# glibc's mmap threshold, toolkit/memory.py)
+# glibc's mmap threshold, toolkit/core/memory.py)
 VARIANTS = {"old": (False, False, False), "old+release": (False, False, True), "full+gc": (False, True, True),
             "answer": (True, False, True), "answer+gc": (True, True, True)}
 
@@ -56,9 +56,9 @@ def busy_cores(seconds: float = 2.0) -> float:
 
 
 def _examples(tok, n: int, seq_len: int, seed: int):
-    from toolkit.problems import load_suite
-    from toolkit.strategies import training_completion, training_prompt
-    from toolkit.train import tokenize_example
+    from toolkit.data.problems import load_suite
+    from toolkit.data.strategies import training_completion, training_prompt
+    from toolkit.training.train import tokenize_example
 
     problems = load_suite("gsm8k_train", DATA)
     random.Random(seed).shuffle(problems)
@@ -71,15 +71,15 @@ def one(variant: str, args) -> dict:
     """Run the stages of one variant in this process; returns its figures."""
     import torch
 
-    from toolkit.distill import load_student
+    from toolkit.pipeline.distill import load_student
     from toolkit.eval.generate import TorchGenerator
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.memory import PeakRSS, release_memory, rss_bytes
-    from toolkit.models import resolve_model
-    from toolkit.problems import load_suite
-    from toolkit.recipe import TrainConfig
-    from toolkit.strategies import training_prompt
-    from toolkit.train import train
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.memory import PeakRSS, release_memory, rss_bytes
+    from toolkit.core.models import resolve_model
+    from toolkit.data.problems import load_suite
+    from toolkit.core.recipe import TrainConfig
+    from toolkit.data.strategies import training_prompt
+    from toolkit.training.train import train
 
     answer_only, checkpointing, release = VARIANTS[variant]
     torch.set_num_threads(args.threads)

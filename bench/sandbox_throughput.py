@@ -8,9 +8,9 @@ import time
 
 from _common import require_quiet
 
-from toolkit.errors import ToolkitError
+from toolkit.core.errors import ToolkitError
 from toolkit.eval.machine import busy_check
-from toolkit.sandbox import prepare, run_programs
+from toolkit.sandbox.runner import prepare, run_programs
 
 
 def programs(n: int) -> list[str]:

@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from toolkit.eval.accuracy import wilson_interval
-from toolkit.rundir import atomic_write_text, read_jsonl
+from toolkit.core.rundir import atomic_write_text, read_jsonl
 
 
 def _eval_folder(run: Path, model: str) -> Path:

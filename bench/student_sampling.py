@@ -44,8 +44,8 @@ def main() -> None:
 
     from toolkit.eval.generate import open_generator
     from toolkit.export.run import export_model
-    from toolkit.problems import load_suite
-    from toolkit.strategies import training_prompt
+    from toolkit.data.problems import load_suite
+    from toolkit.data.strategies import training_prompt
 
     torch.set_num_threads(args.threads)
     wanted = args.backends.split(",")

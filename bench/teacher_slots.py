@@ -21,12 +21,12 @@ from pathlib import Path
 
 from _common import machine, require_quiet
 
-from toolkit.cache import RequestCache
-from toolkit.llama_tools import require_tool
-from toolkit.models import resolve_model
-from toolkit.recipe import TeacherConfig
-from toolkit.strategies import teacher_messages
-from toolkit.teachers import open_teacher
+from toolkit.teacher.cache import RequestCache
+from toolkit.teacher.llama_tools import require_tool
+from toolkit.core.models import resolve_model
+from toolkit.core.recipe import TeacherConfig
+from toolkit.data.strategies import teacher_messages
+from toolkit.teacher.teachers import open_teacher
 
 # 65 distinct questions: a repeated one would let a slot reuse its own earlier prompt and answer.
 QUESTIONS = [f"A shop sells {a} pencils on Monday and {b} more on Tuesday than on Monday. "

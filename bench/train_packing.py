@@ -1,6 +1,6 @@
 """Training throughput, packing against padding, on GSM8K-length data: real (non-pad) tokens per second.
 
-Both modes run the trainer's own pieces (toolkit.train: tokenize_example, pack, collate, the
+Both modes run the trainer's own pieces (toolkit.training.train: tokenize_example, pack, collate, the
 shifted loss, AdamW) on the same examples. Padding: `batch` examples per step, padded to the
 longest. Packing: first-fit-decreasing bins of `--seq-len` tokens with the block-diagonal mask,
 as many bins per step as give the same real tokens per step on average. Only non-pad tokens count.
@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from _common import emit, machine, require_quiet
 
-from toolkit.loading import load_model_and_tokenizer
-from toolkit.models import resolve_model
-from toolkit.problems import load_suite
-from toolkit.train import Example, _shifted_loss, collate, pack, tokenize_example
+from toolkit.training.loading import load_model_and_tokenizer
+from toolkit.core.models import resolve_model
+from toolkit.data.problems import load_suite
+from toolkit.training.train import Example, _shifted_loss, collate, pack, tokenize_example
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit.answers import answers_match, extract_flexible
-from toolkit.problems import Problem
-from toolkit.rundir import atomic_write_json, atomic_write_jsonl, versions
-from toolkit.strategies import final_answers, split_tag, strategy_stats
+from toolkit.data.answers import answers_match, extract_flexible
+from toolkit.data.problems import Problem
+from toolkit.core.rundir import atomic_write_json, atomic_write_jsonl, versions
+from toolkit.data.strategies import final_answers, split_tag, strategy_stats
 
 from toolkit.eval.generate import Generator
 from toolkit.eval.prompts import Shot, build_messages

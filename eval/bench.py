@@ -13,12 +13,12 @@ import statistics
 import time
 from pathlib import Path
 
-from toolkit.errors import ToolkitError
+from toolkit.core.errors import ToolkitError
 from toolkit.eval.bench_runner import detect
 from toolkit.eval.remote import BenchError, LocalExecutor
 from toolkit.eval.roofline import model_facts, ratio_text, roofline
-from toolkit.integrity import check_gguf, check_hf_folder, check_onnx_folder
-from toolkit.rundir import atomic_write_json, atomic_write_text
+from toolkit.core.integrity import check_gguf, check_hf_folder, check_onnx_folder
+from toolkit.core.rundir import atomic_write_json, atomic_write_text
 
 
 class BusyMachineError(ToolkitError):
@@ -37,7 +37,7 @@ def stats(values: list[float]) -> dict:
 
 def resolve_local(model: str) -> Path:
     """A model reference (pkg:…, .gguf, export folder, HF folder, .tar.gz bundle) as a local path."""
-    from toolkit.models import resolve_model
+    from toolkit.core.models import resolve_model
 
     if Path(model).exists():
         return Path(model)

@@ -1,4 +1,4 @@
-"""The calculator inside each backend's decoding loop (toolkit/calculator.py holds the arithmetic).
+"""The calculator inside each backend's decoding loop (toolkit/data/calculator.py holds the arithmetic).
 
 Token-level backends (torch and optimum ONNX through a LogitsProcessor, onnxruntime-genai through
 get/set_logits, llama.cpp in process through its logits_processor) pick every next token themselves:
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from toolkit.calculator import RANKED, Sequence, result_for, steer
+from toolkit.data.calculator import RANKED, Sequence, result_for, steer
 
 
 def hf_sequence(tokenizer, prefix: str = "") -> Sequence:

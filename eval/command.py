@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.progress import ProgressColumn, Task
 from rich.text import Text
 
-from toolkit.errors import ToolkitError
+from toolkit.core.errors import ToolkitError
 
 from toolkit.eval.generate import BACKENDS
 from toolkit.eval.prompts import BUILDERS
@@ -60,7 +60,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from toolkit.problems import load_suite
+    from toolkit.data.problems import load_suite
 
     from toolkit.eval.accuracy import evaluate
     from toolkit.eval.generate import export_info, open_generator
@@ -69,7 +69,7 @@ def run_eval(args: argparse.Namespace) -> int:
     # PoT programs run in the sandbox: refuse now, before the model loads, where it cannot confine them.
     sandbox = None
     if args.strategy in ("pot", "auto"):
-        from toolkit.sandbox import prepare
+        from toolkit.sandbox.runner import prepare
 
         sandbox = "bwrap" if prepare() else "unsafe (unconfined)"
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]

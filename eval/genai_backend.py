@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toolkit.errors import ModelError
-from toolkit.integrity import check_onnx_folder
+from toolkit.core.errors import ModelError
+from toolkit.core.integrity import check_onnx_folder
 
-from toolkit.calculator import steer
+from toolkit.data.calculator import steer
 from toolkit.eval.calc_decode import assistant_prefix, hf_sequence
 from toolkit.eval.generate import default_threads, length_sorted_batches
 from toolkit.eval.prompts import cut_at_stop, render

@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from toolkit.errors import ModelError
-from toolkit.integrity import check_onnx_folder
-from toolkit.models import ModelRef, resolve_model
+from toolkit.core.errors import ModelError
+from toolkit.core.integrity import check_onnx_folder
+from toolkit.core.models import ModelRef, resolve_model
 
 from toolkit.eval.prompts import PLAIN_STOP, cut_at_stop, plain_text, render
 
@@ -67,7 +67,7 @@ class TorchGenerator:
 
     @classmethod
     def from_ref(cls, ref: ModelRef, batch_size: int = 16, threads: int | None = None, seed: int = 0):
-        from toolkit.loading import load_model_and_tokenizer
+        from toolkit.training.loading import load_model_and_tokenizer
 
         model, tok = load_model_and_tokenizer(ref)
         return cls(model, tok, batch_size, threads, seed)
@@ -125,7 +125,7 @@ class OnnxGenerator(TorchGenerator):
         from optimum.onnxruntime import ORTModelForCausalLM
         from transformers import AutoTokenizer
 
-        from toolkit.loading import fix_special_tokens
+        from toolkit.training.loading import fix_special_tokens
 
         threads = threads or default_threads()
         options = ort.SessionOptions()
@@ -196,7 +196,7 @@ class LlamaCppGenerator:
         """Raw completions of the prompt as create_chat_completion renders it (the GGUF's template, no
         BOS added, the end token as stop), so that a logits processor sees every token and an assistant
         prefix is continued, not closed."""
-        from toolkit.calculator import Sequence
+        from toolkit.data.calculator import Sequence
         from toolkit.eval.calc_decode import LlamaCppCalculator, assistant_prefix
 
         out, self.calc_counts = [], []

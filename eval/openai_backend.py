@@ -8,8 +8,8 @@ from pathlib import Path
 
 import openai
 
-from toolkit.errors import ModelError, redact
-from toolkit.llama_server import LlamaServer
+from toolkit.core.errors import ModelError, redact
+from toolkit.teacher.llama_server import LlamaServer
 
 from toolkit.eval.generate import default_threads
 

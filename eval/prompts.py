@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import DataError, ToolkitError
-from toolkit.problems import Problem, load_suite
-from toolkit.strategies import COT_INSTRUCTION, eval_prompt, student_messages
+from toolkit.core.errors import DataError, ToolkitError
+from toolkit.data.problems import Problem, load_suite
+from toolkit.data.strategies import COT_INSTRUCTION, eval_prompt, student_messages
 
 Messages = list[dict[str, str]]
 
@@ -34,7 +34,7 @@ def cot_messages(question: str, shots: list[Shot]) -> Messages:
 
 
 def tagged_builder(strategy: str) -> PromptBuilder:
-    """A multi-strategy student's prompt (toolkit.strategies.eval_prompt): `auto` lets it pick, l2m/pot
+    """A multi-strategy student's prompt (toolkit.data.strategies.eval_prompt): `auto` lets it pick, l2m/pot
     force that tag. It was trained zero-shot on this prompt, so worked examples are refused."""
     def build(question: str, shots: list[Shot]) -> Messages:
         if shots:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from toolkit.errors import ToolkitError
+from toolkit.core.errors import ToolkitError
 
 # Self-contained: all the device needs besides its runtime (safetar.py unpacks a bundle there).
 RUNNER_FILES = ("bench_runner.py", "machine.py", "safetar.py")

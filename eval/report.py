@@ -10,11 +10,11 @@ import json
 import re
 from pathlib import Path
 
-from toolkit.errors import ToolkitError
+from toolkit.core.errors import ToolkitError
 from toolkit.eval.accuracy import wilson_interval
 from toolkit.eval.bench import markdown as bench_markdown
 from toolkit.eval.roofline import ratio_text
-from toolkit.rundir import atomic_write_text
+from toolkit.core.rundir import atomic_write_text
 
 
 class ReportError(ToolkitError):
@@ -200,8 +200,8 @@ def _scatter(rows: list[dict], x_of, xlabel: str, path: Path) -> bool:
 def build_report(inputs: list[Path], out: Path) -> Path:
     """Write out/report.md plus out/accuracy_vs_latency.png, out/accuracy_vs_size.png and one
     out/rounds-<run>.png per distillation run; returns the Markdown file's path."""
-    from toolkit.rounds_report import plot_rounds  # the run's own per-round curve, same look
-    from toolkit.rounds_report import markdown_table as rounds_table
+    from toolkit.eval.rounds_report import plot_rounds  # the run's own per-round curve, same look
+    from toolkit.eval.rounds_report import markdown_table as rounds_table
 
     evals, benches, rounds = collect(inputs)
     rows = merge(evals, benches)

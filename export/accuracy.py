@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.errors import ExportError
+from toolkit.core.errors import ExportError
 
 METRICS = ("strict_match", "flexible_extract")
 # A quantized 135M model loses a few points on 20 problems by chance alone (one problem = 5 points),
@@ -15,7 +15,7 @@ def _score(model: str, backend: str, suite: str, problems: list, out: Path, thre
            max_new_tokens: int) -> tuple[dict, list[dict]]:
     from toolkit.eval.accuracy import evaluate
     from toolkit.eval.generate import open_generator
-    from toolkit.rundir import read_jsonl
+    from toolkit.core.rundir import read_jsonl
 
     gen = open_generator(model, backend, batch_size=8, threads=threads)
     try:
@@ -28,7 +28,7 @@ def _score(model: str, backend: str, suite: str, problems: list, out: Path, thre
 def eval_problems(suite: str, limit: int, data_root: str) -> list:
     """The first `limit` problems of `suite`, read before any export work so a bad request fails at once."""
     from toolkit.eval.command import SUITE_NAMES
-    from toolkit.problems import load_suite
+    from toolkit.data.problems import load_suite
 
     if suite not in SUITE_NAMES:
         raise ExportError(f"--eval-suite {suite!r}: choose one of {', '.join(SUITE_NAMES)}")

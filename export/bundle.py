@@ -6,12 +6,12 @@ import io
 import tarfile
 from pathlib import Path
 
-from toolkit import calculator
-from toolkit.errors import ExportError
+from toolkit.data import calculator
+from toolkit.core.errors import ExportError
 from toolkit.export.manifest import MANIFEST, PARTIAL, sha256
 
 # Runners import only the runtime: llama_cpp (GGUF) or onnxruntime_genai (genai folder), never toolkit,
-# and the calculator module, which the bundle carries as a copy of toolkit/calculator.py.
+# and the calculator module, which the bundle carries as a copy of toolkit/data/calculator.py.
 _GGUF_RUNNER = '''#!/usr/bin/env python3
 """Answer one question with this GGUF model; needs only llama-cpp-python (pip install llama-cpp-python).
 

@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from toolkit.errors import ExportError
+from toolkit.core.errors import ExportError
 
 QUANTS = ("int4", "fp32")
 HEAD_BITS = (8, 4)  # the LM head's bits in an int4 export; 8 is the default

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from toolkit.errors import ExportError
+from toolkit.core.errors import ExportError
 
 # Block width (elements along a row) each GGML type needs; a row length not divisible by it cannot take it.
 _K_BLOCK = 256

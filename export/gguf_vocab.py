@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import ExportError
+from toolkit.core.errors import ExportError
 
 # One metadata entry: (key, value, value type, array element type or None), as GGUFWriter.add_key_value takes.
 Entry = tuple[str, Any, Any, Any]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.export.gguf_vocab import Entry
-from toolkit.errors import ExportError
+from toolkit.core.errors import ExportError
 
 # HF parameter name (inside model.layers.N.) → GGUF tensor name (inside blk.N.).
 _LAYER = {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.errors import ExportError
+from toolkit.core.errors import ExportError
 from toolkit.export.genai import clean_byte_level_tokenizer
 
 QUANTS = ("fp32", "int8", "int4")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from toolkit.errors import ExportError
+from toolkit.core.errors import ExportError
 
 # Math prompts plus texts that stress a tokenizer: digits, thousands separators, unicode, code, whitespace.
 PROMPTS = [

@@ -7,11 +7,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolkit.errors import ExportError
+from toolkit.core.errors import ExportError
 from toolkit.export import genai, onnx, parity
 from toolkit.export.manifest import MANIFEST, PARTIAL, TOOLS, file_rows, write_manifest
 from toolkit.export.source import Source, open_source, read_config
-from toolkit.rundir import versions
+from toolkit.core.rundir import versions
 
 FORMATS = ("onnx", "genai", "gguf")
 _SCRATCH = ".export-scratch-"  # + pid + "-" + random: the dequantized source and unquantized files, beside OUT

@@ -5,8 +5,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import ExportError, ModelError
-from toolkit.models import resolve_model
+from toolkit.core.errors import ExportError, ModelError
+from toolkit.core.models import resolve_model
 
 # Architectures every exporter handles (HF `model_type` == GGUF `general.architecture` for these).
 SUPPORTED = ("llama", "qwen2")
@@ -69,7 +69,7 @@ def check_weights(hf_dir: Path) -> None:
 
 
 def _recorded_base(hf_dir: Path, config: dict) -> tuple[Path | None, str | None]:
-    """The base GGUF a student was fine-tuned from, as recorded by toolkit.loading in config.json."""
+    """The base GGUF a student was fine-tuned from, as recorded by toolkit.training.loading in config.json."""
     base = config.get("toolkit_base") or {}
     for candidate in (base.get("ref"), base.get("gguf")):
         if not candidate:
@@ -95,7 +95,7 @@ def open_source(model_ref: str, work: Path, *, tokenizer_gguf: str | None = None
         arch = gguf_architecture(ref.path)
         if arch not in SUPPORTED:
             raise _unsupported(arch, str(ref.path))
-        from toolkit.loading import load_model_and_tokenizer
+        from toolkit.training.loading import load_model_and_tokenizer
 
         model, tok = load_model_and_tokenizer(ref)
         hf_dir = work / "source"

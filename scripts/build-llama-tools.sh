@@ -2,7 +2,7 @@
 # Build llama.cpp's llama-server, llama-bench, llama-batched-bench and llama-quantize from the pinned llama-cpp-python sdist.
 # The sdist vendors the exact llama.cpp tree the Python binding uses, so the server speaks the same
 # GGUF versions. Binaries are cached in ~/.cache/toolkit/llama.cpp-<version>/bin; a second run only
-# checks. A user's own llama-server on PATH takes precedence at run time (toolkit/llama_tools.py).
+# checks. A user's own llama-server on PATH takes precedence at run time (toolkit/teacher/llama_tools.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLAMA_VERSION=0.3.36

@@ -96,8 +96,8 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """The packaged SmolLM2-135M-Instruct GGUF (the [demo] extra), a real model small enough to serve."""
-    from toolkit.errors import ModelError
-    from toolkit.models import packaged_gguf
+    from toolkit.core.errors import ModelError
+    from toolkit.core.models import packaged_gguf
 
     try:
         return packaged_gguf("smollm2-135m-instruct")
@@ -163,7 +163,7 @@ def toolkit(*args: str, cwd: Path, timeout: float = 900) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def teacher_server(smollm2_gguf, tmp_path_factory):
     """A real llama.cpp server with SmolLM2-135M on 127.0.0.1 as the test teacher; its log counts requests."""
-    from toolkit.llama_server import LlamaServer
+    from toolkit.teacher.llama_server import LlamaServer
 
     with LlamaServer(smollm2_gguf, tmp_path_factory.mktemp("teacher") / "server.log", n_ctx=1024,
                      threads=2) as srv:

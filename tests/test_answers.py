@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.answers import answers_match, extract_flexible, extract_strict, normalize_number
+from toolkit.data.answers import answers_match, extract_flexible, extract_strict, normalize_number
 
 # Real outputs: a teacher's and students' raw completions and GSM8K's gold rationales, each with the
 # strict and flexible answer a careful reader takes from it (checked by hand).

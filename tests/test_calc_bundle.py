@@ -19,7 +19,7 @@ def test_bundle_runner_forces_the_result_with_the_runtime_only(tmp_path, fmt, qu
     src = _build(tmp_path / "qwen2", "qwen2")
     m = export_model(str(src), fmt, quant, tmp_path / "out", threads=1, bundle=True)
     folder = _unpack(tmp_path / "out" / m["bundle"]["path"], tmp_path / "unpacked")
-    assert (folder / "calculator.py").read_bytes() == (ROOT / "toolkit" / "calculator.py").read_bytes()
+    assert (folder / "calculator.py").read_bytes() == (ROOT / "toolkit" / "data" / "calculator.py").read_bytes()
     args = ["--threads", "1"] if fmt == "gguf" else []
 
     def run(*extra: str) -> subprocess.CompletedProcess:

@@ -7,9 +7,9 @@ import pytest
 
 from tests.conftest import write_tiny_recipe
 
-from toolkit.errors import RecipeError
-from toolkit.problems import Problem
-from toolkit.recipe import load_recipe
+from toolkit.core.errors import RecipeError
+from toolkit.data.problems import Problem
+from toolkit.core.recipe import load_recipe
 
 
 def test_calculator_refuses_the_vllm_sampler_in_one_line(tmp_path, tiny_model_dir):
@@ -23,9 +23,9 @@ def test_calculator_refuses_the_vllm_sampler_in_one_line(tmp_path, tiny_model_di
 def test_round_evals_decode_with_the_calculator(tmp_path, tiny_model_dir):
     from rich.console import Console
 
-    from toolkit.distill import Distiller
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.pipeline.distill import Distiller
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
 
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, "http://127.0.0.1:9/v1"),
                          ["eval.calculator=true", "eval.max_new_tokens=8"])

@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import pytest
 
-from toolkit.calculator import CalcError, Sequence, evaluate, format_number, result_for
+from toolkit.data.calculator import CalcError, Sequence, evaluate, format_number, result_for
 from toolkit.eval.calc_decode import End, stream_with_calculator
 
 

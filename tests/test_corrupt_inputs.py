@@ -13,8 +13,8 @@ import pytest
 
 from tests.conftest import DATA, DEAD, one_line_error, toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher
-from toolkit.errors import ModelError, ToolkitError
-from toolkit.integrity import check_gguf, check_hf_folder, check_safetensors
+from toolkit.core.errors import ModelError, ToolkitError
+from toolkit.core.integrity import check_gguf, check_hf_folder, check_safetensors
 
 def _whole_files(root: Path) -> None:
     """Every file a run left is whole: no temporaries, every JSON/JSONL parses."""
@@ -103,7 +103,7 @@ def genai_export(tiny_model_dir, tmp_path_factory) -> Path:
 
 def test_truncated_onnx_graph_and_weights(genai_export, tmp_path):
     """`toolkit bench` and `toolkit eval` refuse a cut ONNX export in one line, before any runtime loads it."""
-    from toolkit.integrity import check_onnx_folder
+    from toolkit.core.integrity import check_onnx_folder
 
     check_onnx_folder(genai_export)  # the whole export passes
     cut_graph, cut_weights = tmp_path / "cut-graph", tmp_path / "cut-weights"
@@ -169,8 +169,8 @@ def test_disk_fills_up_during_training_then_resumes(tmp_path, tiny_model_dir):
 
 _FILL_CACHE = """
 import resource, signal, sys
-from toolkit.cache import RequestCache
-from toolkit.errors import ToolkitError
+from toolkit.teacher.cache import RequestCache
+from toolkit.core.errors import ToolkitError
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
 resource.setrlimit(resource.RLIMIT_FSIZE, (96 * 1024, 96 * 1024))
 cache = RequestCache(sys.argv[1])
@@ -189,7 +189,7 @@ def test_cache_write_past_a_file_size_limit_keeps_earlier_entries(tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     stored, message = r.stdout.split(" ", 1)
     assert int(stored) > 5 and "cannot write the teacher cache" in message and message.count("\n") == 1
-    from toolkit.cache import RequestCache
+    from toolkit.teacher.cache import RequestCache
 
     cache = RequestCache(db)
     assert len(cache) == int(stored) and cache.get("k0") == "x" * 2000
@@ -222,7 +222,7 @@ def test_unwritable_output_and_cache_folders(tmp_path, tiny_model_dir, monkeypat
 
 
 def test_atomic_writer_leaves_the_old_file(tmp_path):
-    from toolkit.rundir import atomic_write_text
+    from toolkit.core.rundir import atomic_write_text
 
     target = tmp_path / "small" / "out.txt"
     with tmpfs(tmp_path / "small", "8k"):

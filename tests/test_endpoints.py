@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from tests.fault_teacher import FaultTeacher
-from toolkit.cache import RequestCache
-from toolkit.endpoints import DOWN_AFTER, Endpoint
-from toolkit.errors import RecipeError, TeacherError
-from toolkit.llama_server import free_port
-from toolkit.recipe import TeacherConfig, load_recipe
-from toolkit.teachers import OpenAITeacher, endpoints_of
+from toolkit.teacher.cache import RequestCache
+from toolkit.teacher.endpoints import DOWN_AFTER, Endpoint
+from toolkit.core.errors import RecipeError, TeacherError
+from toolkit.teacher.llama_server import free_port
+from toolkit.core.recipe import TeacherConfig, load_recipe
+from toolkit.teacher.teachers import OpenAITeacher, endpoints_of
 
 PROMPTS = [[{"role": "user", "content": f"What is {i} plus {i + 7}?"}] for i in range(24)]
 

@@ -14,7 +14,7 @@ from tests.conftest import build_tiny_tokenizer, toolkit
 from toolkit.eval.accuracy import evaluate
 from toolkit.eval.generate import detect_backend, export_info, open_generator
 from toolkit.eval.prompts import PLAIN_STOP, build_messages, cut_at_stop, fewshot_examples, plain_text
-from toolkit.problems import load_suite
+from toolkit.data.problems import load_suite
 
 QUESTIONS = ["Tom has 3 apples and buys 5 more. How many apples does he have?",
              "Each box holds 7 pencils. There are 4 boxes. How many pencils in total?",

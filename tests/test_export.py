@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import build_tiny_tokenizer, toolkit
-from toolkit.errors import ExportError, ModelError
+from toolkit.core.errors import ExportError, ModelError
 from toolkit.eval.safetar import safe_extract
 from toolkit.export.run import export_model
 
@@ -191,8 +191,8 @@ def test_packaged_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
     the HF tokenizer's: the base GGUF's tokenizer metadata is found through config.json and carried over."""
     from llama_cpp import Llama
 
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
 
     model, tok = load_model_and_tokenizer(resolve_model("pkg:smollm2-135m-instruct"))
     student = tmp_path / "student"
@@ -218,8 +218,8 @@ def test_genai_reads_a_gguf_derived_tokenizer_like_hf(tmp_path, smollm2_gguf):
     from transformers import AutoTokenizer
 
     from toolkit.export.genai import clean_byte_level_tokenizer
-    from toolkit.loading import load_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.training.loading import load_tokenizer
+    from toolkit.core.models import resolve_model
 
     src = _build(tmp_path / "qwen2", "qwen2")
     out = tmp_path / "genai"

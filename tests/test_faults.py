@@ -16,10 +16,10 @@ import pytest
 
 from tests.conftest import DATA, toolkit, write_tiny_recipe
 from tests.fault_teacher import FAULTS, FaultTeacher, answer
-from toolkit.cache import RequestCache
-from toolkit.endpoints import backoff_s, retry_after_s
-from toolkit.errors import TeacherError
-from toolkit.teachers import OpenAITeacher
+from toolkit.teacher.cache import RequestCache
+from toolkit.teacher.endpoints import backoff_s, retry_after_s
+from toolkit.core.errors import TeacherError
+from toolkit.teacher.teachers import OpenAITeacher
 
 QUESTIONS = [f"What is {a} plus {b}?" for a, b in zip(range(2, 14), range(30, 42))]
 PROMPTS = [[{"role": "user", "content": q}] for q in QUESTIONS]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.fdd import classify
-from toolkit.questions import parse_questions
+from toolkit.pipeline.fdd import classify
+from toolkit.data.questions import parse_questions
 
 REAL = [json.loads(line) for line in
         (Path(__file__).parent / "data" / "real_question_outputs.jsonl").read_text().splitlines()]

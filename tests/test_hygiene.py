@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from toolkit.errors import DataError
-from toolkit.hygiene import LeakageIndex, NearDuplicateIndex, dedupe, ngrams, normalize_text
-from toolkit.problems import Problem, load_suite
+from toolkit.core.errors import DataError
+from toolkit.data.hygiene import LeakageIndex, NearDuplicateIndex, dedupe, ngrams, normalize_text
+from toolkit.data.problems import Problem, load_suite
 
 # 31 words: changing one number touches 3 of its 29 word 3-grams (Jaccard 26/32 = 0.81).
 BAKERY = ("A bakery sells 24 loaves of bread every morning and 18 loaves every afternoon. Each loaf costs "

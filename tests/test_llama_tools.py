@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.cache import RequestCache
-from toolkit.errors import ModelError
-from toolkit.llama_tools import find_tool, require_tool, tools_dir
-from toolkit.recipe import TeacherConfig
-from toolkit.teachers import open_teacher
+from toolkit.teacher.cache import RequestCache
+from toolkit.core.errors import ModelError
+from toolkit.teacher.llama_tools import find_tool, require_tool, tools_dir
+from toolkit.core.recipe import TeacherConfig
+from toolkit.teacher.teachers import open_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.conftest import DATA, toolkit, write_tiny_recipe
-from toolkit.recipe import TrainConfig
-from toolkit.train import IGNORE, batch_loss, collate, tokenize_example, train
+from toolkit.core.recipe import TrainConfig
+from toolkit.training.train import IGNORE, batch_loss, collate, tokenize_example, train
 
 QA = [("Tom has 3 apples and buys 5 more. How many apples does he have?", "3 + 5 = 8. The answer is 8."),
       ("Divide 28 pencils by 4 boxes.", "28 / 4 = 7. The answer is 7."),
@@ -28,7 +28,7 @@ def _touch(n_bytes: int) -> mmap.mmap:
 
 @pytest.mark.parametrize("sampled", [False, True])
 def test_peak_rss_sees_a_block_and_forgets_the_one_before(sampled, monkeypatch, tmp_path):
-    from toolkit import memory
+    from toolkit.core import memory
 
     if sampled:  # a kernel that refuses the VmHWM reset: the sampler thread takes over
         monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "missing" / "clear_refs")
@@ -100,8 +100,8 @@ def test_answer_only_loss_equals_the_full_loss_and_gradients(arch, tiny_model_di
 
 
 def test_gradient_checkpointing_trains_the_same_weights(tiny_model_dir, tmp_path):
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
 
     curves = {}
     for setting in (False, True):

@@ -5,8 +5,8 @@ import hashlib
 
 import pytest
 
-from toolkit.errors import ModelError
-from toolkit.models import PackagedModel, _join_verified, packaged_gguf, resolve_model
+from toolkit.core.errors import ModelError
+from toolkit.core.models import PackagedModel, _join_verified, packaged_gguf, resolve_model
 
 
 def test_reference_kinds(tmp_path, tiny_model_dir, smollm2_gguf):
@@ -71,7 +71,7 @@ def test_gguf_tokenizer_special_tokens_match_llama_cpp(smollm2_gguf):
     and chat prompts must tokenize to exactly the ids llama.cpp produces from the same GGUF."""
     from llama_cpp import Llama
 
-    from toolkit.loading import load_model_and_tokenizer
+    from toolkit.training.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(resolve_model(str(smollm2_gguf)))
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == model.config.eos_token_id == 2

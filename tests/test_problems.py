@@ -1,4 +1,4 @@
-"""Tests for toolkit.problems: loaders on the real datasets and plain files, errors, splits, JSONL I/O."""
+"""Tests for toolkit.data.problems: loaders on the real datasets and plain files, errors, splits, JSONL I/O."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.errors import DataError
-from toolkit.problems import (
+from toolkit.core.errors import DataError
+from toolkit.data.problems import (
     SUITES,
     Problem,
     load_file,
@@ -107,7 +107,7 @@ def test_asdiv_keeps_single_numbers_and_counts_skipped(caplog: pytest.LogCapture
     if not DATA_ROOT.is_dir():
         pytest.skip(f"real datasets not found at {DATA_ROOT}")
     total = sum(1 for _ in ET.parse(DATA_ROOT / "asdiv" / "ASDiv.xml").getroot().iter("Problem"))
-    with caplog.at_level(logging.INFO, logger="toolkit.problems"):
+    with caplog.at_level(logging.INFO, logger="toolkit.data.problems"):
         kept = load_suite("asdiv", DATA_ROOT)
     assert total == 2305
     assert len(kept) == 2084
@@ -284,7 +284,7 @@ def test_split_asking_too_many_names_counts() -> None:
 
 
 def test_exact_duplicates_keep_the_first() -> None:
-    from toolkit.hygiene import dedupe
+    from toolkit.data.hygiene import dedupe
 
     a = Problem(id="a", question="What is 2 + 2?", answer="4", source="t")
     b = Problem(id="b", question="  what IS 2 +\n2?  ", answer="4", source="t")

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from toolkit.problems import Problem
-from toolkit.questions import harder_messages, parse_questions, similar_messages
+from toolkit.data.problems import Problem
+from toolkit.data.questions import harder_messages, parse_questions, similar_messages
 
 SEED = Problem("gsm8k_train-7", "Tom has 5 apples and buys 3 more. How many apples does he have?", "8", "gsm8k")
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.errors import RecipeError
-from toolkit.recipe import load_recipe, parse_override
+from toolkit.core.errors import RecipeError
+from toolkit.core.recipe import load_recipe, parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

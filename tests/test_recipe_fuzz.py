@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import toolkit
 from toolkit.cli import main
-from toolkit.errors import RecipeError
-from toolkit.recipe import Recipe, load_recipe
+from toolkit.core.errors import RecipeError
+from toolkit.core.recipe import Recipe, load_recipe
 
 VALID = {
     "name": "fuzz", "seed": 0,
@@ -105,7 +105,7 @@ def test_unknown_keys_are_named_with_their_line(tmp_path, section, key, value):
 
 
 def _model_fields(section: str) -> set[str]:
-    from toolkit import recipe as r
+    from toolkit.core import recipe as r
 
     cls = {"data": r.DataConfig, "teacher": r.TeacherConfig, "student": r.StudentConfig, "distill": r.DistillConfig,
            "train": r.TrainConfig, "eval": r.EvalConfig, "data.train": r.DataSource}[section]

@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import DATA, DEAD, one_line_error, toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher
-from toolkit.errors import ToolkitError
-from toolkit.rundir import RunDir
+from toolkit.core.errors import ToolkitError
+from toolkit.core.rundir import RunDir
 
 def _documents(folder: Path) -> dict[str, bytes]:
     (folder / "taxes").mkdir(parents=True)
@@ -130,7 +130,7 @@ def test_a_changed_cached_answer_is_never_served(tmp_path, tiny_model_dir, monke
 
 
 def test_a_cache_file_that_is_not_sqlite_is_one_line(tmp_path):
-    from toolkit.cache import RequestCache
+    from toolkit.teacher.cache import RequestCache
 
     bad = tmp_path / "teacher.sqlite"
     bad.write_bytes(b"this is not a database" * 300)
@@ -141,7 +141,7 @@ def test_a_cache_file_that_is_not_sqlite_is_one_line(tmp_path):
 def test_a_cache_from_before_checksums_is_still_served(tmp_path):
     """Teacher caches written before entries carried checksums: their answers are served (they cost money),
     new entries get checksums."""
-    from toolkit.cache import RequestCache
+    from toolkit.teacher.cache import RequestCache
 
     path = tmp_path / "teacher.sqlite"
     db = sqlite3.connect(path)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import sandbox, seccomp
-from toolkit.sandbox import SandboxResult, run_program, run_programs
+from toolkit.sandbox import runner as sandbox, seccomp
+from toolkit.sandbox.runner import SandboxResult, run_program, run_programs
 
 
 # Empties the tripwire: the hook looks these names up in the runner's globals at every event.
@@ -287,7 +287,7 @@ ATTACK_USER = "tk-sandbox-attack"
 HELPER = r'''
 import json, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from toolkit import sandbox, seccomp
+from toolkit.sandbox import runner as sandbox, seccomp
 
 def survivors(marker):
     found = []
@@ -311,7 +311,7 @@ print(json.dumps({"results": results, "survivors": survivors(request["marker"]) 
 
 @dataclass
 class Attacker:
-    """Runs programs through toolkit.sandbox from a helper process as `who` ("invoker" or "user")."""
+    """Runs programs through toolkit.sandbox.runner from a helper process as `who` ("invoker" or "user")."""
 
     who: str
     folder: Path
@@ -356,10 +356,10 @@ def attack_kit():
     """A world-readable copy of the modules the helper imports: the checkout may sit under a 0700 home."""
     folder = Path(tempfile.mkdtemp(prefix="sandbox-attack-"))
     folder.chmod(0o755)
-    (folder / "toolkit").mkdir(mode=0o755)
-    for name in ("__init__.py", "errors.py", "sandbox.py", "seccomp.py"):
-        if (ROOT / "toolkit" / name).exists():
-            shutil.copy(ROOT / "toolkit" / name, folder / "toolkit" / name)
+    for name in ("__init__.py", "core/__init__.py", "core/errors.py", "sandbox/__init__.py", "sandbox/runner.py",
+                 "sandbox/seccomp.py"):
+        (folder / "toolkit" / name).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        shutil.copy(ROOT / "toolkit" / name, folder / "toolkit" / name)
     (folder / "helper.py").write_text(HELPER)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -536,10 +536,10 @@ def test_attack_home_and_project_are_not_readable(attacker):
     if attacker.user:
         os.chown(secret, attacker.user.pw_uid, attacker.user.pw_gid)
     secret.chmod(0o600)
-    project_line = (ROOT / "toolkit" / "sandbox.py").read_text().splitlines()[0]
+    project_line = (ROOT / "toolkit" / "sandbox" / "runner.py").read_text().splitlines()[0]
     try:
         code = ("import os\nseen = []\n"
-                f"for path in ({str(secret)!r}, {str(ROOT / 'toolkit' / 'sandbox.py')!r}):\n"
+                f"for path in ({str(secret)!r}, {str(ROOT / 'toolkit' / 'sandbox' / 'runner.py')!r}):\n"
                 "    try:\n        seen.append(open(path).read())\n    except OSError as exc:\n        seen.append(str(exc))\n"
                 f"for folder in ({str(attacker.home)!r}, {str(ROOT)!r}):\n"
                 "    try:\n        seen.append(repr(os.listdir(folder)))\n    except OSError as exc:\n"
@@ -619,7 +619,7 @@ def test_unsafe_mode_runs_unconfined_and_warns(no_bwrap, monkeypatch, capsys):
 
 def test_cli_refuses_pot_before_any_work(no_bwrap, tmp_path, tiny_model_dir):
     from tests.conftest import toolkit, write_tiny_recipe
-    from toolkit.llama_server import free_port
+    from toolkit.teacher.llama_server import free_port
 
     r = toolkit("eval", "pkg:smollm2-135m-instruct", "--suite", "multiarith", "--strategy", "pot",
                 "--out", str(tmp_path / "results.json"), cwd=tmp_path)
@@ -634,7 +634,7 @@ def test_cli_refuses_pot_before_any_work(no_bwrap, tmp_path, tiny_model_dir):
 
 def test_distill_unsafe_warns_and_is_recorded_in_the_manifest(no_bwrap, tmp_path, tiny_model_dir):
     from tests.conftest import toolkit, write_tiny_recipe
-    from toolkit.llama_server import free_port
+    from toolkit.teacher.llama_server import free_port
 
     # The teacher is unreachable: the run stops at the rationales, after the manifest is written.
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, f"http://127.0.0.1:{free_port()}/v1")

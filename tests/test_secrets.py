@@ -8,8 +8,8 @@ import pytest
 
 from tests.conftest import DATA, toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher
-from toolkit.errors import RecipeError
-from toolkit.recipe import load_recipe
+from toolkit.core.errors import RecipeError
+from toolkit.core.recipe import load_recipe
 
 
 def _files_holding(root: Path, needle: bytes) -> list[Path]:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.distill import select_problems
-from toolkit.recipe import load_recipe
+from toolkit.pipeline.distill import select_problems
+from toolkit.core.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_pooled_suites_drop_repeated_questions(data_root, monkeypatch):
     assert {p.source for p in pool} == {"multiarith", "addsub", "singleeq"}
     assert len(pool) == 1010
     # 600 + 395 + 508 = 1503 before the exact and near-duplicate pass; 1246 distinct questions remain.
-    from toolkit.distill import _load_source
+    from toolkit.pipeline.distill import _load_source
 
     assert len(_load_source(recipe.data.train, recipe)) == 1246
     assert len({" ".join(p.question.lower().split()) for p in pool}) == len(pool)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.errors import RecipeError
-from toolkit.recipe import load_recipe
-from toolkit.siked import mix, score_samples
-from toolkit.strategies import (TAGS, clean_solution, eval_prompt, extract_program, final_answer, final_answers,
+from toolkit.core.errors import RecipeError
+from toolkit.core.recipe import load_recipe
+from toolkit.pipeline.siked import mix, score_samples
+from toolkit.data.strategies import (TAGS, clean_solution, eval_prompt, extract_program, final_answer, final_answers,
                                 split_tag, strategy_stats, teacher_messages, training_completion, training_prompt)
-from toolkit.problems import Problem
+from toolkit.data.problems import Problem
 
 from tests.test_recipe import MINIMAL
 
@@ -88,7 +88,7 @@ def test_forced_tag_renders_as_the_start_of_the_assistant_turn(tiny_model_dir):
     from transformers import AutoTokenizer
 
     from toolkit.eval.prompts import build_messages, render
-    from toolkit.train import tokenize_example
+    from toolkit.training.train import tokenize_example
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     text, stops = render(tok, build_messages("What is 2 plus 3?", "pot"))

@@ -5,11 +5,11 @@ import os
 
 import pytest
 
-from toolkit.cache import RequestCache, request_key
-from toolkit.errors import TeacherError
-from toolkit.llama_server import LlamaServer, free_port
-from toolkit.recipe import TeacherConfig
-from toolkit.teachers import OpenAITeacher, open_teacher
+from toolkit.teacher.cache import RequestCache, request_key
+from toolkit.core.errors import TeacherError
+from toolkit.teacher.llama_server import LlamaServer, free_port
+from toolkit.core.recipe import TeacherConfig
+from toolkit.teacher.teachers import OpenAITeacher, open_teacher
 
 PROMPTS = [[{"role": "user", "content": "What is 2 + 3? Reply with the number."}],
            [{"role": "user", "content": "Name a colour."}]]

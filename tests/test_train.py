@@ -6,16 +6,16 @@ import json
 import pytest
 import torch
 
-from toolkit.recipe import TrainConfig
-from toolkit.train import IGNORE, Example, collate, pack, tokenize_example, train
+from toolkit.core.recipe import TrainConfig
+from toolkit.training.train import IGNORE, Example, collate, pack, tokenize_example, train
 
 MESSAGES = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
 
     return load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
 
@@ -61,8 +61,8 @@ def test_packed_loss_equals_separate_loss(tiny):
 def test_training_lowers_loss_and_saves_a_loadable_folder(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
 
     model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
     examples = [tokenize_example(tok, MESSAGES, "3 + 5 = 8. The answer is 8.", 256)] * 8
@@ -83,8 +83,8 @@ def test_training_lowers_loss_and_saves_a_loadable_folder(tiny_model_dir, tmp_pa
 def test_lora_training_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
 
     model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
     examples = [tokenize_example(tok, MESSAGES, "The answer is 8.", 256)] * 4

@@ -6,9 +6,9 @@ import json
 import torch
 
 from tests.conftest import write_jsonl
-from toolkit.recipe import TrainConfig
-from toolkit.train import tokenize_example, train
-from toolkit.train_job import launch, write_job
+from toolkit.core.recipe import TrainConfig
+from toolkit.training.train import tokenize_example, train
+from toolkit.training.train_job import launch, write_job
 
 ROWS = [{"messages": [{"role": "user", "content": f"What is {a} plus {b}?"}],
          "completion": f"{a} + {b} = {a + b}. The answer is {a + b}."}
@@ -22,8 +22,8 @@ WEIGHT_ATOL = 1e-5
 def test_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
 
     # seq_len 48 keeps one example per packed sequence: 7 sequences, global batches of 3, 3 and 1,
     # so in the third batch the second process has nothing and still joins the all-reduce.
@@ -51,7 +51,7 @@ def test_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path):
 
 
 def test_several_machines_share_one_rendezvous(tmp_path):
-    from toolkit.train_job import launch_cmd
+    from toolkit.training.train_job import launch_cmd
 
     cfg = TrainConfig(processes=4, nodes=2, master_addr="10.0.0.5", master_port=29511)
     cmd = launch_cmd(tmp_path / "train-job.json", cfg, node_rank=1)
@@ -59,7 +59,7 @@ def test_several_machines_share_one_rendezvous(tmp_path):
                                                       "--master-addr", "--master-port")}
     assert at == {"--nnodes": "2", "--node-rank": "1", "--nproc-per-node": "4", "--master-addr": "10.0.0.5",
                   "--master-port": "29511"}
-    assert cmd[-2:] == ["toolkit.train_job", str(tmp_path / "train-job.json")]
+    assert cmd[-2:] == ["toolkit.training.train_job", str(tmp_path / "train-job.json")]
 
 
 def test_distill_trains_with_two_processes(tmp_path, tiny_model_dir, teacher_server):

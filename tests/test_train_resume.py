@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.conftest import toolkit, write_tiny_recipe
-from toolkit.recipe import TrainConfig
-from toolkit.train import BatchOrder, tokenize_example, train
+from toolkit.core.recipe import TrainConfig
+from toolkit.training.train import BatchOrder, tokenize_example, train
 
 QUESTIONS = [("Tom has 3 apples and buys 5 more. How many apples does he have?", "3 + 5 = 8. The answer is 8."),
              ("A baker makes 24 muffins and sells 18. How many are left?", "24 - 18 = 6. The answer is 6."),
@@ -30,8 +30,8 @@ def _examples(tok):
 
 
 def _fresh(tiny_model_dir):
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
 
     return load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
 
@@ -154,7 +154,7 @@ def _interrupted(tiny_model_dir, tmp_path, cfg):
 def test_a_planted_checkpoint_never_runs_code(tiny_model_dir, tmp_path):
     """A state.pt that would run code when unpickled (multi-node runs share the run folder) is loaded data-only,
     after the fingerprint check: the resume ends in one clear error and the code never runs."""
-    from toolkit.errors import ToolkitError
+    from toolkit.core.errors import ToolkitError
 
     cfg = TrainConfig(max_steps=4, batch_size=2, seq_len=128, lr=3e-3, threads=1, checkpoint_every=2)
     state = _interrupted(tiny_model_dir, tmp_path, cfg)

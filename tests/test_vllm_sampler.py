@@ -5,9 +5,9 @@ import importlib.util
 
 import pytest
 
-from toolkit.errors import ModelError
-from toolkit.recipe import StudentConfig
-from toolkit.vllm_sampler import OpenAIGenerator, VllmServer
+from toolkit.core.errors import ModelError
+from toolkit.core.recipe import StudentConfig
+from toolkit.teacher.vllm_sampler import OpenAIGenerator, VllmServer
 
 PROMPTS = [[{"role": "user", "content": q}] for q in ("What is 2 plus 3?", "What is 4 plus 4?", "What is 9 minus 4?")]
 

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 
-from toolkit.voting import Vote, majority_vote
+from toolkit.data.voting import Vote, majority_vote
 
 CASES = [
     # name, answers, min_fraction, min_votes, expected Vote

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from toolkit import __version__
-from toolkit.errors import ToolkitError, redact
+from toolkit.core.errors import ToolkitError, redact
 
 
 def _quiet_libraries() -> None:
@@ -27,8 +27,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.distill import Distiller, describe_plan
-    from toolkit.recipe import load_recipe
+    from toolkit.pipeline.distill import Distiller, describe_plan
+    from toolkit.core.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     console = Console(quiet=args.quiet)
@@ -51,7 +51,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def _print_summary(console, manifest: dict, seconds: float) -> None:
     from rich.table import Table
 
-    from toolkit.rounds_report import round_rows
+    from toolkit.eval.rounds_report import round_rows
 
     summary = manifest["summary"]
     table = Table(title="distillation result (held-out problems, greedy)")
@@ -62,7 +62,7 @@ def _print_summary(console, manifest: dict, seconds: float) -> None:
         table.add_row(r["model"], f"{r['strict_match']:.1%} ({lo:.0%}–{hi:.0%})", f"{r['flexible_extract']:.1%}",
                       str(r["n"]), str(r["problems"]), str(r["rationales"]))
     console.print(table)
-    from toolkit.memory import gb, process_peak_bytes
+    from toolkit.core.memory import gb, process_peak_bytes
 
     # Peak: this process's own peak RSS during the stage (VmHWM); a child (teacher server, torchrun
     # worker) that finished inside the stage with a larger peak than any earlier child is shown beside it.
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact(str(exc))}", file=sys.stderr)  # a server's text may quote a key
         return exc.exit_code
     except OSError as exc:  # a write the stages did not expect to fail: full disk, read-only folder
-        from toolkit.storage import write_failure
+        from toolkit.core.storage import write_failure
 
         reason = write_failure(exc)
         if reason is None:

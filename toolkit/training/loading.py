@@ -4,8 +4,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from toolkit.errors import ModelError
-from toolkit.models import ModelRef
+from toolkit.core.errors import ModelError
+from toolkit.core.models import ModelRef
 
 
 def _source(ref: ModelRef) -> tuple[str, dict]:
@@ -35,7 +35,7 @@ def load_model_and_tokenizer(ref: ModelRef, dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from toolkit.integrity import check_model
+    from toolkit.core.integrity import check_model
 
     check_model(ref)  # a truncated weight file is one clear error, not a loader traceback
     src, kw = _source(ref)

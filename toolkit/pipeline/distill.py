@@ -9,15 +9,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from toolkit.answers import answers_match
-from toolkit.cache import RequestCache
-from toolkit.errors import DataError, ToolkitError
-from toolkit.models import PACKAGED, cache_root
-from toolkit.problems import Problem, load_file, load_hf, load_suite, read_jsonl, split_problems, write_jsonl
-from toolkit.recipe import DataSource, Recipe
-from toolkit.rundir import RunDir, atomic_write_jsonl
-from toolkit.rundir import read_jsonl as read_rows
-from toolkit.strategies import (clean_solution, is_tagged, solution_answers, teacher_messages, training_completion,
+from toolkit.data.answers import answers_match
+from toolkit.teacher.cache import RequestCache
+from toolkit.core.errors import DataError, ToolkitError
+from toolkit.core.models import PACKAGED, cache_root
+from toolkit.data.problems import Problem, load_file, load_hf, load_suite, read_jsonl, split_problems, write_jsonl
+from toolkit.core.recipe import DataSource, Recipe
+from toolkit.core.rundir import RunDir, atomic_write_jsonl
+from toolkit.core.rundir import read_jsonl as read_rows
+from toolkit.data.strategies import (clean_solution, is_tagged, solution_answers, teacher_messages, training_completion,
                                  training_prompt)
 
 
@@ -33,7 +33,7 @@ def data_root(recipe: Recipe) -> Path:
 
 def _load_source(src: DataSource, recipe: Recipe) -> list[Problem]:
     if src.suite:
-        from toolkit.hygiene import dedupe
+        from toolkit.data.hygiene import dedupe
 
         root = data_root(recipe)
         names = [s.strip() for s in src.suite.split(",") if s.strip()]
@@ -82,7 +82,7 @@ class Distiller:
         not choose `sandbox: unsafe` (one line naming the fix); returns what the manifest records."""
         if "pot" not in self.recipe.distill.strategies:
             return None
-        from toolkit.sandbox import prepare
+        from toolkit.sandbox.runner import prepare
 
         mode = self.recipe.distill.sandbox
         confined = prepare(mode)
@@ -93,9 +93,9 @@ class Distiller:
 
     def _check_models(self) -> None:
         """Fail before any work when a model reference cannot be resolved (clear error, no run folder)."""
-        from toolkit.models import resolve_model
+        from toolkit.core.models import resolve_model
 
-        from toolkit.integrity import check_model
+        from toolkit.core.integrity import check_model
 
         check_model(resolve_model(self.recipe.student.model, self.recipe.base_dir))
         if self.recipe.teacher.backend == "llama.cpp":
@@ -115,7 +115,7 @@ class Distiller:
         `seed_offset` shifts the sampling seeds, and with them the cache keys: a stage that sends the
         same prompt as an earlier round gets fresh samples instead of the cached ones.
         """
-        from toolkit.teachers import open_teacher
+        from toolkit.teacher.teachers import open_teacher
 
         cfg = self.recipe.teacher
         if max_tokens:
@@ -130,9 +130,9 @@ class Distiller:
 
     @contextmanager
     def stage(self, name: str, title: str):
-        """Time a stage, measure its peak memory (toolkit/memory.py) and record it as done with the counts
+        """Time a stage, measure its peak memory (toolkit/core/memory.py) and record it as done with the counts
         the block put in `info`."""
-        from toolkit.memory import PeakRSS, gb, release_memory
+        from toolkit.core.memory import PeakRSS, gb, release_memory
 
         info: dict = {}
         self.console.print(f"[bold]▶ {title}[/bold]")
@@ -143,7 +143,7 @@ class Distiller:
             with peak:
                 yield info
         except Exception as exc:
-            from toolkit.storage import write_failure
+            from toolkit.core.storage import write_failure
 
             reason = write_failure(exc)
             if reason is None:
@@ -208,8 +208,8 @@ class Distiller:
 
     def base_student(self):
         if self._model is None:
-            from toolkit.loading import load_model_and_tokenizer
-            from toolkit.models import resolve_model
+            from toolkit.training.loading import load_model_and_tokenizer
+            from toolkit.core.models import resolve_model
 
             ref = resolve_model(self.recipe.student.model, self.recipe.base_dir)
             self._model = load_model_and_tokenizer(ref)
@@ -221,8 +221,8 @@ class Distiller:
         (None: the base student) that runs only inside the block (student.sampler)."""
         st = self.recipe.student
         if st.sampler == "vllm":
-            from toolkit.models import resolve_model
-            from toolkit.vllm_sampler import vllm_generator
+            from toolkit.core.models import resolve_model
+            from toolkit.teacher.vllm_sampler import vllm_generator
 
             if path is None:
                 ref = resolve_model(st.model, self.recipe.base_dir)
@@ -260,7 +260,7 @@ class Distiller:
 
     def train(self, k_round: int, rows: list[dict], folder: str | None = None) -> Path:
         """Fine-tune the base student on `rows` into `<folder>/student` (folder: round-K by default)."""
-        from toolkit.train import pack, planned_steps, tokenize_example, train
+        from toolkit.training.train import pack, planned_steps, tokenize_example, train
 
         folder = folder or f"round-{k_round}"
         (self.run.root / folder).mkdir(parents=True, exist_ok=True)
@@ -296,7 +296,7 @@ class Distiller:
         return out
 
     def _train_processes(self, folder: str, cfg, out: Path, log) -> dict:
-        from toolkit.train_job import launch, write_job
+        from toolkit.training.train_job import launch, write_job
 
         rdir = self.run.root / folder
         job = write_job(rdir / "train-job.json", student=self.recipe.student.model,
@@ -304,7 +304,7 @@ class Distiller:
                         rows=rdir / "train.jsonl", cfg=cfg, out=out, seed=self.recipe.seed)
         self._model = None  # each worker loads its own copy; free this one
         if cfg.nodes > 1:
-            from toolkit.train_job import launch_cmd
+            from toolkit.training.train_job import launch_cmd
 
             others = " ".join(launch_cmd(job, cfg, node_rank=1)).replace("--node-rank 1", "--node-rank R")
             self.console.print(f"  waiting for {cfg.nodes - 1} more machine(s); on each, with R = 1..{cfg.nodes - 1}:"
@@ -316,8 +316,8 @@ class Distiller:
         """Round 0, then `rounds - 1` feedback rounds; each round retrains from the base checkpoint."""
         import torch
 
-        from toolkit import fdd
-        from toolkit.hygiene import LeakageIndex
+        from toolkit.pipeline import fdd
+        from toolkit.data.hygiene import LeakageIndex
 
         torch.set_num_threads(self.threads)
         seeds, heldout = self.data()
@@ -346,20 +346,20 @@ class Distiller:
                 path=student_dir)
             rounds[f"round-{k}"].update(problems=len(problems), rationales=len(rows))
         if self.recipe.distill.self_guided:
-            from toolkit import siked
+            from toolkit.pipeline import siked
 
             student_dir = siked.iterate(self, problems, rows, heldout, student_dir, rounds)
         self.run.manifest["summary"] = {"rounds": rounds, "student": str(student_dir)}
-        from toolkit.memory import process_peak_bytes
+        from toolkit.core.memory import process_peak_bytes
 
         # This invocation's own peak over every stage and the work between them (a resumed run: this part only).
         self.run.manifest["peak_rss_bytes"] = process_peak_bytes()
         self.run.save()
-        from toolkit.rounds_report import write_round_report
+        from toolkit.eval.rounds_report import write_round_report
 
         write_round_report(self.run.root, rounds)
         if is_tagged(self.recipe.distill.strategies):
-            from toolkit.siked import write_strategy_report
+            from toolkit.pipeline.siked import write_strategy_report
 
             write_strategy_report(self.run.root, rounds)
         return self.run.manifest
@@ -370,8 +370,8 @@ class Distiller:
 
 def load_student(path: Path):
     """(model, tokenizer) of a trained student folder."""
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
 
     return load_model_and_tokenizer(resolve_model(str(path)))
 
@@ -393,7 +393,7 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
 
     def model_line(ref: str) -> str:
         if ref.startswith("pkg:"):
-            from toolkit.models import ALIASES
+            from toolkit.core.models import ALIASES
 
             key = ALIASES.get(ref[4:], ref[4:])
             parts = PACKAGED.get(key)

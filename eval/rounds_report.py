@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.rundir import atomic_write_json, atomic_write_text
+from toolkit.core.rundir import atomic_write_json, atomic_write_text
 
 
 def round_rows(rounds: dict[str, dict]) -> list[dict]:

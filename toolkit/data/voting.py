@@ -5,7 +5,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from toolkit.answers import answers_match
+from toolkit.data.answers import answers_match
 
 # Slack for the agreement threshold: a recipe's 0.7 must accept 7 of 10 votes however the
 # fraction was computed (0.1 * 7 is 0.7000000000000001 in floating point).

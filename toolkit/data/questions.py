@@ -5,8 +5,8 @@ import json
 import re
 from itertools import islice
 
-from toolkit.problems import Problem
-from toolkit.strategies import Messages
+from toolkit.data.problems import Problem
+from toolkit.data.strategies import Messages
 
 # Short on purpose: the teacher may be a 0.5B model on CPU, where every prompt token costs time.
 _SYSTEM = "You write new math word problems for students."

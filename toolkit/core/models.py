@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from toolkit.errors import ModelError
+from toolkit.core.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from toolkit.problems import SUITES, Problem, load_suite
+from toolkit.data.problems import SUITES, Problem, load_suite
 
 log = logging.getLogger(__name__)
 

@@ -6,16 +6,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toolkit.answers import answers_match
-from toolkit.errors import ExportError
-from toolkit.problems import Problem
-from toolkit.rundir import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from toolkit.rundir import read_jsonl as read_rows
-from toolkit.strategies import (STRATEGIES, clean_solution, is_tagged, solution_answers, split_tag, strategy_stats,
+from toolkit.data.answers import answers_match
+from toolkit.core.errors import ExportError
+from toolkit.data.problems import Problem
+from toolkit.core.rundir import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from toolkit.core.rundir import read_jsonl as read_rows
+from toolkit.data.strategies import (STRATEGIES, clean_solution, is_tagged, solution_answers, split_tag, strategy_stats,
                                  training_completion, training_prompt)
 
 if TYPE_CHECKING:
-    from toolkit.distill import Distiller
+    from toolkit.pipeline.distill import Distiller
 
 
 def score_samples(problems: list[Problem], outputs: list[str], k: int,
@@ -163,7 +163,7 @@ def iterate(d: Distiller, problems: list[Problem], teacher_rows: list[dict], hel
             student_dir: Path, rounds: dict[str, dict]) -> Path:
     """All self-guided iterations after the last round; each retrains from the base and is evaluated.
     Adds `iter-t` entries to `rounds` and returns the last student."""
-    from toolkit.distill import load_student
+    from toolkit.pipeline.distill import load_student
 
     for t in range(1, d.recipe.distill.self_guided.iterations + 1):
         rows = sample(d, t, problems, teacher_rows, student_dir)

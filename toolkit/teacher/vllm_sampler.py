@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from toolkit.errors import TeacherError
-from toolkit.llama_server import LlamaServer
+from toolkit.core.errors import TeacherError
+from toolkit.teacher.llama_server import LlamaServer
 
 SERVED_NAME = "student"  # the name vLLM serves the student under, whatever its folder
 

@@ -5,7 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
-from toolkit.errors import ModelError
+from toolkit.core.errors import ModelError
 
 LLAMA_CPP_VERSION = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp scripts/build-llama-tools.sh builds
 

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from toolkit.errors import ToolkitError
+from toolkit.core.errors import ToolkitError
 
 
 def atomic_write_text(path: Path, text: str) -> None:

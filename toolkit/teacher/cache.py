@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolkit.errors import ToolkitError
+from toolkit.core.errors import ToolkitError
 
 
 def request_key(model: str, messages: list[dict], params: dict[str, Any], sample_index: int) -> str:

@@ -17,8 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from toolkit import seccomp
-from toolkit.errors import ToolkitError
+from toolkit.sandbox import seccomp
+from toolkit.core.errors import ToolkitError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from toolkit.answers import normalize_number
-from toolkit.errors import DataError
+from toolkit.data.answers import normalize_number
+from toolkit.core.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +364,7 @@ def split_problems(problems: Iterable[Problem], sizes: dict[str, int], seed: int
 
 def write_jsonl(path: str | Path, problems: Iterable[Problem]) -> None:
     """Write one problem per line atomically: a killed run leaves the old file or the new one, never half."""
-    from toolkit.rundir import atomic_write_jsonl
+    from toolkit.core.rundir import atomic_write_jsonl
 
     atomic_write_jsonl(Path(path), (p.to_dict() for p in problems))
 

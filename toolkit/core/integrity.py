@@ -5,8 +5,8 @@ import json
 import struct
 from pathlib import Path
 
-from toolkit.errors import ModelError
-from toolkit.models import ModelRef
+from toolkit.core.errors import ModelError
+from toolkit.core.models import ModelRef
 
 # A safetensors header is JSON of at most this many bytes (the format's own limit is 100 MB).
 _MAX_HEADER = 100 << 20

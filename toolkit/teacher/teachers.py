@@ -12,12 +12,12 @@ from pathlib import Path
 
 import openai
 
-from toolkit.cache import RequestCache, request_key
-from toolkit.endpoints import ENDPOINT_REFUSALS, Endpoint, backoff_s, pick, retry_after_s
-from toolkit.errors import TeacherError, redact
-from toolkit.llama_server import LlamaServer
-from toolkit.models import resolve_model
-from toolkit.recipe import TeacherConfig
+from toolkit.teacher.cache import RequestCache, request_key
+from toolkit.teacher.endpoints import ENDPOINT_REFUSALS, Endpoint, backoff_s, pick, retry_after_s
+from toolkit.core.errors import TeacherError, redact
+from toolkit.teacher.llama_server import LlamaServer
+from toolkit.core.models import resolve_model
+from toolkit.core.recipe import TeacherConfig
 
 Messages = list[dict[str, str]]
 log = logging.getLogger(__name__)

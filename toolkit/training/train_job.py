@@ -1,7 +1,7 @@
 """One training job described by a JSON file, run by every process of torchrun / accelerate launch.
 
 `toolkit distill` writes `round-K/train-job.json` and, with `train.processes > 1` or `train.nodes > 1`,
-runs `python -m torch.distributed.run ... -m toolkit.train_job JOB` (see launch_cmd). The same file can
+runs `python -m torch.distributed.run ... -m toolkit.training.train_job JOB` (see launch_cmd). The same file can
 be launched by hand (torchrun, accelerate launch), see docs/gpu.md.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from toolkit.errors import ToolkitError
-from toolkit.recipe import TrainConfig
-from toolkit.rundir import atomic_write_json, read_jsonl
+from toolkit.core.errors import ToolkitError
+from toolkit.core.recipe import TrainConfig
+from toolkit.core.rundir import atomic_write_json, read_jsonl
 
 
 class TrainJobError(ToolkitError):
@@ -35,10 +35,10 @@ def write_job(path: Path, *, student: str, base_dir: str | None, rows: Path, cfg
 
 def run_job(job_path: Path) -> dict:
     """Train as this process's rank; rank 0 writes the statistics to the job's result file."""
-    from toolkit import dist
-    from toolkit.loading import load_model_and_tokenizer
-    from toolkit.models import resolve_model
-    from toolkit.train import tokenize_example, train
+    from toolkit.training import dist
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
+    from toolkit.training.train import tokenize_example, train
 
     job = json.loads(Path(job_path).read_text())
     cfg = TrainConfig(**job["train"])
@@ -68,19 +68,19 @@ _LOCAL_PORT = "0"
 def launch_cmd(job_path: Path, cfg: TrainConfig, node_rank: int = 0) -> list[str]:
     """The torchrun command of one machine: `cfg.processes` workers.
 
-    Alone (one node), torchrun runs inside `python -m toolkit.train_job --torchrun-on-loopback`, whose
+    Alone (one node), torchrun runs inside `python -m toolkit.training.train_job --torchrun-on-loopback`, whose
     rendezvous store listens on 127.0.0.1 only (see _torchrun_on_loopback); several nodes rendezvous at
     master_addr:master_port, which the other machines must reach.
     """
     if cfg.nodes == 1:
-        head = [sys.executable, "-m", "toolkit.train_job", "--torchrun-on-loopback"]
+        head = [sys.executable, "-m", "toolkit.training.train_job", "--torchrun-on-loopback"]
         addr, port = "127.0.0.1", _LOCAL_PORT
     else:
         head = [sys.executable, "-m", "torch.distributed.run"]
         addr, port = cfg.master_addr, str(cfg.master_port)
     return [*head, "--nnodes", str(cfg.nodes), "--node-rank", str(node_rank),
             "--nproc-per-node", str(cfg.processes), "--master-addr", addr, "--master-port", port,
-            "-m", "toolkit.train_job", str(Path(job_path).resolve())]
+            "-m", "toolkit.training.train_job", str(Path(job_path).resolve())]
 
 
 def _torchrun_on_loopback(args: list[str]) -> None:

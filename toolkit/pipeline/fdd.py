@@ -4,18 +4,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toolkit.answers import answers_match
-from toolkit.hygiene import LeakageIndex, dedupe
-from toolkit.problems import Problem, read_jsonl, write_jsonl
-from toolkit.questions import harder_messages, parse_questions, similar_messages
-from toolkit.rundir import atomic_write_jsonl
-from toolkit.rundir import read_jsonl as read_rows
-from toolkit.strategies import (STRATEGIES, clean_solution, final_answers, is_tagged, solution_answers,
+from toolkit.data.answers import answers_match
+from toolkit.data.hygiene import LeakageIndex, dedupe
+from toolkit.data.problems import Problem, read_jsonl, write_jsonl
+from toolkit.data.questions import harder_messages, parse_questions, similar_messages
+from toolkit.core.rundir import atomic_write_jsonl
+from toolkit.core.rundir import read_jsonl as read_rows
+from toolkit.data.strategies import (STRATEGIES, clean_solution, final_answers, is_tagged, solution_answers,
                                  teacher_messages, training_completion, training_prompt)
-from toolkit.voting import majority_vote
+from toolkit.data.voting import majority_vote
 
 if TYPE_CHECKING:
-    from toolkit.distill import Distiller
+    from toolkit.pipeline.distill import Distiller
 
 
 def classify(answers: list[str | None], gold: str, threshold: float) -> str:
@@ -30,7 +30,7 @@ def feedback(d: Distiller, k: int, problems: list[Problem], student_dir: Path) -
     path = d.run.round_dir(k) / "feedback.jsonl"
     name = f"round-{k}/feedback"
     if not d.run.done(name):
-        from toolkit.distill import load_student
+        from toolkit.pipeline.distill import load_student
 
         n = cfg.feedback_samples
         with d.stage(name, f"feedback: round {k - 1} student answers {len(problems)} training problems") as info, \

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from toolkit.errors import ModelError
+from toolkit.core.errors import ModelError
 
 
 def free_port() -> int:
@@ -26,7 +26,7 @@ class LlamaServer:
 
     `server="llama_cpp.server"` (default) runs `python -m llama_cpp.server`, which answers one
     request at a time (DESIGN.md, serving trap), so callers keep their concurrency at 1 against it.
-    `server="llama-server"` runs llama.cpp's own server (toolkit/llama_tools.py finds it) with
+    `server="llama-server"` runs llama.cpp's own server (toolkit/teacher/llama_tools.py finds it) with
     `slots` sequences decoded together by continuous batching; each slot gets `n_ctx` tokens.
     The log (including one access line per request) goes to `log_path`, which the tests read to
     count the requests that reached the server.
@@ -79,7 +79,7 @@ class LlamaServer:
 
     def _command(self) -> list[str]:
         if self.server == "llama-server":
-            from toolkit.llama_tools import require_tool
+            from toolkit.teacher.llama_tools import require_tool
 
             # -c is the context of all slots together; --jinja renders the GGUF's own chat template,
             # as llama_cpp.server does.

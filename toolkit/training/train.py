@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from toolkit.recipe import TrainConfig
+from toolkit.core.recipe import TrainConfig
 
 IGNORE = -100  # label value torch's cross-entropy skips: prompt tokens carry no loss
 
@@ -167,14 +167,14 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     `cfg.checkpoint_every` optimizer steps the whole training state is saved in `checkpoint_dir`
     (default: `<out_dir>.checkpoint`); a later call with the same inputs resumes from it and ends
     with the same weights as an uninterrupted run. Under torchrun / accelerate launch each process
-    trains on its share of every batch (see toolkit/dist.py). Returns statistics: steps, tokens
+    trains on its share of every batch (see toolkit/training/dist.py). Returns statistics: steps, tokens
     seen, loss curve, seconds, and `resumed_from_step` when it resumed. `answer_only=False` computes
     the logits at every position, the old path; `pin_heap=False` leaves glibc's malloc as it was
     (bench/memory.py compares them).
     """
-    from toolkit import dist
+    from toolkit.training import dist
 
-    from toolkit.memory import pin_mmap_threshold, unpin_mmap_threshold
+    from toolkit.core.memory import pin_mmap_threshold, unpin_mmap_threshold
 
     rank, world = dist.setup()
     device = dist.device()
@@ -323,7 +323,7 @@ class Checkpoint:
 
     def load(self) -> dict | None:
         """The saved state, or None when there is none or it belongs to other data or settings."""
-        from toolkit.errors import ToolkitError
+        from toolkit.core.errors import ToolkitError
 
         if not self.file.is_file():
             return None

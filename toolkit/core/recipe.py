@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from toolkit.errors import RecipeError
+from toolkit.core.errors import RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ class EvalConfig(_Section):
 
     max_new_tokens: longest answer, in tokens; batch_size: prompts decoded together.
     calculator: the student's arithmetic before `=` is computed and its result forced while it decodes
-      (toolkit/calculator.py), in the round evals and in FDD feedback; not with student.sampler vllm.
+      (toolkit/data/calculator.py), in the round evals and in FDD feedback; not with student.sampler vllm.
     """
 
     max_new_tokens: int = Field(256, ge=8)

@@ -1,0 +1,1 @@
+"""The distillation pipeline: the run context, the round loop (FDD) and the self-guided iterations (SIKeD)."""

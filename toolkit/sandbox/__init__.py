@@ -1,0 +1,1 @@
+"""Running model-written programs: bubblewrap confinement and the seccomp filter."""
