@@ -12,7 +12,7 @@ from toolkit.data.problems import Problem
 from toolkit.core.rundir import atomic_write_json, atomic_write_jsonl, versions
 from toolkit.data.strategies import final_answers, split_tag, strategy_stats
 
-from toolkit.eval.generate import Generator
+from toolkit.eval.backend import Generator
 from toolkit.eval.prompts import Shot, build_messages
 
 

@@ -32,6 +32,7 @@ class TorchCalculator:
         self.seqs, self.width = sequences, width
 
     def __call__(self, input_ids, scores):
+        # heavy optional runtime, imported on first use
         import torch
 
         for row, seq in enumerate(self.seqs):

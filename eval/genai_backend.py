@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_onnx_folder
 
 from toolkit.data.calculator import steer
+from toolkit.eval.backend import default_threads, length_sorted_batches
 from toolkit.eval.calc_decode import assistant_prefix, hf_sequence
-from toolkit.eval.generate import default_threads, length_sorted_batches
 from toolkit.eval.prompts import cut_at_stop, render
 
 
@@ -25,6 +27,7 @@ class GenaiGenerator:
     calculator = False
 
     def __init__(self, path: Path, batch_size: int = 16, threads: int | None = None, seed: int = 0):
+        # heavy optional runtime, imported on first use
         import onnxruntime_genai as og
         from transformers import AutoTokenizer
 
@@ -52,8 +55,6 @@ class GenaiGenerator:
                        "prompt_format": "chat template" if getattr(self.tok, "chat_template", None) else "plain"}
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
-        import numpy as np
-
         rendered = [render(self.tok, p) for p in prompts]
         ids = [self.tok(text, add_special_tokens=False)["input_ids"] for text, _ in rendered]
         results: dict[int, str] = {}

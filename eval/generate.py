@@ -2,49 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_onnx_folder
 from toolkit.core.models import ModelRef, resolve_model
+from toolkit.data.calculator import Sequence
+from toolkit.training.loading import fix_special_tokens, load_model_and_tokenizer
 
+from toolkit.eval.backend import Generator, default_threads, length_sorted_batches, llama_prompt
+from toolkit.eval.calc_decode import LlamaCppCalculator, TorchCalculator, assistant_prefix, hf_sequence
+from toolkit.eval.genai_backend import GenaiGenerator
+from toolkit.eval.openai_backend import LlamaServerGenerator, OpenAIGenerator
 from toolkit.eval.prompts import PLAIN_STOP, cut_at_stop, plain_text, render
-
-Messages = list[dict[str, str]]
-
-
-class Generator(Protocol):
-    """What every backend offers: greedy (temperature 0) or sampled chat completions, in prompt order.
-
-    `config` describes the backend's settings (threads, batch size, prompt format) for the results JSON;
-    `close()` releases what it holds (a server process, a session). With `calculator` on, arithmetic
-    the model writes before `=` is computed and forced (eval/calc_decode.py), and `calc_counts` holds
-    (results forced, results that differed from the model's own) per prompt of the last `generate`.
-    """
-
-    name: str
-    config: dict
-    calculator: bool
-    calc_counts: list[tuple[int, int]]
-
-    def generate(self, prompts: list[Messages], max_new_tokens: int, temperature: float = 0.0,
-                 on_done: Callable[[int], None] | None = None) -> list[str]: ...
-
-    def close(self) -> None: ...
-
-
-def default_threads() -> int:
-    """All cores this process may use (the affinity mask, not the machine's core count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Prompt indices grouped into batches of similar length, so that each batch pads little."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 class TorchGenerator:
@@ -54,6 +24,7 @@ class TorchGenerator:
     calculator = False
 
     def __init__(self, model, tokenizer, batch_size: int = 16, threads: int | None = None, seed: int = 0):
+        # heavy optional runtime, imported on first use
         import torch
 
         self.threads = threads or default_threads()
@@ -67,8 +38,6 @@ class TorchGenerator:
 
     @classmethod
     def from_ref(cls, ref: ModelRef, batch_size: int = 16, threads: int | None = None, seed: int = 0):
-        from toolkit.training.loading import load_model_and_tokenizer
-
         model, tok = load_model_and_tokenizer(ref)
         return cls(model, tok, batch_size, threads, seed)
 
@@ -93,8 +62,6 @@ class TorchGenerator:
             seqs = []
             if self.calculator:
                 from transformers import LogitsProcessorList
-
-                from toolkit.eval.calc_decode import TorchCalculator, assistant_prefix, hf_sequence
 
                 seqs = [hf_sequence(self.tok, assistant_prefix(prompts[i])) for i in idx]
                 kwargs["logits_processor"] = LogitsProcessorList([TorchCalculator(seqs, enc["input_ids"].shape[1])])
@@ -124,8 +91,6 @@ class OnnxGenerator(TorchGenerator):
         import onnxruntime as ort
         from optimum.onnxruntime import ORTModelForCausalLM
         from transformers import AutoTokenizer
-
-        from toolkit.training.loading import fix_special_tokens
 
         threads = threads or default_threads()
         options = ort.SessionOptions()
@@ -196,9 +161,6 @@ class LlamaCppGenerator:
         """Raw completions of the prompt as create_chat_completion renders it (the GGUF's template, no
         BOS added, the end token as stop), so that a logits processor sees every token and an assistant
         prefix is continued, not closed."""
-        from toolkit.data.calculator import Sequence
-        from toolkit.eval.calc_decode import LlamaCppCalculator, assistant_prefix
-
         out, self.calc_counts = [], []
         for p in prompts:
             text, stops = llama_prompt(self.llm, p)
@@ -215,23 +177,6 @@ class LlamaCppGenerator:
 
     def close(self) -> None:
         self.llm.close()
-
-
-def llama_prompt(llm, messages: Messages) -> tuple[str, list[str]]:
-    """(prompt text, stop strings) for a llama-cpp-python model: its GGUF chat template rendered as its
-    create_chat_completion does, or the plain completion format; a trailing assistant message is
-    continued (the generation prompt, then its text)."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    prefix = ""
-    if messages and messages[-1]["role"] == "assistant":
-        messages, prefix = messages[:-1], messages[-1]["content"]
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
-        return plain_text(messages) + (" " + prefix if prefix else ""), list(PLAIN_STOP)
-    special = [llm._model.token_get_text(t) if t != -1 else "" for t in (llm.token_eos(), llm.token_bos())]
-    result = Jinja2ChatFormatter(template=template, eos_token=special[0], bos_token=special[1])(messages=messages)
-    return result.prompt + prefix, [special[0]] if special[0] else []
 
 
 BACKENDS = ("auto", "torch", "onnx", "genai", "llama.cpp", "llama.cpp-server", "openai")
@@ -297,12 +242,8 @@ def _open(model: str, backend: str, *, batch_size: int, threads: int | None, n_c
     if backend == "auto":
         backend = detect_backend(model)
     if backend == "openai":
-        from toolkit.eval.openai_backend import OpenAIGenerator
-
         return OpenAIGenerator.from_ref(model, concurrency=concurrency, api_key_env=api_key_env, seed=seed)
     if backend == "genai":
-        from toolkit.eval.genai_backend import GenaiGenerator
-
         return GenaiGenerator(_folder(model, backend, "genai_config.json"), batch_size=batch_size,
                               threads=threads, seed=seed)
     if backend == "onnx":
@@ -315,7 +256,5 @@ def _open(model: str, backend: str, *, batch_size: int, threads: int | None, n_c
             raise ModelError(f"backend {backend} needs a GGUF file; {model} is a {ref.kind} model")
         if backend == "llama.cpp":
             return LlamaCppGenerator(ref.path, n_ctx=n_ctx, threads=threads, seed=seed)
-        from toolkit.eval.openai_backend import LlamaServerGenerator
-
         return LlamaServerGenerator(ref.path, n_ctx=n_ctx, threads=threads, seed=seed)
     return TorchGenerator.from_ref(ref, batch_size=batch_size, threads=threads, seed=seed)

@@ -11,7 +11,8 @@ import openai
 from toolkit.core.errors import ModelError, redact
 from toolkit.teacher.llama_server import LlamaServer
 
-from toolkit.eval.generate import default_threads
+from toolkit.eval.backend import default_threads, llama_prompt
+from toolkit.eval.calc_decode import End, assistant_prefix, stream_with_calculator
 
 
 def parse_openai_ref(model: str) -> tuple[str, str]:
@@ -109,10 +110,8 @@ class LlamaServerGenerator(OpenAIGenerator):
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
         if not self.calculator:
             return super().generate(prompts, max_new_tokens, temperature, on_done)
-        from toolkit.eval.calc_decode import assistant_prefix, stream_with_calculator
-        from toolkit.eval.generate import llama_prompt
-
         if self._vocab is None:
+            # heavy optional runtime, imported on first use
             from llama_cpp import Llama
 
             self._vocab = Llama(str(self.path), vocab_only=True, verbose=False)
@@ -133,8 +132,6 @@ class LlamaServerGenerator(OpenAIGenerator):
     def _stream(self, prompt: str, max_tokens: int, stops: list[str], temperature: float, guard: bool):
         """The server's raw completion of `prompt`, one piece per token, then an End; with `guard` the
         first token comes from a one-token request that keeps digits off it."""
-        from toolkit.eval.calc_decode import End
-
         args = dict(model=self.model, temperature=temperature, seed=self.seed, stop=stops)
         try:
             if guard:

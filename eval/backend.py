@@ -1,0 +1,59 @@
+"""What every generation backend shares: the Generator interface, the thread default, batching and llama.cpp prompts."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from toolkit.eval.prompts import PLAIN_STOP, plain_text
+
+Messages = list[dict[str, str]]
+
+
+class Generator(Protocol):
+    """What every backend offers: greedy (temperature 0) or sampled chat completions, in prompt order.
+
+    `config` describes the backend's settings (threads, batch size, prompt format) for the results JSON;
+    `close()` releases what it holds (a server process, a session). With `calculator` on, arithmetic
+    the model writes before `=` is computed and forced (eval/calc_decode.py), and `calc_counts` holds
+    (results forced, results that differed from the model's own) per prompt of the last `generate`.
+    """
+
+    name: str
+    config: dict
+    calculator: bool
+    calc_counts: list[tuple[int, int]]
+
+    def generate(self, prompts: list[Messages], max_new_tokens: int, temperature: float = 0.0,
+                 on_done: Callable[[int], None] | None = None) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+def default_threads() -> int:
+    """All cores this process may use (the affinity mask, not the machine's core count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped into batches of similar length, so that each batch pads little."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+def llama_prompt(llm, messages: Messages) -> tuple[str, list[str]]:
+    """(prompt text, stop strings) for a llama-cpp-python model: its GGUF chat template rendered as its
+    create_chat_completion does, or the plain completion format; a trailing assistant message is
+    continued (the generation prompt, then its text)."""
+    # heavy optional runtime, imported on first use
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    prefix = ""
+    if messages and messages[-1]["role"] == "assistant":
+        messages, prefix = messages[:-1], messages[-1]["content"]
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        return plain_text(messages) + (" " + prefix if prefix else ""), list(PLAIN_STOP)
+    special = [llm._model.token_get_text(t) if t != -1 else "" for t in (llm.token_eos(), llm.token_bos())]
+    result = Jinja2ChatFormatter(template=template, eos_token=special[0], bos_token=special[1])(messages=messages)
+    return result.prompt + prefix, [special[0]] if special[0] else []
