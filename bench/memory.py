@@ -71,7 +71,7 @@ def one(variant: str, args) -> dict:
     """Run the stages of one variant in this process; returns its figures."""
     import torch
 
-    from toolkit.pipeline.distill import load_student
+    from toolkit.pipeline.student import load_student
     from toolkit.eval.generate import TorchGenerator
     from toolkit.training.loading import load_model_and_tokenizer
     from toolkit.core.memory import PeakRSS, release_memory, rss_bytes

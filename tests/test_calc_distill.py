@@ -23,17 +23,18 @@ def test_calculator_refuses_the_vllm_sampler_in_one_line(tmp_path, tiny_model_di
 def test_round_evals_decode_with_the_calculator(tmp_path, tiny_model_dir):
     from rich.console import Console
 
-    from toolkit.pipeline.distill import Distiller
+    from toolkit.pipeline.context import RunContext
+    from toolkit.pipeline.student import evaluate_student
     from toolkit.training.loading import load_model_and_tokenizer
     from toolkit.core.models import resolve_model
 
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, "http://127.0.0.1:9/v1"),
                          ["eval.calculator=true", "eval.max_new_tokens=8"])
-    d = Distiller(recipe, Console(quiet=True))
+    d = RunContext(recipe, Console(quiet=True))
     model_and_tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
     out = d.run.root / "eval-base" / "results.json"
     out.parent.mkdir(parents=True)
-    d.evaluate("eval/base", "eval", model_and_tok, [Problem("p1", "What is 12 * 3?", 36, "test")], out)
+    evaluate_student(d, "eval/base", "eval", model_and_tok, [Problem("p1", "What is 12 * 3?", 36, "test")], out)
     res = json.loads(out.read_text())
     assert res["calculator"] is True and res["config"]["calculator"] is True
     sample = json.loads((out.parent / "samples_heldout.jsonl").read_text().splitlines()[0])

@@ -27,7 +27,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from toolkit.pipeline.distill import Distiller, describe_plan
+    from toolkit.pipeline.context import RunContext
+    from toolkit.pipeline.distill import describe_plan, run_all
     from toolkit.core.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -40,7 +41,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     _quiet_libraries()
     start = time.perf_counter()
-    manifest = Distiller(recipe, console, fresh=args.fresh).run_all()
+    manifest = run_all(RunContext(recipe, console, fresh=args.fresh))
     if args.json:
         print(json.dumps(manifest["summary"], indent=2))
         return 0

@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from toolkit.data.answers import answers_match
 from toolkit.data.hygiene import LeakageIndex, dedupe
 from toolkit.data.problems import Problem, read_jsonl, write_jsonl
 from toolkit.data.questions import harder_messages, parse_questions, similar_messages
-from toolkit.core.rundir import atomic_write_jsonl
-from toolkit.core.rundir import read_jsonl as read_rows
+from toolkit.core.jsonio import atomic_write_jsonl
+from toolkit.core.jsonio import read_jsonl as read_rows
 from toolkit.data.strategies import (STRATEGIES, clean_solution, final_answers, is_tagged, solution_answers,
                                  teacher_messages, training_completion, training_prompt)
 from toolkit.data.voting import majority_vote
-
-if TYPE_CHECKING:
-    from toolkit.pipeline.distill import Distiller
+from toolkit.pipeline.context import RunContext
+from toolkit.pipeline.student import load_student
 
 
 def classify(answers: list[str | None], gold: str, threshold: float) -> str:
@@ -24,20 +22,18 @@ def classify(answers: list[str | None], gold: str, threshold: float) -> str:
     return "easy" if answers and right / len(answers) >= threshold else "hard"
 
 
-def feedback(d: Distiller, k: int, problems: list[Problem], student_dir: Path) -> tuple[list[str], list[str]]:
+def feedback(ctx: RunContext, k: int, problems: list[Problem], student_dir: Path) -> tuple[list[str], list[str]]:
     """The round k-1 student answers every training problem: ids of (easy, hard) problems."""
-    cfg = d.recipe.distill
-    path = d.run.round_dir(k) / "feedback.jsonl"
+    cfg = ctx.recipe.distill
+    path = ctx.run.round_dir(k) / "feedback.jsonl"
     name = f"round-{k}/feedback"
-    if not d.run.done(name):
-        from toolkit.pipeline.distill import load_student
 
+    def compute(info: dict) -> None:
         n = cfg.feedback_samples
-        with d.stage(name, f"feedback: round {k - 1} student answers {len(problems)} training problems") as info, \
-                d.student_sampler(lambda: load_student(student_dir), student_dir, name) as gen:
+        with ctx.student_sampler(lambda: load_student(student_dir), student_dir, name) as gen:
             prompts = [training_prompt(p.question, cfg.strategies) for p in problems for _ in range(n)]
-            with d.progress("student answers", len(prompts)) as advance:
-                outs = gen.generate(prompts, max_new_tokens=d.recipe.eval.max_new_tokens,
+            with ctx.progress("student answers", len(prompts)) as advance:
+                outs = gen.generate(prompts, max_new_tokens=ctx.recipe.eval.max_new_tokens,
                                     temperature=cfg.feedback_temperature if n > 1 else 0.0, on_done=advance)
             parsed = [a for _, a in final_answers("auto" if is_tagged(cfg.strategies) else "cot", outs)]
             rows = []
@@ -47,98 +43,104 @@ def feedback(d: Distiller, k: int, problems: list[Problem], student_dir: Path) -
                              "label": classify(answers, p.answer, cfg.feedback_threshold)})
             atomic_write_jsonl(path, rows)
             info.update(easy=sum(r["label"] == "easy" for r in rows), hard=sum(r["label"] == "hard" for r in rows))
-    rows = read_rows(path)
+
+    rows = ctx.cached_stage(name, f"feedback: round {k - 1} student answers {len(problems)} training problems",
+                            compute, lambda: read_rows(path))
     return [r["id"] for r in rows if r["label"] == "easy"], [r["id"] for r in rows if r["label"] == "hard"]
 
 
-def new_questions(d: Distiller, k: int, problems: list[Problem], easy: list[str], known: list[Problem],
+def new_questions(ctx: RunContext, k: int, problems: list[Problem], easy: list[str], known: list[Problem],
                   leakage: LeakageIndex) -> list[Problem]:
     """m harder variants of every easy problem and m similar new ones for every hard problem.
 
     New questions are deduplicated (exact and near) against each other and every known problem,
     and dropped when they overlap an evaluation suite; every count lands in the manifest.
     """
-    cfg = d.recipe.distill
-    path = d.run.round_dir(k) / "questions.jsonl"
-    name = f"round-{k}/questions"
-    if not d.run.done(name):
-        easy_set = set(easy)
-        m = cfg.new_per_problem
-        with d.stage(name, f"teacher: {m} new problem(s) for each of {len(problems)} problems") as info:
-            prompts = [harder_messages(p, m) if p.id in easy_set else similar_messages(p, m) for p in problems]
-            # Round k samples the question writer with seed + k - 1: the seed problems' prompts repeat
-            # every round, and the same seed would return round 1's cached problems again.
-            with d.teacher(max_tokens=cfg.question_max_tokens, seed_offset=k - 1) as teacher, \
-                    d.progress("question requests", len(prompts)) as advance:
-                texts = teacher.complete(prompts, n=1, temperature=cfg.question_temperature,
-                                         on_done=lambda: advance(1))
-            generated, malformed = [], 0
-            for p, (text,) in zip(problems, texts):
-                questions, bad = parse_questions(text, m)
-                malformed += bad
-                kind = "harder-of" if p.id in easy_set else "similar-of"
-                for i, q in enumerate(questions):
-                    generated.append(Problem(id=f"r{k}-{p.id}-{i}", question=q, answer="", source="generated",
-                                             origin=f"{kind}:{p.id}@round-{k}"))
-            kept, dups = dedupe(generated, n=cfg.dedup_ngram, threshold=cfg.dedup_threshold, existing=known)
-            clean, leaked, stats = leakage.filter(kept)
-            if not stats["suites"]:
-                d.console.print(f"[yellow]warning: no evaluation suite found under {d.data_root()}: the "
-                                f"leakage check compared against nothing (set data.root or TOOLKIT_DATA)[/yellow]")
-            write_jsonl(path, clean)
-            atomic_write_jsonl(d.run.round_dir(k) / "dropped_questions.jsonl",
-                               [{"reason": "duplicate", **x} for x in dups] +
-                               [{"reason": "leakage", **x} for x in leaked])
-            info.update(requests=len(prompts), parsed=len(generated), malformed=malformed,
-                        duplicates=len(dups), leaked=len(leaked), kept=len(clean),
-                        teacher_requests_sent=teacher.requests_sent,
-                        leakage={"checked": stats["checked"], "leaked": stats["leaked"],
-                                 "by_suite": stats["by_suite"], "suites": stats["suites"]})
-    return read_jsonl(path)
+    cfg = ctx.recipe.distill
+    path = ctx.run.round_dir(k) / "questions.jsonl"
+    easy_set = set(easy)
+    m = cfg.new_per_problem
+
+    def compute(info: dict) -> None:
+        prompts = [harder_messages(p, m) if p.id in easy_set else similar_messages(p, m) for p in problems]
+        # Round k samples the question writer with seed + k - 1: the seed problems' prompts repeat
+        # every round, and the same seed would return round 1's cached problems again.
+        with ctx.teacher(max_tokens=cfg.question_max_tokens, seed_offset=k - 1) as teacher, \
+                ctx.progress("question requests", len(prompts)) as advance:
+            texts = teacher.complete(prompts, n=1, temperature=cfg.question_temperature,
+                                     on_done=lambda: advance(1))
+        generated, malformed = [], 0
+        for p, (text,) in zip(problems, texts):
+            questions, bad = parse_questions(text, m)
+            malformed += bad
+            kind = "harder-of" if p.id in easy_set else "similar-of"
+            for i, q in enumerate(questions):
+                generated.append(Problem(id=f"r{k}-{p.id}-{i}", question=q, answer="", source="generated",
+                                         origin=f"{kind}:{p.id}@round-{k}"))
+        kept, dups = dedupe(generated, n=cfg.dedup_ngram, threshold=cfg.dedup_threshold, existing=known)
+        clean, leaked, stats = leakage.filter(kept)
+        if not stats["suites"]:
+            ctx.console.print(f"[yellow]warning: no evaluation suite found under {ctx.data_root()}: the "
+                              f"leakage check compared against nothing (set data.root or TOOLKIT_DATA)[/yellow]")
+        write_jsonl(path, clean)
+        atomic_write_jsonl(ctx.run.round_dir(k) / "dropped_questions.jsonl",
+                           [{"reason": "duplicate", **x} for x in dups] +
+                           [{"reason": "leakage", **x} for x in leaked])
+        info.update(requests=len(prompts), parsed=len(generated), malformed=malformed,
+                    duplicates=len(dups), leaked=len(leaked), kept=len(clean),
+                    teacher_requests_sent=teacher.requests_sent,
+                    leakage={"checked": stats["checked"], "leaked": stats["leaked"],
+                             "by_suite": stats["by_suite"], "suites": stats["suites"]})
+
+    return ctx.cached_stage(f"round-{k}/questions",
+                            f"teacher: {m} new problem(s) for each of {len(problems)} problems",
+                            compute, lambda: read_jsonl(path))
 
 
-def pseudo_label(d: Distiller, k: int, questions: list[Problem]) -> tuple[list[Problem], list[dict]]:
+def pseudo_label(ctx: RunContext, k: int, questions: list[Problem]) -> tuple[list[Problem], list[dict]]:
     """The teacher solves each new problem n times (the n solves spread over the recipe's strategies in
     turn); a majority answer with enough agreement becomes its label, and the solutions that reach it
     become training rows."""
-    cfg = d.recipe.distill
-    rdir = d.run.round_dir(k)
-    name = f"round-{k}/labels"
-    if not d.run.done(name):
-        n = cfg.label_solves
+    cfg = ctx.recipe.distill
+    rdir = ctx.run.round_dir(k)
+    n = cfg.label_solves
+
+    def compute(info: dict) -> None:
         strategies = [s for s in STRATEGIES if s in cfg.strategies]
         # Solve j uses strategy j mod |strategies|: the same n requests whatever the strategy count.
         per = {s: len(range(i, n, len(strategies))) for i, s in enumerate(strategies)}
-        with d.stage(name, f"teacher: {n} solutions for each of {len(questions)} new problems") as info:
-            solved: list[list[tuple[str, str]]] = [[] for _ in questions]
-            if questions:
-                with d.teacher() as teacher, d.progress("labelling requests", len(questions) * n) as advance:
-                    for s in strategies:
-                        if per[s]:
-                            texts = teacher.complete([teacher_messages(q.question, s) for q in questions], n=per[s],
-                                                     temperature=d.recipe.teacher.temperature,
-                                                     on_done=lambda: advance(1))
-                            for i, outs in enumerate(texts):
-                                solved[i] += [(s, clean_solution(s, t)) for t in outs]
-            flat_answers = solution_answers([pair for pairs in solved for pair in pairs])
-            accepted, rows, votes, at = [], [], [], 0
-            for q, pairs in zip(questions, solved):
-                answers = flat_answers[at:at + len(pairs)]
-                at += len(pairs)
-                vote = majority_vote(answers, cfg.vote_fraction, cfg.vote_min)
-                votes.append({"id": q.id, "answers": answers, "strategies": [s for s, _ in pairs],
-                              "answer": vote.answer, "votes": vote.votes, "agreement": vote.agreement,
-                              "accepted": vote.accepted})
-                if not vote.accepted:
-                    continue
-                labelled = Problem(q.id, q.question, vote.answer, q.source, q.origin)
-                accepted.append(labelled)
-                rows += [{"problem_id": q.id, "strategy": s, "messages": training_prompt(q.question, cfg.strategies),
-                          "completion": training_completion(s, c, cfg.strategies)}
-                         for (s, c), a in zip(pairs, answers) if c and answers_match(a, vote.answer)]
-            write_jsonl(rdir / "generated.jsonl", accepted)
-            atomic_write_jsonl(rdir / "votes.jsonl", votes)
-            atomic_write_jsonl(rdir / "new_train.jsonl", rows)
-            info.update(questions=len(questions), accepted=len(accepted), rejected=len(questions) - len(accepted),
-                        new_rationales=len(rows))
-    return read_jsonl(rdir / "generated.jsonl"), read_rows(rdir / "new_train.jsonl")
+        solved: list[list[tuple[str, str]]] = [[] for _ in questions]
+        if questions:
+            with ctx.teacher() as teacher, ctx.progress("labelling requests", len(questions) * n) as advance:
+                for s in strategies:
+                    if per[s]:
+                        texts = teacher.complete([teacher_messages(q.question, s) for q in questions], n=per[s],
+                                                 temperature=ctx.recipe.teacher.temperature,
+                                                 on_done=lambda: advance(1))
+                        for i, outs in enumerate(texts):
+                            solved[i] += [(s, clean_solution(s, t)) for t in outs]
+        flat_answers = solution_answers([pair for pairs in solved for pair in pairs])
+        accepted, rows, votes, at = [], [], [], 0
+        for q, pairs in zip(questions, solved):
+            answers = flat_answers[at:at + len(pairs)]
+            at += len(pairs)
+            vote = majority_vote(answers, cfg.vote_fraction, cfg.vote_min)
+            votes.append({"id": q.id, "answers": answers, "strategies": [s for s, _ in pairs],
+                          "answer": vote.answer, "votes": vote.votes, "agreement": vote.agreement,
+                          "accepted": vote.accepted})
+            if not vote.accepted:
+                continue
+            labelled = Problem(q.id, q.question, vote.answer, q.source, q.origin)
+            accepted.append(labelled)
+            rows += [{"problem_id": q.id, "strategy": s, "messages": training_prompt(q.question, cfg.strategies),
+                      "completion": training_completion(s, c, cfg.strategies)}
+                     for (s, c), a in zip(pairs, answers) if c and answers_match(a, vote.answer)]
+        write_jsonl(rdir / "generated.jsonl", accepted)
+        atomic_write_jsonl(rdir / "votes.jsonl", votes)
+        atomic_write_jsonl(rdir / "new_train.jsonl", rows)
+        info.update(questions=len(questions), accepted=len(accepted), rejected=len(questions) - len(accepted),
+                    new_rationales=len(rows))
+
+    return ctx.cached_stage(f"round-{k}/labels", f"teacher: {n} solutions for each of {len(questions)} new problems",
+                            compute,
+                            lambda: (read_jsonl(rdir / "generated.jsonl"), read_rows(rdir / "new_train.jsonl")))

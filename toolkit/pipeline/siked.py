@@ -4,18 +4,20 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from toolkit.data.answers import answers_match
 from toolkit.core.errors import ExportError
 from toolkit.data.problems import Problem
-from toolkit.core.rundir import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from toolkit.core.rundir import read_jsonl as read_rows
+from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from toolkit.core.jsonio import read_jsonl as read_rows
 from toolkit.data.strategies import (STRATEGIES, clean_solution, is_tagged, solution_answers, split_tag, strategy_stats,
                                  training_completion, training_prompt)
-
-if TYPE_CHECKING:
-    from toolkit.pipeline.distill import Distiller
+from toolkit.eval.generate import open_generator
+from toolkit.export.config import ExportConfig
+from toolkit.export.manifest import MANIFEST
+from toolkit.export.run import export_model
+from toolkit.pipeline.context import RunContext
+from toolkit.pipeline.student import evaluate_student, load_student, train_student
 
 
 def score_samples(problems: list[Problem], outputs: list[str], k: int,
@@ -79,99 +81,95 @@ def auto_backend() -> str:
     """What `self_guided.backend: auto` samples with: torch on a GPU (batched, on the device); on a CPU
     the onnxruntime-genai fp32 export, 3.4x torch's tokens/s on SmolLM2-135M (bench/README.md,
     "Student self-sampling") for a ~10 s export, with the same weights (fp32: no quantization drift)."""
-    import torch
+    import torch  # heavy optional runtime, imported on first use
 
     return "torch" if torch.cuda.is_available() else "genai"
 
 
-def sampling_model(d: Distiller, t: int, student_dir: Path) -> tuple[str, str, str | None]:
+def sampling_model(ctx: RunContext, t: int, student_dir: Path) -> tuple[str, str, str | None]:
     """(model, backend, note) the iteration samples with: the student folder itself, or its export for a
     backend that runs exports (exported once into `iter-t/sampler-FORMAT-QUANT`, kept for a resume).
     Under `auto`, a student the exporter cannot handle is sampled with torch, and the note says why."""
-    from toolkit.export.manifest import MANIFEST
-    from toolkit.export.run import export_model
-
-    chosen = d.recipe.distill.self_guided.backend
+    chosen = ctx.recipe.distill.self_guided.backend
     backend = auto_backend() if chosen == "auto" else chosen
     if backend not in SAMPLER_EXPORTS:
         return str(student_dir), backend, None
     fmt, quant, runtime = SAMPLER_EXPORTS[backend]
-    out = d.run.root / f"iter-{t}" / f"sampler-{fmt}-{quant}"
+    out = ctx.run.root / f"iter-{t}" / f"sampler-{fmt}-{quant}"
     if not (out / MANIFEST).is_file():  # a stopped export has none yet; export_model replaces its folder
-        with d.console.status(f"exporting the student to {fmt} {quant} for sampling"):
+        with ctx.console.status(f"exporting the student to {fmt} {quant} for sampling"):
             try:
-                export_model(str(student_dir), fmt, quant, out, threads=d.threads)
+                export_model(str(student_dir), out, ExportConfig(format=fmt, quant=quant, threads=ctx.threads))
             except ExportError as exc:
                 if chosen != "auto":
                     raise
                 note = f"auto: {fmt} {quant} export failed, sampled with torch ({exc})"
-                d.console.print(f"[yellow]{note}[/yellow]")
+                ctx.console.print(f"[yellow]{note}[/yellow]")
                 return str(student_dir), "torch", note
     return str(next(out.glob("*.gguf")) if fmt == "gguf" else out), runtime, None
 
 
 @contextmanager
-def own_sampler(d: Distiller, t: int, student_dir: Path, stage: str):
+def own_sampler(ctx: RunContext, t: int, student_dir: Path, stage: str):
     """(generator, note) for iteration t's on-policy samples: a vLLM server on the student when the
     recipe samples the student with vLLM (student.sampler), else self_guided.backend in this process."""
-    if d.recipe.student.sampler == "vllm":
-        with d.student_sampler(None, student_dir, stage) as gen:
+    if ctx.recipe.student.sampler == "vllm":
+        with ctx.student_sampler(None, student_dir, stage) as gen:
             yield gen, None
         return
     import torch
 
-    from toolkit.eval.generate import open_generator
-
-    model, backend, note = sampling_model(d, t, student_dir)
-    torch.manual_seed(d.recipe.seed + t)  # the torch backend's sampling, reproducible per iteration
-    gen = open_generator(model, backend, batch_size=d.recipe.eval.batch_size, threads=d.threads,
-                         seed=d.recipe.seed + t)
+    model, backend, note = sampling_model(ctx, t, student_dir)
+    torch.manual_seed(ctx.recipe.seed + t)  # the torch backend's sampling, reproducible per iteration
+    gen = open_generator(model, backend, batch_size=ctx.recipe.eval.batch_size, threads=ctx.threads,
+                         seed=ctx.recipe.seed + t)
     try:
         yield gen, note
     finally:
         gen.close()
 
 
-def sample(d: Distiller, t: int, problems: list[Problem], teacher_rows: list[dict], student_dir: Path) -> list[dict]:
+def sample(ctx: RunContext, t: int, problems: list[Problem], teacher_rows: list[dict],
+           student_dir: Path) -> list[dict]:
     """Iteration t's on-policy step: the current student samples k solutions per training problem;
     the correct ones are mixed with the teacher rows into `iter-t/train.jsonl`."""
-    cfg = d.recipe.distill.self_guided
-    strategies = d.recipe.distill.strategies
-    folder = d.run.root / f"iter-{t}"
+    cfg = ctx.recipe.distill.self_guided
+    strategies = ctx.recipe.distill.strategies
+    folder = ctx.run.root / f"iter-{t}"
     name = f"iter-{t}/sample"
-    if not d.run.done(name):
-        k = cfg.samples
-        with d.stage(name, f"student: {k} own solutions for each of {len(problems)} training problems") as info, \
-                own_sampler(d, t, student_dir, name) as (gen, note):
+    k = cfg.samples
+
+    def compute(info: dict) -> None:
+        with own_sampler(ctx, t, student_dir, name) as (gen, note):
             prompts = [training_prompt(p.question, strategies) for p in problems for _ in range(k)]
-            with d.progress("student samples", len(prompts)) as advance:
-                outputs = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens or d.recipe.eval.max_new_tokens,
+            with ctx.progress("student samples", len(prompts)) as advance:
+                outputs = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens or ctx.recipe.eval.max_new_tokens,
                                        temperature=cfg.temperature, on_done=advance)
             samples, own, stats = score_samples(problems, outputs, k, strategies)
             alpha = cfg.alpha[t - 1] if cfg.alpha else None
-            rows, mixing = mix(teacher_rows, own, cfg.mixing, alpha, d.recipe.seed + t)
+            rows, mixing = mix(teacher_rows, own, cfg.mixing, alpha, ctx.recipe.seed + t)
             atomic_write_jsonl(folder / "samples.jsonl", samples)
             atomic_write_jsonl(folder / "self_train.jsonl", own)
             atomic_write_jsonl(folder / "train.jsonl", rows)
             info.update(backend=gen.name, samples=len(samples), correct=sum(s["correct"] for s in samples),
                         problems_solved=len({r["problem_id"] for r in own}), mixing=cfg.mixing, alpha=alpha,
                         **mixing, strategies=stats, **({"sampler_note": note} if note else {}))
-    return read_rows(folder / "train.jsonl")
+
+    return ctx.cached_stage(name, f"student: {k} own solutions for each of {len(problems)} training problems",
+                            compute, lambda: read_rows(folder / "train.jsonl"))
 
 
-def iterate(d: Distiller, problems: list[Problem], teacher_rows: list[dict], heldout: list[Problem],
+def iterate(ctx: RunContext, problems: list[Problem], teacher_rows: list[dict], heldout: list[Problem],
             student_dir: Path, rounds: dict[str, dict]) -> Path:
     """All self-guided iterations after the last round; each retrains from the base and is evaluated.
     Adds `iter-t` entries to `rounds` and returns the last student."""
-    from toolkit.pipeline.distill import load_student
-
-    for t in range(1, d.recipe.distill.self_guided.iterations + 1):
-        rows = sample(d, t, problems, teacher_rows, student_dir)
-        student_dir = d.train(0, rows, folder=f"iter-{t}")
-        rounds[f"iter-{t}"] = d.evaluate(f"iter-{t}/eval", f"eval: iteration {t} student on held-out problems",
-                                         lambda s=student_dir: load_student(s), heldout,
-                                         d.run.root / f"iter-{t}" / "eval" / "results.json")
-        info = d.run.stage(f"iter-{t}/sample")
+    for t in range(1, ctx.recipe.distill.self_guided.iterations + 1):
+        rows = sample(ctx, t, problems, teacher_rows, student_dir)
+        student_dir = train_student(ctx, f"iter-{t}", rows)
+        rounds[f"iter-{t}"] = evaluate_student(
+            ctx, f"iter-{t}/eval", f"eval: iteration {t} student on held-out problems",
+            lambda s=student_dir: load_student(s), heldout, ctx.run.root / f"iter-{t}" / "eval" / "results.json")
+        info = ctx.run.stage(f"iter-{t}/sample")
         rounds[f"iter-{t}"].update(problems=len(problems), rationales=len(rows), sampling=info["strategies"],
                                    teacher_rows=info["teacher_rows"], self_rows=info["self_rows"])
     return student_dir

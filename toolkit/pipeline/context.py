@@ -1,0 +1,166 @@
+"""The run context: one run's recipe, run folder, console, teacher, student samplers and stages."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from toolkit.core.errors import ToolkitError
+from toolkit.core.integrity import check_model
+from toolkit.core.memory import PeakRSS, gb, release_memory
+from toolkit.core import defaults
+from toolkit.core.models import resolve_model
+from toolkit.core.recipe import Recipe
+from toolkit.core.rundir import RunDir
+from toolkit.core.storage import write_failure
+from toolkit.eval.generate import TorchGenerator
+from toolkit.sandbox.runner import prepare
+from toolkit.teacher.cache import RequestCache
+from toolkit.teacher.teachers import open_teacher
+from toolkit.teacher.vllm_sampler import vllm_generator
+from toolkit.training.loading import load_model_and_tokenizer
+
+T = TypeVar("T")
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def data_root(recipe: Recipe) -> Path:
+    """The folder of the built-in suites: $TOOLKIT_DATA, else the recipe's data.root."""
+    return defaults.data_root(default=recipe.resolve(recipe.data.root))
+
+
+class RunContext:
+    """One run of a recipe, handed to every stage: the recipe, the run folder, the console, the teacher and
+    the student's samplers, and `stage()`, which records a finished stage so that a resume skips it."""
+
+    def __init__(self, recipe: Recipe, console: Console | None = None, fresh: bool = False):
+        self.recipe = recipe
+        self.console = console or Console()
+        sandbox = self._check_sandbox()
+        self._check_models()
+        self.run = RunDir(Path(recipe.output_dir) / recipe.name)
+        self.run.open(recipe.digest(), recipe.model_dump(mode="json"), recipe.seed, fresh)
+        if sandbox:
+            self.run.manifest["sandbox"] = sandbox
+            self.run.save()
+        self.threads = recipe.train.threads or defaults.default_threads()
+        self.cache_path = defaults.cache_root(recipe.cache_dir)
+        self._base = None  # (model, tokenizer) of the base student while it is in memory
+
+    def _check_sandbox(self) -> dict | None:
+        """With PoT, fail before any teacher call when its programs cannot run confined and the recipe did
+        not choose `sandbox: unsafe` (one line naming the fix); returns what the manifest records."""
+        if "pot" not in self.recipe.distill.strategies:
+            return None
+        mode = self.recipe.distill.sandbox
+        confined = prepare(mode)
+        if not confined:
+            self.console.print("[bold red]WARNING: distill.sandbox: unsafe and no bubblewrap sandbox here: "
+                               "PoT programs written by the model run unconfined (see the line above)[/bold red]")
+        return {"mode": mode, "confined": confined}
+
+    def _check_models(self) -> None:
+        """Fail before any work when a model reference cannot be resolved (clear error, no run folder)."""
+        check_model(resolve_model(self.recipe.student.model, self.recipe.base_dir))
+        if self.recipe.teacher.backend == "llama.cpp":
+            check_model(resolve_model(self.recipe.teacher.model, self.recipe.base_dir))
+
+    def data_root(self) -> Path:
+        return data_root(self.recipe)
+
+    @contextmanager
+    def progress(self, what: str, total: int):
+        """A progress bar; yields `advance(n)`."""
+        with progress_bar(self.console) as bar:
+            task = bar.add_task(what, total=total)
+            yield lambda n=1: bar.advance(task, n)
+
+    @contextmanager
+    def teacher(self, max_tokens: int | None = None, seed_offset: int = 0):
+        """The recipe's teacher behind the request cache, for one stage (a local server stops after).
+
+        `seed_offset` shifts the sampling seeds, and with them the cache keys: a stage that sends the
+        same prompt as an earlier round gets fresh samples instead of the cached ones.
+        """
+        cfg = self.recipe.teacher
+        if max_tokens:
+            cfg = cfg.model_copy(update={"max_tokens": max_tokens})
+        cache = RequestCache(self.cache_path / "teacher.sqlite")
+        try:
+            with open_teacher(cfg, cache, base_dir=self.recipe.base_dir, log_dir=self.run.root / "logs",
+                              seed=self.recipe.seed + seed_offset) as teacher:
+                yield teacher
+        finally:
+            cache.close()
+
+    @contextmanager
+    def stage(self, name: str, title: str):
+        """Time a stage, measure its peak memory (toolkit/core/memory.py) and record it as done with the counts
+        the block put in `info`."""
+        info: dict = {}
+        self.console.print(f"[bold]▶ {title}[/bold]")
+        release_memory()  # what the previous stage freed is not counted against this one
+        start = time.perf_counter()
+        peak = PeakRSS()
+        try:
+            with peak:
+                yield info
+        except Exception as exc:
+            reason = write_failure(exc)
+            if reason is None:
+                raise
+            self.run.sweep_temporaries()  # no half-written file stays behind
+            raise ToolkitError(f"{name}: {reason}; finished stages and cached teacher requests are kept, "
+                               f"free space (or fix the folder) and run again to resume") from None
+        seconds = time.perf_counter() - start
+        self.run.finish(name, seconds, **peak.record(), **info)
+        self.console.print(f"  done in {seconds:.1f} s, peak {gb(peak.peak_bytes)} " + " ".join(f"{k}={v}" for k, v in info.items()
+                                                                 if not isinstance(v, (dict, list))))
+
+    def cached_stage(self, name: str, title: str, compute: Callable[[dict], object], read: Callable[[], T]) -> T:
+        """Every stage's idiom: unless the manifest records `name` as done, run `compute(info)` (which writes
+        the stage's files and puts its counts in `info`) inside `stage()`; then return `read()`, the result
+        read back from those files, so that a resumed run continues from the same values as a whole one."""
+        if not self.run.done(name):
+            with self.stage(name, title) as info:
+                compute(info)
+        return read()
+
+    def base_student(self):
+        """(model, tokenizer) of the recipe's student before any training, loaded once and kept."""
+        if self._base is None:
+            self._base = load_model_and_tokenizer(resolve_model(self.recipe.student.model, self.recipe.base_dir))
+        return self._base
+
+    def forget_base_student(self) -> None:
+        """Drop the kept base student: training changed its weights, or a worker process loads its own."""
+        self._base = None
+
+    @contextmanager
+    def student_sampler(self, model_and_tok, path: Path | None, stage: str):
+        """The generator for the student's answers: transformers here, or a vLLM server on `path`
+        (None: the base student) that runs only inside the block (student.sampler)."""
+        st = self.recipe.student
+        if st.sampler == "vllm":
+            if path is None:
+                ref = resolve_model(st.model, self.recipe.base_dir)
+                path = ref.path if ref.path is not None else ref.hub_id
+            log = self.run.root / "logs" / f"vllm-{stage.replace('/', '-')}.log"
+            max_len = self.recipe.train.seq_len + self.recipe.eval.max_new_tokens
+            with vllm_generator(path, log, seed=self.recipe.seed, max_model_len=max_len,
+                                concurrency=st.sampler_concurrency, extra_args=st.vllm_args) as gen:
+                yield gen
+            return
+        model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
+        gen = TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
+        gen.calculator = gen.config["calculator"] = self.recipe.eval.calculator
+        yield gen

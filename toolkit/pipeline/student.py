@@ -1,0 +1,90 @@
+"""The student's stages that every round and self-guided iteration repeats: fine-tune from the base, evaluate."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from toolkit.core.models import resolve_model
+from toolkit.core.recipe import TrainConfig
+from toolkit.core.jsonio import atomic_write_jsonl
+from toolkit.data.problems import Problem
+from toolkit.data.strategies import is_tagged
+from toolkit.eval.accuracy import evaluate
+from toolkit.pipeline.context import RunContext, progress_bar
+from toolkit.training.loading import load_model_and_tokenizer
+from toolkit.training.train_job import launch, launch_cmd, write_job
+
+
+def load_student(path: Path):
+    """(model, tokenizer) of a trained student folder."""
+    return load_model_and_tokenizer(resolve_model(str(path)))
+
+
+def evaluate_student(ctx: RunContext, name: str, title: str, model_and_tok, heldout: list[Problem], out: Path,
+                     path: Path | None = None) -> dict:
+    """The stage `name`: the student (`model_and_tok`, or a callable that loads it; `path` for a vLLM
+    sampler) answers the held-out problems into `out`; returns the stage's manifest record."""
+    def compute(info: dict) -> None:
+        with ctx.student_sampler(model_and_tok, path, name) as gen:
+            strategy = "auto" if is_tagged(ctx.recipe.distill.strategies) else "cot"
+            with ctx.progress("answering held-out problems", len(heldout)) as advance:
+                report = evaluate(gen, {"heldout": heldout}, out, model=str(out.parent),
+                                  max_new_tokens=ctx.recipe.eval.max_new_tokens, on_done=advance,
+                                  strategy=strategy)
+            res = report["results"]["heldout"]
+            info.update(n=res["n"], strict_match=res["strict_match"], flexible_extract=res["flexible_extract"],
+                        results=str(out))
+            if "strategies" in res:
+                info["strategies"] = res["strategies"]
+
+    return ctx.cached_stage(name, title, compute, lambda: ctx.run.stage(name))
+
+
+def train_student(ctx: RunContext, folder: str, rows: list[dict]) -> Path:
+    """The stage `<folder>/train`: fine-tune the base student on `rows` into `<folder>/student`."""
+    (ctx.run.root / folder).mkdir(parents=True, exist_ok=True)
+    out = ctx.run.root / folder / "student"
+
+    def compute(info: dict) -> None:
+        # torch: heavy optional runtime, imported on first use
+        from toolkit.training.train import pack, planned_steps, tokenize_example, train
+
+        # Loaded inside the stage: the load's own peak (a GGUF is dequantized) is this stage's.
+        model, tok = ctx.base_student()
+        examples = [tokenize_example(tok, r["messages"], r["completion"], ctx.recipe.train.seq_len) for r in rows]
+        cfg = ctx.recipe.train.model_copy(update={"threads": ctx.threads})
+        with progress_bar(ctx.console) as bar:
+            total = planned_steps(len(pack(examples, cfg.seq_len, ctx.recipe.seed)), cfg)
+            task = bar.add_task("training steps", total=total)
+
+            def log(row: dict) -> None:
+                bar.update(task, completed=row["step"], description=f"training (loss {row['loss']:.3f})")
+
+            if cfg.processes > 1 or cfg.nodes > 1:  # torchrun workers; this process only waits and reports
+                del model  # each worker loads its own copy; free this one
+                stats = _train_processes(ctx, folder, cfg, examples, out, log)
+            else:
+                stats = train(model, tok, examples, cfg, out, seed=ctx.recipe.seed, log=log)
+                # The base's weights changed in place: drop every reference so the next stage
+                # starts without this model (one model in memory at a time); it is reloaded if needed again.
+                ctx.forget_base_student()
+                del model
+        if stats.get("resumed_from_step"):
+            ctx.console.print(f"  resumed from step {stats['resumed_from_step']} of {stats['steps']}")
+        atomic_write_jsonl(ctx.run.root / folder / "train_log.jsonl", stats.pop("curve"))
+        info.update(stats)
+
+    return ctx.cached_stage(f"{folder}/train", f"train: fine-tune the student on {len(rows)} rationales",
+                            compute, lambda: out)
+
+
+def _train_processes(ctx: RunContext, folder: str, cfg: TrainConfig, examples: list, out: Path, log) -> dict:
+    """Training under torchrun: this process writes the job, launches the workers and reports their steps."""
+    rdir = ctx.run.root / folder
+    job = write_job(rdir / "train-job.json", student=ctx.recipe.student.model, base_dir=str(ctx.recipe.base_dir),
+                    examples=examples, cfg=cfg, out=out, seed=ctx.recipe.seed)
+    ctx.forget_base_student()  # each worker loads its own copy; free this one
+    if cfg.nodes > 1:
+        others = " ".join(launch_cmd(job.path, cfg, node_rank=1)).replace("--node-rank 1", "--node-rank R")
+        ctx.console.print(f"  waiting for {cfg.nodes - 1} more machine(s); on each, with R = 1..{cfg.nodes - 1}:"
+                          f"\n  {others}")
+    return launch(job, max(1, ctx.threads // cfg.processes), on_step=log)
