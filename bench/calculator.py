@@ -20,10 +20,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from _common import machine
-from siked_compare import paired
 
+from toolkit.core.stats import paired, wilson_interval
 from toolkit.data.calculator import result_for
-from toolkit.eval.accuracy import score_suite, wilson_interval
+from toolkit.eval.accuracy import score_suite
 from toolkit.eval.generate import open_generator
 from toolkit.data.problems import load_suite, split_problems
 

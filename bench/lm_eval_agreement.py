@@ -22,6 +22,8 @@ from pathlib import Path
 
 from _common import hf_folder
 
+from toolkit.core.defaults import cache_root
+
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "gsm8k_toolkit_local"
 
@@ -97,8 +99,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "lm_eval_agreement.json"))
     ap.add_argument("--force", action="store_true", help="report timings even on a busy machine")
     args = ap.parse_args()
-
-    from toolkit.core.models import cache_root
 
     work = Path(args.work) if args.work else cache_root() / "bench" / "lm_eval_agreement"
     model_dir = hf_folder(args.model, work / "model")

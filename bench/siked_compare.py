@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
 from pathlib import Path
 
-from toolkit.eval.accuracy import wilson_interval
-from toolkit.core.rundir import atomic_write_text, read_jsonl
+from toolkit.core.jsonio import atomic_write_text, read_jsonl
+from toolkit.core.stats import paired, wilson_of_rate
 
 
 def _eval_folder(run: Path, model: str) -> Path:
@@ -26,20 +24,6 @@ def _eval_folder(run: Path, model: str) -> Path:
 def correct_by_id(run: Path, model: str) -> dict[str, bool]:
     """Strict-match correctness per held-out problem id of one evaluated model of a run."""
     return {r["id"]: r["strict_match"] for r in read_jsonl(_eval_folder(run, model) / "samples_heldout.jsonl")}
-
-
-def paired(a: dict[str, bool], b: dict[str, bool], reps: int = 10000, seed: int = 0) -> dict:
-    """b - a on the problems both answered: difference, 95% bootstrap interval (problems resampled),
-    and the exact two-sided McNemar p-value on the discordant pairs."""
-    ids = sorted(set(a) & set(b))
-    diffs = [int(b[i]) - int(a[i]) for i in ids]
-    rng = random.Random(seed)
-    boots = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(reps))
-    only_b, only_a = diffs.count(1), diffs.count(-1)
-    n = only_a + only_b
-    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
-    return {"n": len(ids), "difference": sum(diffs) / len(ids), "ci95": [boots[int(0.025 * reps)],
-            boots[int(0.975 * reps) - 1]], "only_a": only_a, "only_b": only_b, "mcnemar_p": min(1.0, 2 * tail)}
 
 
 def main() -> None:
@@ -57,8 +41,7 @@ def main() -> None:
             + sum(s.get("requests", 0) + s.get("questions", 0) * manifest["recipe"]["distill"]["label_solves"]
                   for k, s in manifest["stages"].items() if k.endswith(("/questions", "/labels")))
         for model, r in manifest["summary"]["rounds"].items():
-            k = round(r["strict_match"] * r["n"])
-            lo, hi = wilson_interval(k, r["n"])
+            lo, hi = wilson_of_rate(r["strict_match"], r["n"])
             lines.append(f"| {run.name} | {model} | {r['n']} | {r['strict_match']:.1%} ({lo:.1%}–{hi:.1%}) | "
                          f"{requests} | {r.get('rationales', 0)} |")
         finals[run] = list(manifest["summary"]["rounds"])[-1]

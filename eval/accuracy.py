@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.data.answers import answers_match, extract_flexible
 from toolkit.data.problems import Problem
-from toolkit.core.rundir import atomic_write_json, atomic_write_jsonl, versions
+from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl
+from toolkit.core.rundir import versions
+from toolkit.core.stats import stderr, wilson_interval
 from toolkit.data.strategies import final_answers, split_tag, strategy_stats
 
 from toolkit.eval.backend import Generator
@@ -18,21 +19,6 @@ from toolkit.eval.prompts import Shot, build_messages
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def stderr(p: float, n: int) -> float:
-    """Standard error of a mean of n 0/1 scores (sample variance, as lm-evaluation-harness reports)."""
-    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else 0.0
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for k successes in n trials (sound for small n and p near 0)."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def score_suite(generator: Generator, problems: list[Problem], *, max_new_tokens: int, strategy: str = "cot",

@@ -18,7 +18,7 @@ from toolkit.eval.bench_runner import detect
 from toolkit.eval.remote import BenchError, LocalExecutor
 from toolkit.eval.roofline import model_facts, ratio_text, roofline
 from toolkit.core.integrity import check_gguf, check_hf_folder, check_onnx_folder
-from toolkit.core.rundir import atomic_write_json, atomic_write_text
+from toolkit.core.jsonio import atomic_write_json, atomic_write_text
 
 
 class BusyMachineError(ToolkitError):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from toolkit.core.errors import DataError, ToolkitError
 from toolkit.data.problems import Problem, load_suite
+from toolkit.data.suites import SUITES
 from toolkit.data.strategies import COT_INSTRUCTION, eval_prompt, student_messages
 
 Messages = list[dict[str, str]]
@@ -77,10 +78,6 @@ FIXED_SHOTS = [
          "It goes 60 * 2.5 = 150 km.\nThe answer is 150."),
 ]
 
-# Suites whose dataset ships a train split to draw examples from (the rest use FIXED_SHOTS).
-TRAIN_SPLITS = {"gsm8k": "gsm8k_train"}
-
-
 def _shot_from_problem(p: Problem) -> Shot:
     body = (p.rationale or "").strip()
     final = f"The answer is {p.answer}."
@@ -96,8 +93,9 @@ def fewshot_examples(suite: str, n: int, data_root: str | Path, evaluated: Itera
     if n <= 0:
         return []
     banned = {p.question.strip().lower() for p in evaluated} | {p.id for p in evaluated}
-    if suite in TRAIN_SPLITS:
-        pool = [p for p in load_suite(TRAIN_SPLITS[suite], data_root)
+    train_split = SUITES[suite].train_split if suite in SUITES else None
+    if train_split:
+        pool = [p for p in load_suite(train_split, data_root)
                 if p.id not in banned and p.question.strip().lower() not in banned]
         pool.sort(key=lambda p: p.id)  # the draw depends on the seed only, not the file order
         if len(pool) < n:

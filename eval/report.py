@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 
 from toolkit.core.errors import ToolkitError
-from toolkit.eval.accuracy import wilson_interval
+from toolkit.core.stats import wilson_interval
 from toolkit.eval.bench import markdown as bench_markdown
 from toolkit.eval.roofline import ratio_text
-from toolkit.core.rundir import atomic_write_text
+from toolkit.core.jsonio import atomic_write_text
 
 
 class ReportError(ToolkitError):

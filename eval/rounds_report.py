@@ -3,24 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.core.rundir import atomic_write_json, atomic_write_text
+from toolkit.core.jsonio import atomic_write_json, atomic_write_text
+from toolkit.core.stats import wilson_of_rate
 
 
 def round_rows(rounds: dict[str, dict]) -> list[dict]:
     """One row per evaluated model (base, round-0, round-1, …) with accuracy, 95% interval and data."""
     rows = []
     for name, r in rounds.items():
-        lo, hi = _wilson(r["strict_match"], r["n"])
+        lo, hi = wilson_of_rate(r["strict_match"], r["n"])
         rows.append({"model": name, "n": r["n"], "strict_match": r["strict_match"],
                      "strict_ci95": [lo, hi], "flexible_extract": r["flexible_extract"],
                      "problems": r.get("problems", 0), "rationales": r.get("rationales", 0)})
     return rows
-
-
-def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    from toolkit.eval.accuracy import wilson_interval
-
-    return wilson_interval(round(p * n), n, z)
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -4,6 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit.core.errors import ExportError
+from toolkit.core.jsonio import read_jsonl
+from toolkit.data.problems import load_suite
+from toolkit.data.suites import EVAL_SUITES
+from toolkit.eval.accuracy import evaluate
+from toolkit.eval.generate import open_generator
 
 METRICS = ("strict_match", "flexible_extract")
 # A quantized 135M model loses a few points on 20 problems by chance alone (one problem = 5 points),
@@ -13,10 +18,6 @@ DEFAULT_MAX_DROP_POINTS = 10.0
 
 def _score(model: str, backend: str, suite: str, problems: list, out: Path, threads: int,
            max_new_tokens: int) -> tuple[dict, list[dict]]:
-    from toolkit.eval.accuracy import evaluate
-    from toolkit.eval.generate import open_generator
-    from toolkit.core.rundir import read_jsonl
-
     gen = open_generator(model, backend, batch_size=8, threads=threads)
     try:
         report = evaluate(gen, {suite: problems}, out / "results.json", model=model, max_new_tokens=max_new_tokens)
@@ -27,11 +28,8 @@ def _score(model: str, backend: str, suite: str, problems: list, out: Path, thre
 
 def eval_problems(suite: str, limit: int, data_root: str) -> list:
     """The first `limit` problems of `suite`, read before any export work so a bad request fails at once."""
-    from toolkit.eval.command import SUITE_NAMES
-    from toolkit.data.problems import load_suite
-
-    if suite not in SUITE_NAMES:
-        raise ExportError(f"--eval-suite {suite!r}: choose one of {', '.join(SUITE_NAMES)}")
+    if suite not in EVAL_SUITES:
+        raise ExportError(f"--eval-suite {suite!r}: choose one of {', '.join(EVAL_SUITES)}")
     if limit < 1:
         raise ExportError("--eval-limit must be at least 1")
     return load_suite(suite, data_root)[:limit]

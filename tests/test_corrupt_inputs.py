@@ -222,7 +222,7 @@ def test_unwritable_output_and_cache_folders(tmp_path, tiny_model_dir, monkeypat
 
 
 def test_atomic_writer_leaves_the_old_file(tmp_path):
-    from toolkit.core.rundir import atomic_write_text
+    from toolkit.core.jsonio import atomic_write_text
 
     target = tmp_path / "small" / "out.txt"
     with tmpfs(tmp_path / "small", "8k"):

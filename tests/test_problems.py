@@ -10,7 +10,6 @@ import pytest
 
 from toolkit.core.errors import DataError
 from toolkit.data.problems import (
-    SUITES,
     Problem,
     load_file,
     load_suite,
@@ -18,6 +17,7 @@ from toolkit.data.problems import (
     split_problems,
     write_jsonl,
 )
+from toolkit.data.suites import SUITES
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from toolkit.core.defaults import cache_root
 from toolkit.core.errors import ModelError
 
 
@@ -65,14 +66,6 @@ class ModelRef:
     @property
     def name(self) -> str:
         return self.hub_id or (self.path.stem if self.kind == "gguf" else self.path.name)
-
-
-def cache_root() -> Path:
-    """The toolkit's cache folder: $TOOLKIT_CACHE, else $XDG_CACHE_HOME/toolkit, else ~/.cache/toolkit."""
-    if os.environ.get("TOOLKIT_CACHE"):
-        return Path(os.environ["TOOLKIT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "toolkit"
 
 
 def resolve_model(ref: str, base_dir: Path | None = None) -> ModelRef:

@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from toolkit.data.problems import SUITES, Problem, load_suite
+from toolkit.data.problems import Problem, load_suite
+from toolkit.data.suites import EVAL_SUITES, SUITES
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +134,18 @@ class LeakageIndex:
     @classmethod
     def from_suites(cls, data_root: str | Path, suites: Sequence[str] | None = None,
                     n: int = 13, exclude: Iterable[str] = ()) -> LeakageIndex:
-        """Every evaluation suite whose file is under data_root (all of SUITES but the GSM8K
-        training split by default); suites without a file are skipped and left out of `.suites`.
+        """Every evaluation suite whose file is under data_root (EVAL_SUITES: all but the GSM8K
+        training split, by default); suites without a file are skipped and left out of `.suites`.
 
         `exclude` names problem ids to leave out: a recipe that trains on part of a suite passes
         its training ids, since a variant that reuses its own seed's wording is not leakage.
         """
-        names = [s for s in SUITES if s != "gsm8k_train"] if suites is None else list(suites)
+        names = list(EVAL_SUITES) if suites is None else list(suites)
         excluded = set(exclude)
         problems: list[Problem] = []
         indexed = []
         for name in names:
-            if name in SUITES and not (Path(data_root) / SUITES[name][0]).is_file():
+            if name in SUITES and not (Path(data_root) / SUITES[name].file).is_file():
                 log.info("leakage check: suite %s not found under %s, skipped", name, data_root)
                 continue
             # An unknown name or a corrupt file is an error the user must fix, not a skip.

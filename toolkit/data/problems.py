@@ -12,10 +12,12 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
-from toolkit.data.answers import normalize_number
 from toolkit.core.errors import DataError
+from toolkit.core.jsonio import atomic_write_jsonl
+from toolkit.data.answers import normalize_number
+from toolkit.data.suites import SUITES
 
 log = logging.getLogger(__name__)
 
@@ -224,26 +226,13 @@ def _load_asdiv(path: Path, prefix: str, source: str) -> list[Problem]:
     return problems
 
 
-Loader = Callable[[Path], list[Problem]]
-
-# Suite name -> (file under the data root, loader). The suite name prefixes every id, so the
-# GSM8K train and test files give disjoint ids ("gsm8k_train-0" / "gsm8k-0") though both say source gsm8k.
-SUITES: dict[str, tuple[str, Loader]] = {
-    "gsm8k": ("gsm8k/test.jsonl", partial(_load_gsm8k, prefix="gsm8k", source="gsm8k")),
-    "gsm8k_train": ("gsm8k/train.jsonl", partial(_load_gsm8k, prefix="gsm8k_train", source="gsm8k")),
-    "svamp": ("svamp/SVAMP.json", partial(_load_svamp, prefix="svamp", source="svamp")),
-    "asdiv": ("asdiv/ASDiv.xml", partial(_load_asdiv, prefix="asdiv", source="asdiv")),
-    "multiarith": ("multiarith/MultiArith.json",
-                   partial(_load_multiarith, prefix="multiarith", source="multiarith")),
-    "addsub": ("addsub/AddSub.json", partial(_load_multiarith, prefix="addsub", source="addsub")),
-    "singleeq": ("singleeq/questions.json", partial(_load_multiarith, prefix="singleeq", source="singleeq")),
-}
-
 # Formats whose shape names one dataset; the others ("multiarith" covers three datasets) take
 # their source from the file name.
 _DATASET_FORMATS = {"gsm8k": _load_gsm8k, "svamp": _load_svamp, "asdiv": _load_asdiv}
 _PLAIN_FORMATS = {"jsonl": _load_jsonl, "csv": _load_csv, "json": _load_json}
 FORMATS = (*_DATASET_FORMATS, "multiarith", *_PLAIN_FORMATS)
+# The loader of a built-in suite's format (suites.py), given the suite name as id prefix and its dataset as source.
+_SUITE_LOADERS = {**_DATASET_FORMATS, "multiarith": _load_multiarith}
 
 
 def _checked(problems: list[Problem], where: str) -> list[Problem]:
@@ -262,14 +251,14 @@ def load_suite(name: str, data_root: str | Path) -> list[Problem]:
     """Load a named benchmark suite from its original file under `data_root`."""
     if name not in SUITES:
         raise DataError(f"unknown suite {name!r}; known suites: {', '.join(SUITES)}")
-    relative, loader = SUITES[name]
-    path = Path(data_root) / relative
+    suite = SUITES[name]
+    path = Path(data_root) / suite.file
     if not path.is_file():
         raise DataError(
             f"suite {name!r}: {path} not found; set the data root to the folder that holds "
-            f"{relative.split('/')[0]}/ (it is now {data_root})"
+            f"{suite.file.split('/')[0]}/ (it is now {data_root})"
         )
-    return _checked(loader(path), str(path))
+    return _checked(_SUITE_LOADERS[suite.format](path, name, suite.source), str(path))
 
 
 def _detect_format(path: Path) -> str:
@@ -364,8 +353,6 @@ def split_problems(problems: Iterable[Problem], sizes: dict[str, int], seed: int
 
 def write_jsonl(path: str | Path, problems: Iterable[Problem]) -> None:
     """Write one problem per line atomically: a killed run leaves the old file or the new one, never half."""
-    from toolkit.core.rundir import atomic_write_jsonl
-
     atomic_write_jsonl(Path(path), (p.to_dict() for p in problems))
 
 

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError
 
 
@@ -39,7 +40,7 @@ class LlamaServer:
         self.model = Path(model)
         self.log_path = Path(log_path)
         self.n_ctx = n_ctx
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or default_threads()
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 

@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+from toolkit.core.defaults import user_cache
 from toolkit.core.errors import ModelError
 
 LLAMA_CPP_VERSION = "0.3.36"  # the llama-cpp-python release whose vendored llama.cpp scripts/build-llama-tools.sh builds
@@ -18,8 +19,7 @@ def tools_dir() -> Path:
     """
     if os.environ.get("TOOLKIT_LLAMA_TOOLS"):
         return Path(os.environ["TOOLKIT_LLAMA_TOOLS"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "toolkit" / f"llama.cpp-{LLAMA_CPP_VERSION}"
+    return user_cache() / f"llama.cpp-{LLAMA_CPP_VERSION}"
 
 
 def find_tool(name: str) -> Path | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from toolkit.core.errors import ToolkitError
 from toolkit.core.recipe import TrainConfig
-from toolkit.core.rundir import atomic_write_json, read_jsonl
+from toolkit.core.jsonio import atomic_write_json, read_jsonl
 
 
 class TrainJobError(ToolkitError):
