@@ -1,7 +1,6 @@
-"""What every generation backend shares: the Generator interface, the thread default, batching and llama.cpp prompts."""
+"""What every generation backend shares: the Generator interface, batching and llama.cpp prompts."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Protocol
 
@@ -28,11 +27,6 @@ class Generator(Protocol):
                  on_done: Callable[[int], None] | None = None) -> list[str]: ...
 
     def close(self) -> None: ...
-
-
-def default_threads() -> int:
-    """All cores this process may use (the affinity mask, not the machine's core count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_onnx_folder
 
 from toolkit.data.calculator import steer
-from toolkit.eval.backend import default_threads, length_sorted_batches
+from toolkit.eval.backend import length_sorted_batches
 from toolkit.eval.calc_decode import assistant_prefix, hf_sequence
 from toolkit.eval.prompts import cut_at_stop, render
 

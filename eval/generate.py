@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_onnx_folder
 from toolkit.core.models import ModelRef, resolve_model
 from toolkit.data.calculator import Sequence
 from toolkit.training.loading import fix_special_tokens, load_model_and_tokenizer
 
-from toolkit.eval.backend import Generator, default_threads, length_sorted_batches, llama_prompt
+from toolkit.eval.backend import Generator, length_sorted_batches, llama_prompt
 from toolkit.eval.calc_decode import LlamaCppCalculator, TorchCalculator, assistant_prefix, hf_sequence
 from toolkit.eval.genai_backend import GenaiGenerator
 from toolkit.eval.openai_backend import LlamaServerGenerator, OpenAIGenerator

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import openai
 
+from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError, redact
 from toolkit.teacher.llama_server import LlamaServer
 
-from toolkit.eval.backend import default_threads, llama_prompt
+from toolkit.eval.backend import llama_prompt
 from toolkit.eval.calc_decode import End, assistant_prefix, stream_with_calculator
 
 
