@@ -22,6 +22,7 @@ import numpy as np
 
 from toolkit.core.errors import ToolkitError
 from toolkit.eval.bench import markdown, run_bench, write_outputs
+from toolkit.eval.config import BenchConfig
 from toolkit.eval.machine import PROBE_RUNS, cores, probe_buffer_bytes, read_bandwidth
 
 TARGET = 0.5  # measured decode tok/s ÷ roofline ceiling
@@ -58,7 +59,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models:
-        runs = [run_bench(model, threads=int(t)) for t in args.threads.split(",")]
+        runs = [run_bench(model, BenchConfig(), int(t)) for t in args.threads.split(",")]
         write_outputs(runs, out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', model).strip('_')}.json")
         rows += runs
     check = bandwidth_check()

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from toolkit.eval.machine import busy_check
+from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
 
 PLAN = [("gguf", "f16"), ("gguf", "q8_0"), ("gguf", "q4_k_m"), ("gguf", "q4_0"),
@@ -90,7 +91,7 @@ def main() -> None:
     rows = []
     for fmt, quant in PLAN:
         folder = out / f"{fmt}-{quant}"
-        m = export_model(args.model, fmt, quant, folder, threads=args.threads)
+        m = export_model(args.model, folder, ExportConfig(format=fmt, quant=quant, threads=args.threads))
         row = {"format": fmt, "quant": quant, "bytes": m["total_bytes"], "passed": m["passed"],
                "first_token_match": m["parity"]["greedy"]["first_token_match"],
                "token_agreement": m["parity"]["greedy"]["token_agreement"], "decode_tok_s": None}

@@ -43,6 +43,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from toolkit.eval.generate import open_generator
+    from toolkit.export.config import ExportConfig
     from toolkit.export.run import export_model
     from toolkit.data.problems import load_suite
     from toolkit.data.strategies import training_prompt
@@ -63,7 +64,7 @@ def main() -> None:
             target = src
             if fmt:
                 start = time.perf_counter()
-                export_model(str(src), fmt, quant, work / name, threads=args.threads)
+                export_model(str(src), work / name, ExportConfig(format=fmt, quant=quant, threads=args.threads))
                 export_s = time.perf_counter() - start
                 target = work / name
                 if fmt == "gguf":

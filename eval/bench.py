@@ -11,11 +11,18 @@ import io
 import json
 import statistics
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+import numpy as np
+
+from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ToolkitError
+from toolkit.core.models import resolve_model
 from toolkit.eval.bench_runner import detect
-from toolkit.eval.remote import BenchError, LocalExecutor
+from toolkit.eval.config import BenchConfig
+from toolkit.eval.remote import BenchError, LocalExecutor, RemoteExecutor
 from toolkit.eval.roofline import model_facts, ratio_text, roofline
 from toolkit.core.integrity import check_gguf, check_hf_folder, check_onnx_folder
 from toolkit.core.jsonio import atomic_write_json, atomic_write_text
@@ -27,8 +34,6 @@ class BusyMachineError(ToolkitError):
 
 def stats(values: list[float]) -> dict:
     """mean, sample std (n−1, as llama-bench), and linearly interpolated p50/p90/p99."""
-    import numpy as np
-
     arr = np.asarray(values, dtype=float)
     p50, p90, p99 = (float(x) for x in np.percentile(arr, [50, 90, 99]))
     return {"mean": float(arr.mean()), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
@@ -37,8 +42,6 @@ def stats(values: list[float]) -> dict:
 
 def resolve_local(model: str) -> Path:
     """A model reference (pkg:…, .gguf, export folder, HF folder, .tar.gz bundle) as a local path."""
-    from toolkit.core.models import resolve_model
-
     if Path(model).exists():
         return Path(model)
     ref = resolve_model(model)
@@ -47,9 +50,29 @@ def resolve_local(model: str) -> Path:
     return ref.path
 
 
-def run_bench(model: str, *, prompt_tokens: int = 128, gen_tokens: int = 128, reps: int = 5, warmup: int = 1,
-              threads: int = 1, allow_busy: bool = False, executor=None) -> dict:
-    """One Bench JSON row. `executor` runs the runner spec (default: a local child process)."""
+def run_sweep(model: str, config: BenchConfig, out: Path, status: Callable[[int], AbstractContextManager] =
+              lambda threads: nullcontext()) -> tuple[list[dict], list[Path]]:
+    """`toolkit bench`: one Bench JSON row per thread count of `config.threads` (default: the cores this process
+    may use), here or on `config.remote`, written to `out` with .csv and .md beside it; returns the rows and
+    those three paths. `status(threads)` wraps the measurement of each row (a progress line)."""
+    remote = (RemoteExecutor(config.remote, resolve_local(model), config.remote_python, tuple(config.ssh_option))
+              if config.remote else nullcontext(None))
+    rows: list[dict] = []
+    try:
+        with remote as executor:
+            for threads in config.threads or [default_threads()]:
+                with status(threads):
+                    rows.append(run_bench(model, config, threads, executor=executor))
+    finally:  # a sweep stopped part way (busy machine, lost device) keeps the rows it measured
+        if rows:
+            paths = write_outputs(rows, out)
+    return rows, paths
+
+
+def run_bench(model: str, config: BenchConfig, threads: int, executor=None) -> dict:
+    """One Bench JSON row at `threads` threads (the workload from `config`; its own `threads` is the sweep that
+    run_sweep walks). `executor` runs the runner spec (default: a local child process)."""
+    prompt_tokens, gen_tokens, reps = config.prompt_tokens, config.gen_tokens, config.reps
     if min(prompt_tokens, gen_tokens, reps, threads) < 1:
         raise BenchError("--prompt-tokens, --gen-tokens, --reps and --threads must be at least 1")
     path = resolve_local(model)
@@ -62,7 +85,7 @@ def run_bench(model: str, *, prompt_tokens: int = 128, gen_tokens: int = 128, re
     facts = model_facts(backend, model_path)
     executor = executor or LocalExecutor()
     spec = {"model": str(path), "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "reps": reps,
-            "warmup": warmup, "threads": threads, "allow_busy": allow_busy}
+            "warmup": config.warmup, "threads": threads, "allow_busy": config.allow_busy}
     result = executor(spec)
     if result.get("error") == "busy":
         check = result["busy_check"]

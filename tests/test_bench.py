@@ -13,10 +13,11 @@ import pytest
 
 from tests.conftest import toolkit
 from toolkit.eval.bench import BusyMachineError, run_bench, write_outputs
+from toolkit.eval.config import BenchConfig
 from toolkit.eval.remote import BenchError
 
 STAT_KEYS = {"mean", "std", "p50", "p90", "p99", "n"}
-QUICK = dict(prompt_tokens=8, gen_tokens=6, reps=2, warmup=1, threads=1, allow_busy=True)
+QUICK = BenchConfig(prompt_tokens=8, gen_tokens=6, reps=2, warmup=1, allow_busy=True)
 
 
 def check_row(row: dict, reps: int, gen_tokens: int) -> None:
@@ -51,7 +52,7 @@ def check_row(row: dict, reps: int, gen_tokens: int) -> None:
 
 
 def test_gguf_bench_writes_json_csv_markdown(smollm2_gguf, tmp_path):
-    row = run_bench("pkg:smollm2-135m-instruct", **QUICK)
+    row = run_bench("pkg:smollm2-135m-instruct", QUICK, 1)
     check_row(row, reps=2, gen_tokens=6)
     assert (row["backend"], row["format"], row["quant"]) == ("llama.cpp", "gguf", "q4_1")
     # SmolLM2 ties its embedding to the output matrix, so a decode step reads (almost) the whole file
@@ -84,7 +85,7 @@ def tiny_exports(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("backend", ["genai", "onnx", "torch"])
 def test_bench_of_onnx_genai_and_torch_folders(tiny_exports, backend):
-    row = run_bench(str(tiny_exports[backend]), **QUICK)
+    row = run_bench(str(tiny_exports[backend]), QUICK, 1)
     check_row(row, reps=2, gen_tokens=6)
     assert row["backend"] == backend
     expected = {"genai": ("genai", "int4"), "onnx": ("onnx", "fp32"), "torch": ("hf", "float32")}[backend]
@@ -119,7 +120,7 @@ def test_busy_machine_is_refused(smollm2_gguf, monkeypatch):
             return super().__call__({**spec, "threads": 64})
 
     with pytest.raises(BusyMachineError, match="busy"):
-        run_bench("pkg:smollm2-135m-instruct", prompt_tokens=4, gen_tokens=2, reps=1, threads=1,
+        run_bench("pkg:smollm2-135m-instruct", BenchConfig(prompt_tokens=4, gen_tokens=2, reps=1), 1,
                   executor=Loaded())
     with pytest.raises(BenchError):
-        run_bench(str(Path(__file__)), prompt_tokens=4, gen_tokens=2, reps=1, threads=1, allow_busy=True)
+        run_bench(str(Path(__file__)), BenchConfig(prompt_tokens=4, gen_tokens=2, reps=1, allow_busy=True), 1)

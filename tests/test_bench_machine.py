@@ -17,6 +17,7 @@ import tracemalloc
 import pytest
 
 from toolkit.eval.bench import BusyMachineError, markdown, run_bench, summarize
+from toolkit.eval.config import BenchConfig
 from toolkit.eval.machine import (busy_check, cores, cpu_use, is_busy, last_level_cache_bytes, machine_info,
                                   read_bandwidth, slices)
 from toolkit.eval.roofline import mean_context, model_facts, roofline
@@ -161,7 +162,7 @@ def test_spinners_on_every_core_are_refused(smollm2_gguf):
         assert check["busy"] and check["others_cores"] > cores() - 0.75, check
         assert set(spinners) & {p["pid"] for p in check["top"]}, check
         with pytest.raises(BusyMachineError, match="other processes used"):
-            run_bench("pkg:smollm2-135m-instruct", prompt_tokens=4, gen_tokens=2, reps=1, threads=1)
+            run_bench("pkg:smollm2-135m-instruct", BenchConfig(prompt_tokens=4, gen_tokens=2, reps=1), 1)
     finally:
         for pid in spinners:
             stop(pid)

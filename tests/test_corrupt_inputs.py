@@ -89,10 +89,11 @@ def genai_export(tiny_model_dir, tmp_path_factory) -> Path:
     """A real onnxruntime-genai fp32 export of the tiny random llama, its weights in model.onnx.data."""
     import onnx
 
+    from toolkit.export.config import ExportConfig
     from toolkit.export.run import export_model
 
     out = tmp_path_factory.mktemp("genai-src") / "genai"
-    export_model(str(tiny_model_dir), "genai", "fp32", out, threads=1, max_new_tokens=2)
+    export_model(str(tiny_model_dir), out, ExportConfig(format="genai", quant="fp32", threads=1, max_new_tokens=2))
     model = onnx.load(str(out / "model.onnx"))
     for f in out.glob("*.onnx.data"):
         f.unlink()

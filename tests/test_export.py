@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from tests.conftest import build_tiny_tokenizer, toolkit
 from toolkit.core.errors import ExportError, ModelError
 from toolkit.eval.safetar import safe_extract
+from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
 
 
@@ -66,7 +68,7 @@ def test_gguf(tiny, tmp_path, quant):
     from llama_cpp import Llama
 
     out = tmp_path / "out"
-    m = export_model(str(tiny), "gguf", quant, out, threads=1)
+    m = export_model(str(tiny), out, ExportConfig(format="gguf", quant=quant, threads=1))
     _common(m, "gguf", quant)
     assert [f["path"] for f in m["files"]] == [f"model-{quant}.gguf"]
     saved = json.loads((out / "export.json").read_text())
@@ -88,7 +90,7 @@ def test_gguf_llama_rope_layout_is_what_parity_checks(tmp_path, monkeypatch):
     src = _build(tmp_path / "llama", "llama")
     monkeypatch.setattr(gguf_writer, "rope_interleave", lambda w, n_head: w)
     with pytest.raises(ExportError, match="parity below thresholds"):
-        export_model(str(src), "gguf", "f16", tmp_path / "out", threads=1, check=True)
+        export_model(str(src), tmp_path / "out", ExportConfig(format="gguf", quant="f16", threads=1, check=True))
     saved = json.loads((tmp_path / "out" / "export.json").read_text())
     assert saved["passed"] is False and saved["parity"]["greedy"]["exact_sequences"] < 1.0
     assert (tmp_path / "out" / "model-f16.gguf").is_file()  # files kept, marked failed
@@ -102,7 +104,7 @@ def test_onnx(tiny, tmp_path, quant):
     from optimum.onnxruntime import ORTModelForCausalLM
 
     out = tmp_path / "out"
-    m = export_model(str(tiny), "onnx", quant, out, threads=1)
+    m = export_model(str(tiny), out, ExportConfig(format="onnx", quant=quant, threads=1))
     _common(m, "onnx", quant)
     if quant == "fp32":
         assert m["passed"] and m["parity"]["greedy"]["exact_sequences"] == 1.0
@@ -132,7 +134,8 @@ def test_onnx(tiny, tmp_path, quant):
 def test_onnx_int4_smaller_than_int8(tmp_path):
     """The tied embedding no longer stays fp32 in int4 (DESIGN: stock int4 was larger than int8)."""
     src = _build(tmp_path / "qwen2", "qwen2")
-    sizes = {q: export_model(str(src), "onnx", q, tmp_path / q, threads=1)["total_bytes"] for q in ("int8", "int4")}
+    sizes = {q: export_model(str(src), tmp_path / q, ExportConfig(format="onnx", quant=q, threads=1))["total_bytes"]
+             for q in ("int8", "int4")}
     assert sizes["int4"] < sizes["int8"], sizes
 
 
@@ -141,7 +144,7 @@ def test_genai(tiny, tmp_path, quant):
     import onnxruntime_genai as og
 
     out = tmp_path / "out"
-    m = export_model(str(tiny), "genai", quant, out, threads=1)
+    m = export_model(str(tiny), out, ExportConfig(format="genai", quant=quant, threads=1))
     _common(m, "genai", quant)
     if quant == "fp32":
         assert m["passed"] and m["parity"]["greedy"]["first_token_match"] == 1.0
@@ -179,8 +182,9 @@ def _head_bits(out: Path) -> int:
 def test_int4_head_bits_4_is_smaller(tmp_path, fmt):
     """--int4-head-bits 4 puts the head (and in genai a tied embedding) at 4 bits too: the smallest file."""
     src = _build(tmp_path / "src", "qwen2")
-    eight = export_model(str(src), fmt, "int4", tmp_path / "h8", threads=1, max_new_tokens=2)
-    four = export_model(str(src), fmt, "int4", tmp_path / "h4", threads=1, max_new_tokens=2, int4_head_bits=4)
+    eight = export_model(str(src), tmp_path / "h8", ExportConfig(format=fmt, quant="int4", threads=1, max_new_tokens=2))
+    four = export_model(str(src), tmp_path / "h4",
+                        ExportConfig(format=fmt, quant="int4", threads=1, max_new_tokens=2, int4_head_bits=4))
     assert _head_bits(tmp_path / "h8") == 8 and _head_bits(tmp_path / "h4") == 4
     assert four["total_bytes"] < eight["total_bytes"]
     assert any("LM head at 4 bits" in n for n in four["notes"])
@@ -199,7 +203,8 @@ def test_packaged_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
     model.save_pretrained(student, safe_serialization=True)
     tok.save_pretrained(student)
     assert json.loads((student / "config.json").read_text())["toolkit_base"]["ref"] == "pkg:smollm2-135m-instruct"
-    m = export_model(str(student), "gguf", "q8_0", tmp_path / "out", threads=1, max_new_tokens=8)
+    m = export_model(str(student), tmp_path / "out",
+                     ExportConfig(format="gguf", quant="q8_0", threads=1, max_new_tokens=8))
     assert m["source"]["tokenizer_gguf"] == str(smollm2_gguf)
     assert m["parity"]["tokenizer"]["exact"] and m["parity"]["tokenizer"]["texts"] >= 6
     assert m["parity"]["greedy"]["first_token_match"] == 1.0, m["parity"]["greedy"]
@@ -223,7 +228,7 @@ def test_genai_reads_a_gguf_derived_tokenizer_like_hf(tmp_path, smollm2_gguf):
 
     src = _build(tmp_path / "qwen2", "qwen2")
     out = tmp_path / "genai"
-    export_model(str(src), "genai", "fp32", out, threads=1, max_new_tokens=2)
+    export_model(str(src), out, ExportConfig(format="genai", quant="fp32", threads=1, max_new_tokens=2))
     hf = load_tokenizer(resolve_model(str(smollm2_gguf)))
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (out / f).unlink(missing_ok=True)
@@ -242,7 +247,8 @@ def test_genai_reads_a_gguf_derived_tokenizer_like_hf(tmp_path, smollm2_gguf):
 def test_check_thresholds_fail_but_keep_files(tmp_path):
     src = _build(tmp_path / "llama", "llama")
     with pytest.raises(ExportError, match="files kept"):
-        export_model(str(src), "gguf", "q8_0", tmp_path / "out", threads=1, check=True, min_token_agreement=1.01)
+        export_model(str(src), tmp_path / "out",
+                     ExportConfig(format="gguf", quant="q8_0", threads=1, check=True, min_token_agreement=1.01))
     saved = json.loads((tmp_path / "out" / "export.json").read_text())
     assert saved["passed"] is False and saved["parity"]["thresholds"]["min_token_agreement"] == 1.01
     assert (tmp_path / "out" / "model-q8_0.gguf").stat().st_size == saved["files"][0]["bytes"]
@@ -252,20 +258,24 @@ def test_accuracy_delta_on_a_math_suite(tmp_path, data_root):
     """export.json carries the source's and the export's accuracy on the same problems; an fp32 ONNX
     export answers exactly like its torch source, and --check enforces the allowed drop."""
     src = _build(tmp_path / "llama", "llama")
-    m = export_model(str(src), "onnx", "fp32", tmp_path / "out", threads=1, eval_suite="multiarith", eval_limit=4,
-                     data_root=str(data_root))
+    m = export_model(str(src), tmp_path / "out", ExportConfig(format="onnx", quant="fp32", threads=1,
+                                                              eval_suite="multiarith", eval_limit=4,
+                                                              data_root=str(data_root)))
     acc = json.loads((tmp_path / "out" / "export.json").read_text())["parity"]["accuracy"]
     assert acc == m["parity"]["accuracy"]
     assert acc["suite"] == "multiarith" and acc["n"] == 4 and acc["same_output"] == 1.0
     assert acc["source"] == acc["export"] and acc["delta_points"] == {"strict_match": 0.0, "flexible_extract": 0.0}
     assert acc["passed"] and m["passed"]
     with pytest.raises(ExportError, match=r"strict accuracy \+0.0 points on 4 multiarith problems, allowed drop -1"):
-        export_model(str(src), "onnx", "fp32", tmp_path / "out", threads=1, eval_suite="multiarith", eval_limit=4,
-                     data_root=str(data_root), max_accuracy_drop=-1, check=True)
+        export_model(str(src), tmp_path / "out", ExportConfig(format="onnx", quant="fp32", threads=1,
+                                                              eval_suite="multiarith", eval_limit=4,
+                                                              data_root=str(data_root), max_accuracy_drop=-1,
+                                                              check=True))
     kept = json.loads((tmp_path / "out" / "export.json").read_text())
     assert kept["passed"] is False and (tmp_path / "out" / "model.onnx").is_file()
     with pytest.raises(ExportError, match="--eval-suite 'mnist': choose one of gsm8k"):
-        export_model(str(src), "onnx", "fp32", tmp_path / "o2", eval_suite="mnist", data_root=str(data_root))
+        export_model(str(src), tmp_path / "o2",
+                     ExportConfig(format="onnx", quant="fp32", eval_suite="mnist", data_root=str(data_root)))
     assert not (tmp_path / "o2").exists()  # refused before any export work
 
 
@@ -285,7 +295,7 @@ def _unpack(bundle: Path, into: Path) -> Path:
 @pytest.mark.parametrize("fmt, quant", [("gguf", "q4_0"), ("genai", "int4")])
 def test_bundle_runs_with_the_runtime_only(tmp_path, fmt, quant):
     src = _build(tmp_path / "qwen2", "qwen2")
-    m = export_model(str(src), fmt, quant, tmp_path / "out", threads=1, bundle=True)
+    m = export_model(str(src), tmp_path / "out", ExportConfig(format=fmt, quant=quant, threads=1, bundle=True))
     folder = _unpack(tmp_path / "out" / m["bundle"]["path"], tmp_path / "unpacked")
     args = ["--threads", "1"] if fmt == "gguf" else []
     # -I: isolated mode, so the toolkit checkout on sys.path cannot help the runner
@@ -303,25 +313,25 @@ def test_unsupported_architecture_and_corrupt_inputs(tmp_path, tiny_model_dir):
     config = json.loads((gpt2 / "config.json").read_text())
     (gpt2 / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     with pytest.raises(ExportError, match="'gpt2' is not supported for export; supported: llama, qwen2"):
-        export_model(str(gpt2), "gguf", "f16", tmp_path / "o1")
+        export_model(str(gpt2), tmp_path / "o1", ExportConfig(format="gguf", quant="f16"))
 
     truncated = tmp_path / "truncated"
     shutil.copytree(tiny_model_dir, truncated)
     weights = truncated / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     with pytest.raises(ModelError, match="model.safetensors: weights file is corrupt or truncated"):
-        export_model(str(truncated), "onnx", "fp32", tmp_path / "o2")
+        export_model(str(truncated), tmp_path / "o2", ExportConfig(format="onnx", quant="fp32"))
 
     bad_config = tmp_path / "bad-config"
     shutil.copytree(tiny_model_dir, bad_config)
     (bad_config / "config.json").write_text("{not json")
     with pytest.raises(ModelError, match="cannot read the model config"):
-        export_model(str(bad_config), "genai", "int4", tmp_path / "o3")
+        export_model(str(bad_config), tmp_path / "o3", ExportConfig(format="genai", quant="int4"))
 
     gguf = tmp_path / "half.gguf"
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 20)
     with pytest.raises(ModelError, match="not a readable GGUF file"):
-        export_model(str(gguf), "gguf", "q8_0", tmp_path / "o4")
+        export_model(str(gguf), tmp_path / "o4", ExportConfig(format="gguf", quant="q8_0"))
 
 
 def test_export_its_runtime_cannot_load_is_one_error_and_keeps_the_files(tmp_path, tiny_model_dir, monkeypatch):
@@ -343,7 +353,7 @@ def test_export_its_runtime_cannot_load_is_one_error_and_keeps_the_files(tmp_pat
     monkeypatch.setattr(builder, "create_model", drop_an_initializer)
     out = tmp_path / "broken"
     with pytest.raises(ExportError, match="onnxruntime-genai could not load the export in .*broken"):
-        export_model(str(tiny_model_dir), "genai", "fp32", out, threads=1, max_new_tokens=2)
+        export_model(str(tiny_model_dir), out, ExportConfig(format="genai", quant="fp32", threads=1, max_new_tokens=2))
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["passed"] is False and "could not load" in manifest["error"]
     assert (out / "model.onnx").is_file() and (out / "genai_config.json").is_file()
@@ -351,23 +361,23 @@ def test_export_its_runtime_cannot_load_is_one_error_and_keeps_the_files(tmp_pat
 
 def test_request_errors(tmp_path, tiny_model_dir):
     with pytest.raises(ExportError, match="--format onnx takes --quant fp32, int8, int4; got 'q4_k_m'"):
-        export_model(str(tiny_model_dir), "onnx", "q4_k_m", tmp_path / "a")
-    with pytest.raises(ExportError, match="unknown format 'tflite'"):
-        export_model(str(tiny_model_dir), "tflite", "int8", tmp_path / "a")
+        export_model(str(tiny_model_dir), tmp_path / "a", ExportConfig(format="onnx", quant="q4_k_m"))
+    with pytest.raises(ValidationError, match="Input should be 'onnx', 'genai' or 'gguf'"):
+        ExportConfig(format="tflite", quant="int8")
     assert not (tmp_path / "a").exists()  # refused before anything was written
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match="not empty and holds no previous export"):
-        export_model(str(tiny_model_dir), "gguf", "f16", busy)
+        export_model(str(tiny_model_dir), busy, ExportConfig(format="gguf", quant="f16"))
     assert (busy / "notes.txt").read_text() == "mine"
     with pytest.raises(ExportError, match="--bundle is for --format gguf or genai"):
-        export_model(str(tiny_model_dir), "onnx", "fp32", tmp_path / "b", bundle=True)
+        export_model(str(tiny_model_dir), tmp_path / "b", ExportConfig(format="onnx", quant="fp32", bundle=True))
     assert not (tmp_path / "b").exists()
     with pytest.raises(ExportError, match="--int4-head-bits is for --quant int4 of --format genai or onnx"):
-        export_model(str(tiny_model_dir), "gguf", "q4_0", tmp_path / "c", int4_head_bits=4)
-    with pytest.raises(ExportError, match="--int4-head-bits 6: choose 8 or 4"):
-        export_model(str(tiny_model_dir), "genai", "int4", tmp_path / "c", int4_head_bits=6)
+        export_model(str(tiny_model_dir), tmp_path / "c", ExportConfig(format="gguf", quant="q4_0", int4_head_bits=4))
+    with pytest.raises(ValidationError, match="Input should be 8 or 4"):
+        ExportConfig(format="genai", quant="int4", int4_head_bits=6)
     assert not (tmp_path / "c").exists()
 
 
