@@ -5,8 +5,9 @@ import json
 
 import torch
 
-from tests.conftest import write_jsonl
+from toolkit.core.models import resolve_model
 from toolkit.core.recipe import TrainConfig
+from toolkit.training.loading import load_tokenizer
 from toolkit.training.train import tokenize_example, train
 from toolkit.training.train_job import launch, write_job
 
@@ -19,24 +20,27 @@ LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
 
 
+def _examples(tok, cfg: TrainConfig) -> list:
+    """ROWS tokenized once, as the launching process does before it writes the job."""
+    return [tokenize_example(tok, r["messages"], r["completion"], cfg.seq_len) for r in ROWS]
+
+
 def test_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
     from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
 
     # seq_len 48 keeps one example per packed sequence: 7 sequences, global batches of 3, 3 and 1,
     # so in the third batch the second process has nothing and still joins the all-reduce.
     cfg = TrainConfig(max_steps=6, batch_size=3, seq_len=48, lr=3e-3, warmup_ratio=0.0, threads=1,
                       checkpoint_every=0, processes=2)
     model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
-    examples = [tokenize_example(tok, r["messages"], r["completion"], cfg.seq_len) for r in ROWS]
+    examples = _examples(tok, cfg)
     one = train(model, tok, examples, cfg, tmp_path / "one", seed=5)
     assert one["packed_sequences"] == 7 and one["processes"] == 1
 
-    rows = write_jsonl(tmp_path / "train.jsonl", ROWS)
-    job = write_job(tmp_path / "job" / "train-job.json", student=str(tiny_model_dir), base_dir=None, rows=rows,
-                    cfg=cfg, out=tmp_path / "two", seed=5)
+    job = write_job(tmp_path / "job" / "train-job.json", student=str(tiny_model_dir), base_dir=None,
+                    examples=examples, cfg=cfg, out=tmp_path / "two", seed=5)
     steps: list[int] = []
     two = launch(job, threads=1, on_step=lambda row: steps.append(row["step"]))
     assert two["processes"] == 2
@@ -129,9 +133,9 @@ def test_single_node_training_listens_on_loopback_only(tiny_model_dir, tmp_path)
 
     cfg = TrainConfig(max_steps=3, batch_size=2, seq_len=48, lr=3e-3, threads=1, checkpoint_every=0, processes=2,
                       master_addr="127.0.0.1")
-    rows = write_jsonl(tmp_path / "train.jsonl", ROWS)
-    job = write_job(tmp_path / "job" / "train-job.json", student=str(tiny_model_dir), base_dir=None, rows=rows,
-                    cfg=cfg, out=tmp_path / "out", seed=5)
+    examples = _examples(load_tokenizer(resolve_model(str(tiny_model_dir))), cfg)
+    job = write_job(tmp_path / "job" / "train-job.json", student=str(tiny_model_dir), base_dir=None,
+                    examples=examples, cfg=cfg, out=tmp_path / "out", seed=5)
     seen: list[tuple[int, str, int]] = []
 
     def on_step(row: dict) -> None:

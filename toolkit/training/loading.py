@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 
 from toolkit.core.errors import ModelError
+from toolkit.core.integrity import check_model
 from toolkit.core.models import ModelRef
 
 
@@ -17,6 +18,7 @@ def _source(ref: ModelRef) -> tuple[str, dict]:
 
 
 def load_tokenizer(ref: ModelRef):
+    # heavy optional runtime, imported on first use
     from transformers import AutoTokenizer
 
     src, kw = _source(ref)
@@ -34,8 +36,6 @@ def load_model_and_tokenizer(ref: ModelRef, dtype: str = "float32"):
     """
     import torch
     from transformers import AutoModelForCausalLM
-
-    from toolkit.core.integrity import check_model
 
     check_model(ref)  # a truncated weight file is one clear error, not a loader traceback
     src, kw = _source(ref)

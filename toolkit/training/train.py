@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import time
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import torch
 
+from toolkit.core.errors import ToolkitError
+from toolkit.core.memory import pin_mmap_threshold, unpin_mmap_threshold
 from toolkit.core.recipe import TrainConfig
+from toolkit.training import dist
 
 IGNORE = -100  # label value torch's cross-entropy skips: prompt tokens carry no loss
 
@@ -172,10 +176,6 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     the logits at every position, the old path; `pin_heap=False` leaves glibc's malloc as it was
     (bench/memory.py compares them).
     """
-    from toolkit.training import dist
-
-    from toolkit.core.memory import pin_mmap_threshold, unpin_mmap_threshold
-
     rank, world = dist.setup()
     device = dist.device()
     if pin_heap:
@@ -184,6 +184,7 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.lora:
+        # heavy optional runtime (peft pulls in transformers), imported on first use
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=cfg.lora, lora_alpha=2 * cfg.lora, lora_dropout=0.05,
@@ -323,8 +324,6 @@ class Checkpoint:
 
     def load(self) -> dict | None:
         """The saved state, or None when there is none or it belongs to other data or settings."""
-        from toolkit.core.errors import ToolkitError
-
         if not self.file.is_file():
             return None
         try:
@@ -336,8 +335,6 @@ class Checkpoint:
         try:
             state = torch.load(self.file, map_location="cpu", weights_only=True)
         except Exception as exc:  # UnpicklingError: not plain data; RuntimeError/EOFError: a damaged zip
-            import pickle
-
             if isinstance(exc, pickle.UnpicklingError):  # torch's text suggests loading it unsafely: not shown
                 why = "it holds objects other than tensors and plain data"
             else:

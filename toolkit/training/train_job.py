@@ -1,51 +1,70 @@
 """One training job described by a JSON file, run by every process of torchrun / accelerate launch.
 
-`toolkit distill` writes `round-K/train-job.json` and, with `train.processes > 1` or `train.nodes > 1`,
-runs `python -m torch.distributed.run ... -m toolkit.training.train_job JOB` (see launch_cmd). The same file can
-be launched by hand (torchrun, accelerate launch), see docs/gpu.md.
+`toolkit distill` writes `round-K/train-job.json`, with the tokenized examples beside it, and, with
+`train.processes > 1` or `train.nodes > 1`, runs `python -m torch.distributed.run ... -m toolkit.training.train_job
+JOB` (see launch_cmd). The same file can be launched by hand (torchrun, accelerate launch), see docs/gpu.md.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from toolkit.core.errors import ToolkitError
+from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl, read_jsonl
+from toolkit.core.models import resolve_model
 from toolkit.core.recipe import TrainConfig
-from toolkit.core.jsonio import atomic_write_json, read_jsonl
+from toolkit.training.loading import load_model_and_tokenizer
+
+if TYPE_CHECKING:  # train.py imports torch at its top; run_job imports it on first use
+    from toolkit.training.train import Example
 
 
 class TrainJobError(ToolkitError):
     """A data-parallel training job failed in one of its processes."""
 
 
-def write_job(path: Path, *, student: str, base_dir: str | None, rows: Path, cfg: TrainConfig, out: Path,
-              seed: int) -> Path:
-    """The job file: everything a process needs to rebuild the same examples and training run."""
-    atomic_write_json(path, {"student": student, "base_dir": base_dir, "rows": str(rows),
+@dataclass(frozen=True)
+class TrainJob:
+    """A written job file and what the launching process needs of it, so that it never reads the file back."""
+
+    path: Path
+    cfg: TrainConfig
+    result: Path  # rank 0's statistics (JSON)
+    progress: Path  # one JSON line per finished optimizer step
+
+
+def write_job(path: Path, *, student: str, base_dir: str | None, examples: list[Example], cfg: TrainConfig,
+              out: Path, seed: int) -> TrainJob:
+    """The job file, and the launching process's tokenized examples beside it (`train-examples.jsonl`):
+    everything a process needs for the same training run, without tokenizing again."""
+    examples_path = path.with_name("train-examples.jsonl")
+    atomic_write_jsonl(examples_path, ({"input_ids": e.input_ids, "labels": e.labels} for e in examples))
+    job = TrainJob(path, cfg, path.with_name("train-result.json"), path.with_name("train-progress.jsonl"))
+    atomic_write_json(path, {"student": student, "base_dir": base_dir, "examples": str(examples_path),
                              "train": cfg.model_dump(mode="json"), "out": str(out), "seed": seed,
-                             "result": str(path.with_name("train-result.json")),
-                             "progress": str(path.with_name("train-progress.jsonl"))})
-    return path
+                             "result": str(job.result), "progress": str(job.progress)})
+    return job
 
 
 def run_job(job_path: Path) -> dict:
     """Train as this process's rank; rank 0 writes the statistics to the job's result file."""
+    # torch (at the top of dist.py and train.py): heavy optional runtime, imported on first use
     from toolkit.training import dist
-    from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
-    from toolkit.training.train import tokenize_example, train
+    from toolkit.training.train import Example, train
 
     job = json.loads(Path(job_path).read_text())
     cfg = TrainConfig(**job["train"])
     rank, _ = dist.setup()
     model, tok = load_model_and_tokenizer(resolve_model(job["student"], job["base_dir"]))
-    examples = [tokenize_example(tok, r["messages"], r["completion"], cfg.seq_len)
-                for r in read_jsonl(Path(job["rows"]))]
+    examples = [Example(**row) for row in read_jsonl(Path(job["examples"]))]
     progress = Path(job["progress"])
     if rank == 0:
         progress.unlink(missing_ok=True)
@@ -92,8 +111,6 @@ def _torchrun_on_loopback(args: list[str]) -> None:
     and torchrun's static rendezvous, which opens a multi-tenant store on the same port in this
     process, gets this server instead of binding its own (tests/test_train_dist.py checks /proc/net).
     """
-    import datetime
-
     import torch.distributed as td
     from torch.distributed.run import main as torchrun
 
@@ -108,15 +125,13 @@ def _torchrun_on_loopback(args: list[str]) -> None:
     del store  # kept alive until torchrun is done: the multi-tenant server lives as long as a store holds it
 
 
-def launch(job_path: Path, threads: int | None, on_step=None, log_path: Path | None = None) -> dict:
+def launch(job: TrainJob, threads: int | None, on_step=None, log_path: Path | None = None) -> dict:
     """Run the job under torchrun (as node 0) and return rank 0's statistics; raises TrainJobError on failure.
 
     `threads` is the torch thread count of each process (OMP_NUM_THREADS too, so workers do not
     oversubscribe the cores); `on_step(row)` is called for each finished optimizer step.
     """
-    job = json.loads(Path(job_path).read_text())
-    cfg = TrainConfig(**job["train"])
-    result, progress = Path(job["result"]), Path(job["progress"])
+    cfg, result, progress = job.cfg, job.result, job.progress
     result.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads or 1)}
     if cfg.nodes == 1 and sys.platform.startswith("linux"):
@@ -124,8 +139,8 @@ def launch(job_path: Path, threads: int | None, on_step=None, log_path: Path | N
         # host name, which may face the network).
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         env.setdefault("NCCL_SOCKET_IFNAME", "lo")
-    log = open(log_path or Path(job_path).with_name("train-processes.log"), "ab")
-    proc = subprocess.Popen(launch_cmd(job_path, cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
+    log = open(log_path or job.path.with_name("train-processes.log"), "ab")
+    proc = subprocess.Popen(launch_cmd(job.path, cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     seen = 0
     while proc.poll() is None:
