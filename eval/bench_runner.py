@@ -3,7 +3,7 @@
 Run as `python bench_runner.py SPEC_JSON` (or `-m toolkit.eval.bench_runner`); prints one line
 `BENCH_JSON {...}` on stdout. It needs only the backend's runtime (llama_cpp, onnxruntime_genai,
 optimum + onnxruntime, or torch + transformers) and numpy, never toolkit itself, so that
-`toolkit bench --remote` can ship it (with machine.py beside it) to an edge device.
+`toolkit bench --remote` can ship it (with machine.py, safetar.py and model_kind.py beside it) to an edge device.
 
 Definitions follow llama-bench: a prompt of exactly `prompt_tokens` synthetic token ids is
 processed in one call (prefill, pp); then `gen_tokens` tokens are decoded one at a time (tg),
@@ -22,10 +22,13 @@ import time
 from pathlib import Path
 
 if __package__:
+    from toolkit.core.model_kind import BACKEND_OF_KIND, local_model
+
     from . import machine, safetar
-else:  # shipped as a plain script next to machine.py and safetar.py
+else:  # shipped as a plain script next to machine.py, safetar.py and model_kind.py
     import machine
     import safetar
+    from model_kind import BACKEND_OF_KIND, local_model
 
 MARKER = "BENCH_JSON "
 
@@ -44,18 +47,9 @@ def detect(path: Path) -> tuple[str, Path]:
             if cand.suffix == ".gguf" or (cand.is_dir() and (cand / "genai_config.json").is_file()):
                 return detect(cand)
         raise ValueError(f"{path}: the bundle holds no .gguf file and no genai_config.json folder")
-    if path.is_file() and path.suffix == ".gguf":
-        return "llama.cpp", path
-    if path.is_dir():
-        if (path / "genai_config.json").is_file():
-            return "genai", path
-        if (path / "config.json").is_file() and any(path.glob("*.onnx")):
-            return "onnx", path
-        if (path / "config.json").is_file():
-            return "torch", path
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:  # a GGUF export folder (the file plus export.json)
-            return "llama.cpp", ggufs[0]
+    found = local_model(path)
+    if found is not None:
+        return BACKEND_OF_KIND[found[0]], found[1]
     raise ValueError(f"{path}: not a .gguf file, an ONNX/genai/HF model folder or a .tar.gz bundle")
 
 

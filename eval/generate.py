@@ -7,6 +7,7 @@ from pathlib import Path
 from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_onnx_folder
+from toolkit.core.model_kind import BACKEND_OF_KIND, local_model
 from toolkit.core.models import ModelRef, resolve_model
 from toolkit.data.calculator import Sequence
 from toolkit.training.loading import fix_special_tokens, load_model_and_tokenizer
@@ -184,21 +185,17 @@ BACKENDS = ("auto", "torch", "onnx", "genai", "llama.cpp", "llama.cpp-server", "
 
 
 def detect_backend(model: str) -> str:
-    """The backend `auto` picks: .gguf -> llama.cpp, folder with genai_config.json -> genai,
-    folder with *.onnx -> onnx, `openai:` -> openai, anything else -> torch."""
+    """The backend `auto` picks: .gguf or GGUF export folder -> llama.cpp, folder with genai_config.json -> genai,
+    optimum folder with *.onnx -> onnx, `openai:` -> openai, anything else -> torch."""
     if model.startswith("openai:"):
         return "openai"
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "genai_config.json").is_file():
-            return "genai"
-        if any(path.glob("*.onnx")):
-            return "onnx"
-        if not (path / "config.json").is_file() and len(list(path.glob("*.gguf"))) == 1:
-            return "llama.cpp"
-    if model.startswith("pkg:") or path.suffix == ".gguf":
+    if model.startswith("pkg:"):
         return "llama.cpp"
-    return "torch"
+    path = Path(model).expanduser()
+    found = local_model(path)
+    if found is not None:
+        return BACKEND_OF_KIND[found[0]]
+    return "llama.cpp" if path.suffix == ".gguf" else "torch"
 
 
 def export_info(model: str) -> dict | None:

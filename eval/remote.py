@@ -13,10 +13,13 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from toolkit.core import model_kind
 from toolkit.core.errors import ToolkitError
 
-# Self-contained: all the device needs besides its runtime (safetar.py unpacks a bundle there).
-RUNNER_FILES = ("bench_runner.py", "machine.py", "safetar.py")
+# Self-contained: all the device needs besides its runtime (safetar.py unpacks a bundle there, model_kind.py tells
+# what a model path holds).
+RUNNER_FILES = (*(Path(__file__).parent / name for name in ("bench_runner.py", "machine.py", "safetar.py")),
+                Path(model_kind.__file__))
 
 
 class BenchError(ToolkitError):
@@ -107,8 +110,7 @@ class RemoteExecutor:
 
     def __enter__(self) -> RemoteExecutor:
         self.dir = self._ssh("mktemp -d", timeout=60).strip()
-        here = Path(__file__).parent
-        files = [str(here / f) for f in RUNNER_FILES] + [str(self.model)]
+        files = [str(f) for f in RUNNER_FILES] + [str(self.model)]
         proc = subprocess.run(["scp", "-q", "-r", "-P", self.port, *self.opts, "--", *files,
                                f"{self.scp_target}:{self.dir}/"],
                               capture_output=True, text=True)

@@ -6,6 +6,7 @@ import hashlib
 import pytest
 
 from toolkit.core.errors import ModelError
+from toolkit.core.model_kind import folder_gguf, local_model
 from toolkit.core.models import PackagedModel, _join_verified, packaged_gguf, resolve_model
 
 
@@ -35,6 +36,34 @@ def test_non_model_files_and_folders(tmp_path):
         resolve_model(str(tmp_path / "weights.bin"))
     with pytest.raises(ModelError, match="not a model folder"):
         resolve_model(str(tmp_path))
+
+
+def _folder(path, *names):
+    path.mkdir()
+    for name in names:
+        (path / name).write_text("{}")
+    return path
+
+
+def test_local_model_kinds(tmp_path):
+    """One rule for every caller: genai_config.json first, then config.json (with *.onnx: optimum), then a
+    config-less folder with exactly one .gguf (a GGUF export)."""
+    genai = _folder(tmp_path / "genai", "genai_config.json", "model.onnx", "config.json")
+    onnx = _folder(tmp_path / "onnx", "config.json", "model.onnx")
+    hf = _folder(tmp_path / "hf", "config.json", "model.gguf")
+    export = _folder(tmp_path / "export", "m.gguf", "export.json")
+    two = _folder(tmp_path / "two", "a.gguf", "b.gguf")
+    bare_onnx = _folder(tmp_path / "bare-onnx", "model.onnx")
+    assert local_model(genai) == ("genai", genai)
+    assert local_model(onnx) == ("onnx", onnx)
+    assert local_model(hf) == ("hf", hf)
+    assert local_model(export) == ("gguf", export / "m.gguf") and folder_gguf(export) == export / "m.gguf"
+    assert local_model(export / "m.gguf") == ("gguf", export / "m.gguf")
+    assert local_model(export / "export.json") is None
+    assert local_model(two) is None and folder_gguf(two) is None
+    assert local_model(bare_onnx) is None  # optimum needs config.json to load it
+    assert local_model(tmp_path / "absent") is None
+    assert folder_gguf(hf) is None  # a config.json makes it an HF folder, whatever else it holds
 
 
 def test_join_checks_size_and_sha256(tmp_path):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.core import model_kind
+
 EVAL = Path(__file__).resolve().parent.parent / "eval"
 
 
@@ -177,6 +179,7 @@ def test_the_shipped_runner_unpacks_through_the_same_checks(tmp_path):
     assert "safetar.py" in shipped  # RUNNER_FILES carries the unpacker to the device
     for name in shipped:
         shutil.copy(EVAL / name, runner_dir / name)
+    shutil.copy(model_kind.__file__, runner_dir / "model_kind.py")  # RUNNER_FILES' one file from toolkit/core
     outside = tmp_path / "outside"
     outside.mkdir()
     bundles = {

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from toolkit.core.defaults import cache_root
 from toolkit.core.errors import ModelError
+from toolkit.core.model_kind import folder_gguf
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,10 @@ def resolve_model(ref: str, base_dir: Path | None = None) -> ModelRef:
             raise ModelError(f"{path}: a model file must be a .gguf (or give a save_pretrained folder)")
         return ModelRef(ref, "gguf", path.resolve())
     if path.is_dir():
+        gguf = folder_gguf(path)
+        if gguf is not None:
+            return ModelRef(ref, "gguf", gguf.resolve())
         if not (path / "config.json").is_file():
-            ggufs = sorted(path.glob("*.gguf"))
-            if len(ggufs) == 1:
-                return ModelRef(ref, "gguf", ggufs[0].resolve())
             raise ModelError(f"{path}: not a model folder (no config.json and not exactly one .gguf)")
         return ModelRef(ref, "hf", path.resolve())
     if _HUB_ID.match(ref) and not ref.startswith((".", "/")):
