@@ -21,6 +21,7 @@ def export_genai(hf_dir: Path, quant: str, out: Path, work: Path, *, block_size:
     bench/export_agreement.py): mean matched greedy prefix 20.9% against 9.3% with 4 bits, for 104
     against 90 MB; decode 179 against 181 tok/s (153 against 177 in an earlier, noisier run).
     """
+    # heavy optional runtime, imported on first use
     from onnxruntime_genai.models.builder import create_model
 
     if quant not in QUANTS:

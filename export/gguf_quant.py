@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from gguf import GGUFReader
+
 from toolkit.core.errors import ExportError
 
 # Block width (elements along a row) each GGML type needs; a row length not divisible by it cannot take it.
@@ -14,6 +16,7 @@ _BASE_TYPE = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "q5_0": "Q5_0", "q
 
 def ftypes() -> dict[str, int]:
     """llama.cpp file types by lower-case name (q4_k_m, q8_0, …, f16, bf16, f32)."""
+    # heavy optional runtime, imported on first use
     import llama_cpp
 
     names = {k[len("LLAMA_FTYPE_MOSTLY_"):].lower(): getattr(llama_cpp, k)
@@ -39,8 +42,6 @@ def quantize(src: Path, out: Path, quant: str, threads: int) -> None:
 
 def stored_types(path: Path, quant: str) -> tuple[dict[str, int], list[str]]:
     """(count of tensors per GGML type, notes on tensors that could not take the requested type)."""
-    from gguf import GGUFReader
-
     reader = GGUFReader(path)
     counts = Counter(t.tensor_type.name for t in reader.tensors)
     notes = []

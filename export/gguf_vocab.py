@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gguf import GGUFReader, GGUFValueType
+
 from toolkit.core.errors import ExportError
 
 # One metadata entry: (key, value, value type, array element type or None), as GGUFWriter.add_key_value takes.
@@ -23,8 +25,6 @@ NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
 def carried_metadata(base_gguf: Path, n_vocab: int) -> list[Entry]:
     """Every tokenizer.* key of `base_gguf`, with its stored types; refuses a vocabulary of another size."""
-    from gguf import GGUFReader, GGUFValueType
-
     reader = GGUFReader(base_gguf)
     entries: list[Entry] = []
     for key, field in reader.fields.items():
@@ -64,7 +64,7 @@ def _pre_name(pre: dict | None) -> str:
 
 def built_metadata(hf_dir: Path, n_vocab: int) -> list[Entry]:
     """tokenizer.ggml.* for a byte-level BPE tokenizer.json (GPT-2 style, as SmolLM2 and Qwen2.5 use)."""
-    from gguf import GGUFValueType as T
+    # heavy optional runtime, imported on first use
     from transformers import AutoTokenizer
 
     try:
@@ -92,19 +92,19 @@ def built_metadata(hf_dir: Path, n_vocab: int) -> list[Entry]:
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
     ids = tok("a", add_special_tokens=True)["input_ids"]
     entries: list[Entry] = [
-        ("tokenizer.ggml.model", "gpt2", T.STRING, None),
-        ("tokenizer.ggml.pre", _pre_name(spec.get("pre_tokenizer")), T.STRING, None),
-        ("tokenizer.ggml.tokens", tokens, T.ARRAY, T.STRING),
-        ("tokenizer.ggml.token_type", types, T.ARRAY, T.INT32),
-        ("tokenizer.ggml.merges", merges, T.ARRAY, T.STRING),
+        ("tokenizer.ggml.model", "gpt2", GGUFValueType.STRING, None),
+        ("tokenizer.ggml.pre", _pre_name(spec.get("pre_tokenizer")), GGUFValueType.STRING, None),
+        ("tokenizer.ggml.tokens", tokens, GGUFValueType.ARRAY, GGUFValueType.STRING),
+        ("tokenizer.ggml.token_type", types, GGUFValueType.ARRAY, GGUFValueType.INT32),
+        ("tokenizer.ggml.merges", merges, GGUFValueType.ARRAY, GGUFValueType.STRING),
         ("tokenizer.ggml.add_bos_token", bool(tok.bos_token_id is not None and ids[:1] == [tok.bos_token_id]),
-         T.BOOL, None),
+         GGUFValueType.BOOL, None),
     ]
     for name in ("bos", "eos", "unk", "pad"):
         token_id = getattr(tok, f"{name}_token_id")
         if token_id is not None:
             key = "padding" if name == "pad" else "unknown" if name == "unk" else name
-            entries.append((f"tokenizer.ggml.{key}_token_id", int(token_id), T.UINT32, None))
+            entries.append((f"tokenizer.ggml.{key}_token_id", int(token_id), GGUFValueType.UINT32, None))
     if tok.chat_template:
-        entries.append(("tokenizer.chat_template", tok.chat_template, T.STRING, None))
+        entries.append(("tokenizer.chat_template", tok.chat_template, GGUFValueType.STRING, None))
     return entries

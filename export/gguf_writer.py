@@ -5,9 +5,11 @@ import re
 from pathlib import Path
 
 import numpy as np
+from gguf import GGUFWriter, LlamaFileType
+from safetensors import safe_open
 
-from toolkit.export.gguf_vocab import Entry
 from toolkit.core.errors import ExportError
+from toolkit.export.gguf_vocab import Entry
 
 # HF parameter name (inside model.layers.N.) → GGUF tensor name (inside blk.N.).
 _LAYER = {
@@ -74,9 +76,8 @@ def _hparams(writer, cfg: dict, n_vocab: int) -> None:
 
 def write_gguf(hf_dir: Path, out: Path, arch: str, cfg: dict, tokenizer: list[Entry], outtype: str = "f16") -> None:
     """Write `out` from the safetensors in `hf_dir`: 2-D weights in `outtype` (f16|f32), norms and biases f32."""
+    # heavy optional runtime, imported on first use
     import torch
-    from gguf import GGUFWriter, LlamaFileType
-    from safetensors import safe_open
 
     if outtype not in ("f16", "f32"):
         raise ExportError(f"GGUF base type {outtype!r}: use f16 or f32 (other types are quantized from f16)")

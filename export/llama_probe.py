@@ -10,6 +10,7 @@ import sys
 
 
 def probe(spec: dict) -> dict:
+    # heavy optional runtime, imported on first use
     from llama_cpp import Llama
 
     n_ctx = max([len(p) for p in spec["prompts"]] + [0]) + spec["max_new_tokens"] + 16

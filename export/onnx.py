@@ -33,6 +33,7 @@ def untie_transposed_weights(model) -> int:
     MatMul whose weight is an initializer, so the head (and, for int4, the embedding it shares) would stay
     fp32; with its own initializer both the Gather and the head get quantized.
     """
+    # heavy optional runtime (onnx takes 1.8 s to import), imported on first use
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}

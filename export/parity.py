@@ -44,6 +44,7 @@ class Reference:
     """The source model in torch: its tokenizer's ids and greedy continuations are the reference."""
 
     def __init__(self, hf_dir: Path, threads: int, max_new_tokens: int):
+        # heavy optional runtime, imported on first use
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

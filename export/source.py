@@ -5,8 +5,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from gguf import GGUFReader
+from huggingface_hub import snapshot_download
+from safetensors import safe_open
+
 from toolkit.core.errors import ExportError, ModelError
 from toolkit.core.models import resolve_model
+from toolkit.training.loading import load_model_and_tokenizer
 
 # Architectures every exporter handles (HF `model_type` == GGUF `general.architecture` for these).
 SUPPORTED = ("llama", "qwen2")
@@ -36,8 +41,6 @@ def _unsupported(arch: str, where: str) -> ExportError:
 
 def gguf_architecture(path: Path) -> str:
     """general.architecture of a GGUF file, refusing files that do not parse (truncated, not a GGUF)."""
-    from gguf import GGUFReader
-
     try:
         reader = GGUFReader(path)
         return str(reader.fields["general.architecture"].contents())
@@ -54,8 +57,6 @@ def read_config(hf_dir: Path) -> dict:
 
 def check_weights(hf_dir: Path) -> None:
     """Open every safetensors header so a truncated or corrupt weights file fails here, by name."""
-    from safetensors import safe_open
-
     files = sorted(hf_dir.glob("*.safetensors"))
     if not files:
         raise ModelError(f"{hf_dir}: no *.safetensors weights (save the model with safe_serialization=True)")
@@ -95,8 +96,6 @@ def open_source(model_ref: str, work: Path, *, tokenizer_gguf: str | None = None
         arch = gguf_architecture(ref.path)
         if arch not in SUPPORTED:
             raise _unsupported(arch, str(ref.path))
-        from toolkit.training.loading import load_model_and_tokenizer
-
         model, tok = load_model_and_tokenizer(ref)
         hf_dir = work / "source"
         model.save_pretrained(hf_dir, safe_serialization=True)
@@ -105,8 +104,6 @@ def open_source(model_ref: str, work: Path, *, tokenizer_gguf: str | None = None
         base = ref.path
     else:
         if ref.kind == "hub":
-            from huggingface_hub import snapshot_download
-
             try:
                 hf_dir = Path(snapshot_download(ref.hub_id, allow_patterns=["*.json", "*.safetensors", "*.txt",
                                                                            "*.model", "*.jinja"]))
