@@ -5,6 +5,9 @@ import json
 import struct
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+from gguf import GGUFReader
+
 from toolkit.core.errors import ModelError
 from toolkit.core.models import ModelRef
 
@@ -18,8 +21,6 @@ def check_gguf(path: Path) -> None:
         magic = f.read(4)
     if magic != b"GGUF":
         raise ModelError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
-    from gguf import GGUFReader
-
     try:
         reader = GGUFReader(path)
         end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
@@ -86,8 +87,8 @@ def check_hf_folder(path: Path) -> None:
 def check_onnx(path: Path) -> None:
     """Refuse an ONNX graph that does not parse, or whose external-data tensors are missing or reach past
     the end of their file (a truncated copy). Only the graph is read, never the weights."""
+    # heavy optional runtime (about 1 s to import), imported on first use
     import onnx
-    from google.protobuf.message import DecodeError
 
     try:
         graph = onnx.load(str(path), load_external_data=False).graph

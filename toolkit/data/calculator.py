@@ -306,7 +306,7 @@ RANKED = 64  # candidates offered at a guarded step; one without a leading digit
 def steer(seq: Sequence, scores):
     """One decoding step on a 1-D numpy logits row (llama-cpp-python, onnxruntime-genai): the row itself
     when the model is free, else a row that lets only the calculator's chosen token through."""
-    import numpy as np
+    import numpy as np  # not at the top: the rest of this module, copied into edge bundles, is standard library only
 
     tok = seq.choose(lambda: iter(np.argsort(-scores, kind="stable")[:RANKED].tolist()))
     if tok is None:

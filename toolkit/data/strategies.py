@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import re
 
-from toolkit.data.answers import extract_strict
+from toolkit.data.answers import extract_strict, normalize_number
+from toolkit.sandbox.runner import run_program, run_programs
 
 Messages = list[dict[str, str]]
 
@@ -169,9 +170,6 @@ def split_tag(text: str) -> tuple[str | None, str]:
 
 def run_answer(code: str, timeout_s: float = 3.0) -> str | None:
     """The normalised `answer` of a program run in the sandbox; None when it fails or sets none."""
-    from toolkit.data.answers import normalize_number
-    from toolkit.sandbox.runner import run_program
-
     result = run_program(code, timeout_s=timeout_s)
     return normalize_number(result.answer) if result.answer is not None else None
 
@@ -215,9 +213,6 @@ def strategy_stats(chosen: list[str], correct: list[bool]) -> dict[str, dict]:
 
 def final_answers(strategy: str, texts: list[str], workers: int = 2) -> list[tuple[str, str | None]]:
     """final_answer over many replies; the PoT programs among them run `workers` sandboxes at a time."""
-    from toolkit.data.answers import normalize_number
-    from toolkit.sandbox.runner import run_programs
-
     if strategy != "auto":
         _check(strategy)
     parsed = []

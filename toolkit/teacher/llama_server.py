@@ -13,6 +13,7 @@ from pathlib import Path
 
 from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError
+from toolkit.teacher.llama_tools import require_tool
 
 
 def free_port() -> int:
@@ -80,8 +81,6 @@ class LlamaServer:
 
     def _command(self) -> list[str]:
         if self.server == "llama-server":
-            from toolkit.teacher.llama_tools import require_tool
-
             # -c is the context of all slots together; --jinja renders the GGUF's own chat template,
             # as llama_cpp.server does.
             return [str(require_tool("llama-server")), "-m", str(self.model), "--host", "127.0.0.1",

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import openai
+
 from toolkit.core.errors import TeacherError
 from toolkit.teacher.llama_server import LlamaServer
 
@@ -56,8 +58,6 @@ class OpenAIGenerator:
         return asyncio.run(self._all(prompts, max_new_tokens, temperature, on_done))
 
     async def _all(self, prompts, max_new_tokens, temperature, on_done) -> list[str]:
-        import openai
-
         client = openai.AsyncOpenAI(base_url=self.base_url, api_key="not-needed", timeout=self.timeout_s,
                                     max_retries=2)
         gate = asyncio.Semaphore(self.concurrency)
