@@ -1,4 +1,5 @@
-"""Trainer: answer-only labels, packing that changes nothing but padding, and real steps that lower the loss."""
+"""Trainer: answer-only labels, packing that changes nothing but padding, real steps that lower the loss,
+and a seed-fixed golden loss curve."""
 from __future__ import annotations
 
 import json
@@ -6,17 +7,29 @@ import json
 import pytest
 import torch
 
+from toolkit.core.models import resolve_model
 from toolkit.core.recipe import TrainConfig
+from toolkit.training.loading import load_model_and_tokenizer
 from toolkit.training.train import IGNORE, Example, collate, pack, tokenize_example, train
 
 MESSAGES = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]
 
+GOLDEN_QA = [("What is 3 plus 5?", "3 + 5 = 8. The answer is 8."),
+             ("Divide 28 pencils by 4 boxes.", "28 / 4 = 7. The answer is 7."),
+             ("Tom has 24 muffins and sells 18. How many are left?", "24 - 18 = 6. The answer is 6."),
+             ("Each box holds 7 pencils. How many in 4 boxes?", "4 * 7 = 28. The answer is 28.")]
+# Per-step mean loss (nats per answer token) of the tiny llama (conftest, seed 0) on GOLDEN_QA with
+# GOLDEN_CFG and seed 0, measured on CPU: identical to 6 decimals with 1 and 2 threads.
+GOLDEN_CURVE = [6.099608, 5.817647, 5.46892, 5.251826, 4.948169, 4.977941, 4.763346, 4.682383]
+GOLDEN_CFG = TrainConfig(max_steps=8, batch_size=2, seq_len=64, lr=3e-3, warmup_ratio=0.0, threads=1,
+                         checkpoint_every=0)
+# Float rounding across CPUs and kernels moves the loss by about 1e-6 of itself over 8 steps; a change in
+# the data, packing, order, masking, loss or optimizer moves it by far more than 1e-4.
+GOLDEN_RTOL = 1e-4
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
-
     return load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
 
 
@@ -61,9 +74,6 @@ def test_packed_loss_equals_separate_loss(tiny):
 def test_training_lowers_loss_and_saves_a_loadable_folder(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
-
     model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
     examples = [tokenize_example(tok, MESSAGES, "3 + 5 = 8. The answer is 8.", 256)] * 8
     cfg = TrainConfig(max_steps=30, batch_size=2, seq_len=256, lr=3e-3, warmup_ratio=0.0, threads=1)
@@ -83,9 +93,6 @@ def test_training_lowers_loss_and_saves_a_loadable_folder(tiny_model_dir, tmp_pa
 def test_lora_training_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
-
     model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
     examples = [tokenize_example(tok, MESSAGES, "The answer is 8.", 256)] * 4
     cfg = TrainConfig(max_steps=5, batch_size=2, seq_len=256, lr=1e-2, lora=4, threads=1)
@@ -93,3 +100,12 @@ def test_lora_training_merges_into_a_plain_folder(tiny_model_dir, tmp_path):
     assert stats["final_loss"] < stats["first_loss"]
     assert not (tmp_path / "lora" / "adapter_config.json").exists()
     AutoModelForCausalLM.from_pretrained(tmp_path / "lora")
+
+
+def test_golden_loss_curve(tiny_model_dir, tmp_path):
+    """Fixed model, data, settings and seed give the committed per-step losses."""
+    model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
+    examples = [tokenize_example(tok, [{"role": "user", "content": q}], a, GOLDEN_CFG.seq_len) for q, a in GOLDEN_QA]
+    stats = train(model, tok, examples, GOLDEN_CFG, tmp_path / "student", seed=0)
+    assert stats["packed_sequences"] == 4
+    assert [row["loss"] for row in stats["curve"]] == pytest.approx(GOLDEN_CURVE, rel=GOLDEN_RTOL)
