@@ -1,10 +1,13 @@
-"""Shared fixtures: the data folder, a tiny tokenizer and a tiny random llama model built on the spot."""
+"""Shared fixtures: the data folder, a tiny tokenizer, tiny random llama and qwen2 models built on the spot, and
+helpers that run or kill the CLI."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,6 +78,34 @@ def tiny_model_dir(tmp_path_factory) -> Path:
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(path)
     return path
+
+
+def build_export_model(path: Path, arch: str) -> Path:
+    """A 2-layer hidden-64 random model with weights large enough (std 0.3) that greedy output varies."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tok = build_tiny_tokenizer(path)
+    torch.manual_seed(0)
+    config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    config = config_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                        initializer_range=0.3, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id, tie_word_embeddings=arch == "qwen2")
+    model = model_cls(config)
+    if arch == "qwen2":  # qwen2 has q/k/v biases (zero at init): make them count
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.3)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny_source(request, tmp_path_factory) -> Path:
+    """Export sources: a tiny llama (untied head) and a tiny qwen2 (tied head, biases)."""
+    return build_export_model(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param)
 
 
 @pytest.fixture(scope="session")
@@ -158,6 +189,22 @@ def toolkit(*args: str, cwd: Path, timeout: float = 900) -> subprocess.Completed
     """Run the real CLI in a subprocess, as a user would."""
     return subprocess.run([sys.executable, "-m", "toolkit.cli", *args], cwd=cwd, capture_output=True,
                           text=True, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}, timeout=timeout)
+
+
+def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 300, poll_s: float = 0.2) -> None:
+    """Start `cmd` in its own session, wait until `ready()` holds (asked every `poll_s` seconds), then
+    kill -9 its whole process group, as a crash or an out-of-memory kill would."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the command ended before the kill point"
+            assert time.monotonic() < deadline, f"kill point not reached within {timeout:.0f} s"
+            time.sleep(poll_s)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture(scope="module")

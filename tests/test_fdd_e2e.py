@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, toolkit, write_tiny_recipe
+from tests.conftest import DATA, kill_when, toolkit, write_tiny_recipe
 
 TWO_ROUNDS = [f"data.root={DATA}", "distill.rounds=2", "distill.new_per_problem=2", "distill.label_solves=2", "distill.vote_min=1",
               "teacher.max_tokens=48", "distill.question_max_tokens=96"]
@@ -62,21 +59,6 @@ def _served(server) -> int:
     return server.requests_served()
 
 
-def _kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 300) -> None:
-    """Start the CLI, wait until `ready()` holds, then kill -9 its whole process group."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
-    deadline = time.monotonic() + timeout
-    try:
-        while not ready():
-            assert proc.poll() is None, "the run ended before the kill point"
-            assert time.monotonic() < deadline, "kill point never reached"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def test_kill_9_at_several_moments_then_resume(tmp_path, tiny_model_dir, teacher_server):
     """Killed during teacher calls, training, student generation (round-0 eval, feedback) and question
     labelling, the run resumes to the same data.
@@ -113,11 +95,11 @@ def test_kill_9_at_several_moments_then_resume(tmp_path, tiny_model_dir, teacher
                 return {}
 
         start = _served(teacher_server)
-        _kill_when(cmd, work, lambda: _served(teacher_server) - start >= 3)  # amid round-0 rationales
-        _kill_when(cmd, work, lambda: "eval/base" in stages())  # the base eval done, training under way
-        _kill_when(cmd, work, lambda: "round-0/train" in stages())  # the student generating its eval answers
-        _kill_when(cmd, work, lambda: "round-0/eval" in stages())  # the student answering for feedback
-        _kill_when(cmd, work, lambda: "round-1/questions" in stages())  # labelling under way
+        kill_when(cmd, work, lambda: _served(teacher_server) - start >= 3)  # amid round-0 rationales
+        kill_when(cmd, work, lambda: "eval/base" in stages())  # the base eval done, training under way
+        kill_when(cmd, work, lambda: "round-0/train" in stages())  # the student generating its eval answers
+        kill_when(cmd, work, lambda: "round-0/eval" in stages())  # the student answering for feedback
+        kill_when(cmd, work, lambda: "round-1/questions" in stages())  # labelling under way
         for path in (work / "runs").rglob("*.json*"):  # every visible file is whole
             if not path.name.startswith("."):
                 text = path.read_text()

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from tests.conftest import toolkit, write_tiny_recipe
+from tests.conftest import kill_when, toolkit, write_tiny_recipe
 from toolkit.core.recipe import TrainConfig
 from toolkit.training.train import BatchOrder, tokenize_example, train
 
@@ -99,17 +95,7 @@ def test_kill_9_during_training_resumes_from_the_step_checkpoint(tmp_path, tiny_
     recipe = write_tiny_recipe(work, tiny_model_dir, teacher_server.base_url)
     cmd = [sys.executable, "-m", "toolkit.cli", "distill", str(recipe), *overrides]
     state = work / "runs" / "tiny" / "round-0" / "student.checkpoint" / "state.pt"
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "NO_COLOR": "1"})
-    deadline = time.monotonic() + 300
-    try:
-        while not state.is_file():
-            assert proc.poll() is None, "the run ended before a step checkpoint was written"
-            assert time.monotonic() < deadline, "no step checkpoint within 300 s"
-            time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when(cmd, work, state.is_file, poll_s=0.02)  # at the first step checkpoint
     assert not (work / "runs" / "tiny" / "round-0" / "student").exists(), "killed after training finished"
 
     again = toolkit("distill", str(recipe), *overrides, cwd=work)
