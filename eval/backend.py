@@ -1,10 +1,11 @@
-"""What every generation backend shares: the Generator interface, batching and llama.cpp prompts."""
+"""What every generation backend shares: the Generator interface, batching, answers in order, llama.cpp prompts."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol
 
-from toolkit.eval.prompts import PLAIN_STOP, plain_text
+from toolkit.data.calculator import Sequence
+from toolkit.eval.prompts import PLAIN_STOP, cut_at_stop, plain_text
 
 Messages = list[dict[str, str]]
 
@@ -33,6 +34,27 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     """Prompt indices grouped into batches of similar length, so that each batch pads little."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
+class BatchAnswers:
+    """Answers and calculator counts gathered batch by batch (in length order), kept in prompt order;
+    `stops`: each prompt's stop strings, where its answer is cut."""
+
+    def __init__(self, stops: list[tuple[str, ...]]):
+        self.stops = stops
+        self.texts = [""] * len(stops)
+        self.calc_counts: list[tuple[int, int]] = [(0, 0)] * len(stops)  # (results forced, results changed)
+
+    def put_batch(self, idx: list[int], texts: list[str], seqs: list[Sequence],
+                  on_done: Callable[[int], None] | None) -> None:
+        """The generated texts of the prompts `idx`, row by row; `seqs`: their calculator sequences (empty
+        when the calculator is off); `on_done(n)` hears that n more prompts are answered."""
+        for row, i in enumerate(idx):
+            self.texts[i] = cut_at_stop(texts[row], self.stops[i])
+            if seqs:
+                self.calc_counts[i] = (seqs[row].forced, seqs[row].changed)
+        if on_done:
+            on_done(len(idx))
 
 
 def llama_prompt(llm, messages: Messages) -> tuple[str, list[str]]:

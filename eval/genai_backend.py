@@ -11,9 +11,9 @@ from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_onnx_folder
 
 from toolkit.data.calculator import steer
-from toolkit.eval.backend import length_sorted_batches
+from toolkit.eval.backend import BatchAnswers, length_sorted_batches
 from toolkit.eval.calc_decode import assistant_prefix, hf_sequence
-from toolkit.eval.prompts import cut_at_stop, render
+from toolkit.eval.prompts import render
 
 
 class GenaiGenerator:
@@ -58,8 +58,7 @@ class GenaiGenerator:
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
         rendered = [render(self.tok, p) for p in prompts]
         ids = [self.tok(text, add_special_tokens=False)["input_ids"] for text, _ in rendered]
-        results: dict[int, str] = {}
-        counts: dict[int, tuple[int, int]] = {}
+        answers = BatchAnswers([stops for _, stops in rendered])
         for idx in length_sorted_batches([len(i) for i in ids], self.batch_size):
             width = max(len(ids[i]) for i in idx)
             if width + 1 > self.context:
@@ -79,18 +78,16 @@ class GenaiGenerator:
                     steer_rows(gen, seqs, self.eos_ids)
                 else:
                     gen.generate_next_token()
-            for row, i in enumerate(idx):
+            texts = []
+            for row in range(len(idx)):
                 new = [int(t) for t in gen.get_sequence(row)[width:]]
                 # A finished row keeps being padded while others decode: cut at its first end token.
                 end = next((k for k, t in enumerate(new) if t in self.eos_ids), len(new))
-                text = self.tok.decode(new[:end], skip_special_tokens=True)
-                results[i] = cut_at_stop(text, rendered[i][1])
-                counts[i] = (seqs[row].forced, seqs[row].changed) if seqs else (0, 0)
+                texts.append(self.tok.decode(new[:end], skip_special_tokens=True))
             del gen
-            if on_done:
-                on_done(len(idx))
-        self.calc_counts = [counts[i] for i in range(len(prompts))]
-        return [results[i] for i in range(len(prompts))]
+            answers.put_batch(idx, texts, seqs, on_done)
+        self.calc_counts = answers.calc_counts
+        return answers.texts
 
     def close(self) -> None:
         pass

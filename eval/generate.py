@@ -12,11 +12,11 @@ from toolkit.core.models import ModelRef, resolve_model
 from toolkit.data.calculator import Sequence
 from toolkit.training.loading import fix_special_tokens, load_model_and_tokenizer
 
-from toolkit.eval.backend import Generator, length_sorted_batches, llama_prompt
+from toolkit.eval.backend import BatchAnswers, Generator, length_sorted_batches, llama_prompt
 from toolkit.eval.calc_decode import LlamaCppCalculator, TorchCalculator, assistant_prefix, hf_sequence
 from toolkit.eval.genai_backend import GenaiGenerator
 from toolkit.eval.openai_backend import LlamaServerGenerator, OpenAIGenerator
-from toolkit.eval.prompts import PLAIN_STOP, cut_at_stop, plain_text, render
+from toolkit.eval.prompts import PLAIN_STOP, plain_text, render
 
 
 class TorchGenerator:
@@ -48,8 +48,7 @@ class TorchGenerator:
 
         self.tok.padding_side = "left"  # decoder-only batches pad on the left so outputs line up
         rendered = [render(self.tok, p) for p in prompts]
-        results: dict[int, str] = {}
-        counts: dict[int, tuple[int, int]] = {}
+        answers = BatchAnswers([stops for _, stops in rendered])
         if temperature > 0:
             torch.manual_seed(self.seed)
         for idx in length_sorted_batches([len(text) for text, _ in rendered], self.batch_size):
@@ -70,14 +69,11 @@ class TorchGenerator:
             with torch.inference_mode():
                 gen = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                           **kwargs)
-            for row, i in enumerate(idx):
-                text = self.tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                results[i] = cut_at_stop(text, rendered[i][1])
-                counts[i] = (seqs[row].forced, seqs[row].changed) if seqs else (0, 0)
-            if on_done:
-                on_done(len(idx))
-        self.calc_counts = [counts[i] for i in range(len(prompts))]
-        return [results[i] for i in range(len(prompts))]
+            width = enc["input_ids"].shape[1]
+            answers.put_batch(idx, [self.tok.decode(gen[row, width:], skip_special_tokens=True)
+                                    for row in range(len(idx))], seqs, on_done)
+        self.calc_counts = answers.calc_counts
+        return answers.texts
 
     def close(self) -> None:
         pass
