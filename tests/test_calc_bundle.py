@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_export import _build, _unpack
+from tests.conftest import build_export_model
+from tests.test_export_bundle import _unpack
 
 from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("fmt, quant", [("gguf", "q8_0"), ("genai", "int4")])
 def test_bundle_runner_forces_the_result_with_the_runtime_only(tmp_path, fmt, quant):
-    src = _build(tmp_path / "qwen2", "qwen2")
+    src = build_export_model(tmp_path / "qwen2", "qwen2")
     m = export_model(str(src), tmp_path / "out", ExportConfig(format=fmt, quant=quant, threads=1, bundle=True))
     folder = _unpack(tmp_path / "out" / m["bundle"]["path"], tmp_path / "unpacked")
     assert (folder / "calculator.py").read_bytes() == (ROOT / "toolkit" / "data" / "calculator.py").read_bytes()
