@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 
 def progress_bar(console: Console) -> Progress:
+    """A bar with a count and the elapsed time, on the run's console, gone when its block ends."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=True)
 
