@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -142,6 +143,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_command(sub, name: str, config: type[BaseModel], func, *, help: str, description: str, model: str,
+                   out: dict, json_help: str) -> None:
+    """A subcommand over one model: the model (positional), the flags of its config model, then what is not
+    config: --out (`out`: its argparse settings), --quiet and --json."""
+    parser = sub.add_parser(name, help=help, description=description)
+    parser.add_argument("model", help=model)
+    add_flags(parser, config)
+    parser.add_argument("--out", **out)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--json", action="store_true", help=json_help)
+    parser.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toolkit",
@@ -165,40 +179,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the result summary as JSON")
     d.set_defaults(func=cmd_distill)
 
-    e = sub.add_parser("eval", help="accuracy of a model on math suites",
-                       description="Greedy accuracy with strict (after 'The answer is') and flexible (last "
-                                   "number) extraction over torch, onnxruntime, onnxruntime-genai, llama.cpp or "
-                                   "an OpenAI-compatible endpoint; writes results JSON and samples_<suite>.jsonl.")
-    e.add_argument("model", help="hub id, save_pretrained folder, ONNX or genai export folder, .gguf file, "
-                                 "pkg:NAME, or openai:http://HOST:PORT/v1#MODEL")
-    add_flags(e, EvalConfig)
-    e.add_argument("--out", default="results.json", help="results JSON path")
-    e.add_argument("--quiet", action="store_true")
-    e.add_argument("--json", action="store_true", help="print the results as JSON")
-    e.set_defaults(func=cmd_eval)
+    _model_command(sub, "eval", EvalConfig, cmd_eval, help="accuracy of a model on math suites",
+                   description="Greedy accuracy with strict (after 'The answer is') and flexible (last "
+                               "number) extraction over torch, onnxruntime, onnxruntime-genai, llama.cpp or "
+                               "an OpenAI-compatible endpoint; writes results JSON and samples_<suite>.jsonl.",
+                   model="hub id, save_pretrained folder, ONNX or genai export folder, .gguf file, "
+                         "pkg:NAME, or openai:http://HOST:PORT/v1#MODEL",
+                   out={"default": "results.json", "help": "results JSON path"},
+                   json_help="print the results as JSON")
 
-    x = sub.add_parser("export", help="export a model to ONNX, onnxruntime-genai or GGUF, checked against it",
-                       description="Turn a student folder, hub model or GGUF into files a plain runtime loads "
-                                   "(onnx: optimum/onnxruntime; genai: onnxruntime-genai; gguf: llama.cpp), then "
-                                   "compare token ids and greedy continuations with the source; writes "
-                                   "OUT/export.json.")
-    x.add_argument("model", help="save_pretrained folder, hub id, .gguf file or pkg:NAME")
-    add_flags(x, ExportConfig)
-    x.add_argument("--out", required=True, help="output folder (empty, or a previous export to replace)")
-    x.add_argument("--quiet", action="store_true")
-    x.add_argument("--json", action="store_true", help="print export.json")
-    x.set_defaults(func=cmd_export)
+    _model_command(sub, "export", ExportConfig, cmd_export,
+                   help="export a model to ONNX, onnxruntime-genai or GGUF, checked against it",
+                   description="Turn a student folder, hub model or GGUF into files a plain runtime loads "
+                               "(onnx: optimum/onnxruntime; genai: onnxruntime-genai; gguf: llama.cpp), then "
+                               "compare token ids and greedy continuations with the source; writes "
+                               "OUT/export.json.",
+                   model="save_pretrained folder, hub id, .gguf file or pkg:NAME",
+                   out={"required": True, "help": "output folder (empty, or a previous export to replace)"},
+                   json_help="print export.json")
 
-    b = sub.add_parser("bench", help="latency, throughput, memory and roofline of a model or export",
-                       description="Time to first token, prefill and decode tokens/s (llama-bench's pp/tg), "
-                                   "per-token latency percentiles, peak RSS of the process running the model, "
-                                   "file size and the memory-bandwidth roofline; JSON plus .csv and .md beside it.")
-    b.add_argument("model", help=".gguf file, pkg:NAME, ONNX/genai/HF export folder or .tar.gz edge bundle")
-    add_flags(b, BenchConfig)
-    b.add_argument("--out", default="bench.json", help="bench JSON path (.csv and .md are written beside it)")
-    b.add_argument("--quiet", action="store_true")
-    b.add_argument("--json", action="store_true", help="print the bench JSON")
-    b.set_defaults(func=cmd_bench)
+    _model_command(sub, "bench", BenchConfig, cmd_bench,
+                   help="latency, throughput, memory and roofline of a model or export",
+                   description="Time to first token, prefill and decode tokens/s (llama-bench's pp/tg), "
+                               "per-token latency percentiles, peak RSS of the process running the model, "
+                               "file size and the memory-bandwidth roofline; JSON plus .csv and .md beside it.",
+                   model=".gguf file, pkg:NAME, ONNX/genai/HF export folder or .tar.gz edge bundle",
+                   out={"default": "bench.json", "help": "bench JSON path (.csv and .md are written beside it)"},
+                   json_help="print the bench JSON")
 
     r = sub.add_parser("report", help="Markdown report and plots from run folders, eval and bench results",
                        description="One row per model × format × quant (accuracy with 95%% CI, decode tok/s, "
