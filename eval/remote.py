@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from toolkit.core import model_kind
 from toolkit.core.errors import ToolkitError
+from toolkit.eval.bench_runner import MARKER
 
 # Self-contained: all the device needs besides its runtime (safetar.py unpacks a bundle there, model_kind.py tells
 # what a model path holds).
@@ -62,8 +63,6 @@ def parse_remote(url: str) -> tuple[str | None, str, int]:
 
 
 def _parse(stdout: str, where: str) -> dict:
-    from toolkit.eval.bench_runner import MARKER
-
     for line in reversed(stdout.splitlines()):
         if line.startswith(MARKER):
             return json.loads(line[len(MARKER):])

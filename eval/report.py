@@ -11,10 +11,14 @@ import re
 from pathlib import Path
 
 from toolkit.core.errors import ToolkitError
+from toolkit.core.jsonio import atomic_write_text
 from toolkit.core.stats import wilson_interval
 from toolkit.eval.bench import markdown as bench_markdown
-from toolkit.eval.roofline import ratio_text
-from toolkit.core.jsonio import atomic_write_text
+from toolkit.eval.bench import resolve_local
+from toolkit.eval.bench_runner import detect
+from toolkit.eval.roofline import model_facts, ratio_text
+from toolkit.eval.rounds_report import markdown_table as rounds_table
+from toolkit.eval.rounds_report import plot_rounds
 
 
 class ReportError(ToolkitError):
@@ -59,9 +63,6 @@ def identity(ref: str, base: Path) -> str:
 
 def _format_quant(model_path: Path, backend: str) -> tuple[str, str]:
     """format and quant of the model that produced eval results (its export.json, else its files)."""
-    from toolkit.eval.bench_runner import detect
-    from toolkit.eval.roofline import model_facts
-
     try:
         facts = model_facts(*detect(model_path))
         return facts["format"], facts["quant"]
@@ -71,8 +72,6 @@ def _format_quant(model_path: Path, backend: str) -> tuple[str, str]:
 
 def _eval_model_path(results: Path, model: str) -> Path:
     """The model file/folder behind a results file; a run's `round-K/eval/results.json` belongs to `round-K/student`."""
-    from toolkit.eval.bench import resolve_local
-
     if results.parent.name == "eval" and (results.parent.parent / "student").exists():
         return results.parent.parent / "student"
     for cand in (Path(model), results.parent / model):
@@ -200,9 +199,6 @@ def _scatter(rows: list[dict], x_of, xlabel: str, path: Path) -> bool:
 def build_report(inputs: list[Path], out: Path) -> Path:
     """Write out/report.md plus out/accuracy_vs_latency.png, out/accuracy_vs_size.png and one
     out/rounds-<run>.png per distillation run; returns the Markdown file's path."""
-    from toolkit.eval.rounds_report import plot_rounds  # the run's own per-round curve, same look
-    from toolkit.eval.rounds_report import markdown_table as rounds_table
-
     evals, benches, rounds = collect(inputs)
     rows = merge(evals, benches)
     out.mkdir(parents=True, exist_ok=True)

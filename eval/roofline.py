@@ -13,6 +13,8 @@ import math
 import struct
 from pathlib import Path
 
+from gguf import GGUFReader, LlamaFileType
+
 # ONNX TensorProto element types of 4 bits (INT4, UINT4, FLOAT4E2M1); the rest come from numpy.
 _FOUR_BIT = {21, 22, 23}
 # Ops that read one row per token of a table input: embedding lookups, and rotary cos/sin caches
@@ -65,8 +67,6 @@ def folder_size(path: Path) -> int:
 
 
 def gguf_facts(path: Path) -> dict:
-    from gguf import GGUFReader, LlamaFileType
-
     reader = GGUFReader(path)
     kv_per_position, kv_note = _gguf_kv(reader)
     sizes = {t.name: int(t.n_bytes) for t in reader.tensors}
