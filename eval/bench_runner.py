@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import json
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -193,8 +194,6 @@ def peak_rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import resource
-
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
 

@@ -179,7 +179,7 @@ def slices(n_items: int, threads: int) -> list[tuple[int, int]]:
 def read_pass(parts: list) -> float:
     """Seconds for one thread per part to OR-reduce its part (numpy releases the GIL inside the reduction).
     The kernel writes one scalar per thread: every byte it moves is a byte read."""
-    import numpy as np
+    import numpy as np  # only the bandwidth probe needs numpy; this file also runs, shipped, where it may be absent
 
     start = threading.Barrier(len(parts) + 1)
 
