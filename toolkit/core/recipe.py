@@ -230,11 +230,18 @@ class SelfGuidedConfig(_Section):
     iterations: how many self-guided iterations.
     samples: k, the student's own solutions per training problem (on-policy sampling).
     temperature: the sampling temperature of those solutions.
-    mixing: `all` mixes all teacher data with the self-generated data at teacher share alpha;
+    mixing: `all` (SIKeD's "All", as its reference code builds it): all teacher data plus all correct
+        self-generated data; the teacher share alpha is observed and recorded per iteration.
+        `alpha_schedule`: all self-generated data plus teacher data subsampled to the share `alpha`.
         `adaptive` keeps teacher data only for problems the student still fails (no correct sample).
-    alpha: mixing `all` only: the teacher data's share of each iteration's training set, one value
-        per iteration (SIKeD lowers it, e.g. [0.9, 0.5, 0.2]). Teacher rows are subsampled to reach it;
-        when the student solved nothing, the teacher data is used whole.
+    alpha: mixing `alpha_schedule` only: the teacher data's share of each iteration's training set, one
+        value per iteration (e.g. [0.9, 0.5, 0.2]). Teacher rows are subsampled to reach it; when the
+        student solved nothing, the teacher data is used whole.
+    sampling: how the student draws its own solutions: `free` (its own choice of strategy, `samples`
+        per problem), `forced` (each recipe strategy's tag forced in turn, `samples` per problem and
+        strategy, so strategies it stops choosing still yield data), `both` (the free samples and the
+        forced ones). forced and both need a tagged student (more strategies than cot) and a backend
+        that continues an assistant prefix (torch or genai; not llama.cpp, not student.sampler vllm).
     backend: what the student samples with: `torch` (the trained folder in transformers, batched),
         `genai` / `genai-int4` (the student exported to onnxruntime-genai fp32 / int4 each iteration,
         batched C++ decoding), `llama.cpp` (exported to GGUF q8_0, one sequence at a time), or `auto`:
@@ -246,21 +253,32 @@ class SelfGuidedConfig(_Section):
     iterations: int = Field(1, ge=1, le=20)
     samples: int = Field(4, ge=1)
     temperature: float = Field(0.7, gt=0, le=2)
-    mixing: Literal["all", "adaptive"] = "all"
+    mixing: Literal["all", "alpha_schedule", "adaptive"] = "all"
     alpha: list[float] | None = None
+    sampling: Literal["free", "forced", "both"] = "free"
     backend: Literal["auto", "torch", "genai", "genai-int4", "llama.cpp"] = "auto"
     max_new_tokens: int | None = Field(None, ge=8)
 
     @model_validator(mode="after")
     def _alpha_schedule(self) -> SelfGuidedConfig:
-        if self.mixing == "adaptive":
+        if self.mixing != "alpha_schedule":
             if self.alpha is not None:
-                raise ValueError("alpha applies to mixing 'all' only; remove it for 'adaptive'")
+                hint = (" (all teacher data plus all correct own data; the share is observed): for a fixed "
+                        "share per iteration write mixing: alpha_schedule" if self.mixing == "all" else "")
+                raise ValueError(f"alpha applies to mixing 'alpha_schedule' only; remove it for "
+                                 f"'{self.mixing}'{hint}")
             return self
         if self.alpha is None or len(self.alpha) != self.iterations:
-            raise ValueError(f"mixing 'all' needs alpha, one teacher share per iteration ({self.iterations})")
+            raise ValueError(f"mixing 'alpha_schedule' needs alpha, one teacher share per iteration ({self.iterations})")
         if any(not 0 <= a <= 1 for a in self.alpha):
             raise ValueError(f"every alpha must lie in [0, 1], got {self.alpha}")
+        return self
+
+    @model_validator(mode="after")
+    def _forced_needs_a_prefix_backend(self) -> SelfGuidedConfig:
+        if self.sampling != "free" and self.backend == "llama.cpp":
+            raise ValueError(f"sampling '{self.sampling}' forces a strategy tag as an assistant prefix, which "
+                             "the llama.cpp sampler cannot continue; use backend torch, genai or auto")
         return self
 
 
@@ -322,6 +340,14 @@ class DistillConfig(_Section):
             raise ValueError(f"vote_min {self.vote_min} can never be reached with label_solves {self.label_solves}")
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"strategies repeat one: {self.strategies}")
+        return self
+
+    @model_validator(mode="after")
+    def _forced_sampling_needs_tags(self) -> DistillConfig:
+        sg = self.self_guided
+        if sg is not None and sg.sampling != "free" and self.strategies == ["cot"]:
+            raise ValueError(f"self_guided.sampling '{sg.sampling}' forces each strategy's tag, which only a "
+                             "student of several strategies learns; add strategies or use sampling: free")
         return self
 
 
@@ -403,6 +429,15 @@ class Recipe(_Section):
         if self.eval.calculator and self.student.sampler == "vllm":
             raise ValueError("eval.calculator steers decoding token by token, which the vLLM sampler does not "
                              "allow; use student.sampler: transformers or eval.calculator: false")
+        return self
+
+    @model_validator(mode="after")
+    def _forced_sampling_needs_a_local_sampler(self) -> Recipe:
+        sg = self.distill.self_guided
+        if sg is not None and sg.sampling != "free" and self.student.sampler == "vllm":
+            raise ValueError(f"distill.self_guided.sampling '{sg.sampling}' forces a strategy tag as an assistant "
+                             "prefix, which the vLLM chat sampler closes instead of continuing; use "
+                             "student.sampler: transformers or sampling: free")
         return self
 
     # Set by load_recipe: the folder relative paths in the recipe are resolved against.
