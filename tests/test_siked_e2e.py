@@ -10,7 +10,7 @@ from tests.conftest import DATA, toolkit, write_tiny_recipe
 
 SIKED = [f"data.root={DATA}", "distill.strategies=[cot, l2m, pot]", "distill.paths_per_problem=1",
          "teacher.max_tokens=64", "distill.self_guided.iterations=2", "distill.self_guided.samples=2",
-         "distill.self_guided.mixing=all", "distill.self_guided.alpha=[0.9, 0.5]"]
+         "distill.self_guided.mixing=alpha_schedule", "distill.self_guided.alpha=[0.9, 0.5]"]
 
 
 @pytest.fixture(scope="module")

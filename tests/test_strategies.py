@@ -111,15 +111,15 @@ def _rows(n: int, source: str, prefix: str = "p") -> list[dict]:
     return [{"problem_id": f"{prefix}{i}", "source": source} for i in range(n)]
 
 
-def test_mixing_all_reaches_the_teacher_share():
+def test_mixing_alpha_schedule_reaches_the_teacher_share():
     teacher, own = _rows(100, "teacher"), _rows(20, "self")
-    rows, info = mix(teacher, own, "all", 0.8, seed=0)
+    rows, info = mix(teacher, own, "alpha_schedule", 0.8, seed=0)
     assert info == {"teacher_rows": 80, "self_rows": 20, "rows": 100, "teacher_share": 0.8}
     assert rows[80:] == own and all(r in teacher for r in rows[:80])
-    assert mix(teacher, own, "all", 0.2, seed=0)[1]["teacher_rows"] == 5
-    assert mix(teacher, own, "all", 0.99, seed=0)[1]["teacher_rows"] == 100  # capped at what there is
-    assert mix(teacher, [], "all", 0.2, seed=0)[0] == teacher  # nothing solved: the teacher data whole
-    assert mix(teacher, own, "all", 0.5, seed=1)[0] != mix(teacher, own, "all", 0.5, seed=2)[0]
+    assert mix(teacher, own, "alpha_schedule", 0.2, seed=0)[1]["teacher_rows"] == 5
+    assert mix(teacher, own, "alpha_schedule", 0.99, seed=0)[1]["teacher_rows"] == 100  # capped at what there is
+    assert mix(teacher, [], "alpha_schedule", 0.2, seed=0)[0] == teacher  # nothing solved: the teacher data whole
+    assert mix(teacher, own, "alpha_schedule", 0.5, seed=1)[0] != mix(teacher, own, "alpha_schedule", 0.5, seed=2)[0]
 
 
 def test_mixing_adaptive_keeps_teacher_rows_of_failed_problems_only():
@@ -135,19 +135,19 @@ def test_score_samples_keeps_correct_well_formed_replies_once():
     outs = ["[pot]\n```python\nanswer = 3 * 4\n```", "[pot]\n```python\nanswer = 3 * 4\n```",  # a: twice the same
             "[l2m]\nThe answer is 7.",  # b: right number but no sub-question: not a well-formed L2M solution
             "[cot]\n3 + 4 = 7.\nThe answer is 7."]
-    samples, train, stats = score_samples(probs, outs, 2, ["cot", "l2m", "pot"])
+    samples, train, stats = score_samples([(p, None) for p in probs for _ in range(2)], outs, ["cot", "l2m", "pot"])
     assert [s["correct"] for s in samples] == [True, True, False, True]
     assert [(r["problem_id"], r["strategy"]) for r in train] == [("a", "pot"), ("b", "cot")]
     assert train[0]["completion"] == "[pot]\n```python\nanswer = 3 * 4\n```"
     assert stats["pot"]["chosen"] == 2 and stats["l2m"]["accuracy"] == 0.0
     # A strategy outside the recipe never counts.
-    assert score_samples(probs[:1], ["[pot]\n```python\nanswer = 12\n```"], 1, ["cot", "l2m"])[1] == []
+    assert score_samples([(probs[0], None)], ["[pot]\n```python\nanswer = 12\n```"], ["cot", "l2m"])[1] == []
 
 
 SIKED = MINIMAL + """\
 distill:
   strategies: [cot, pot]
-  self_guided: {iterations: 2, mixing: all, alpha: [0.9, 0.2]}
+  self_guided: {iterations: 2, mixing: alpha_schedule, alpha: [0.9, 0.2]}
 """
 
 
@@ -159,7 +159,7 @@ def test_recipe_options(tmp_path):
     assert r.distill.self_guided.samples == 4 and r.distill.self_guided.temperature == 0.7
     for override, msg in [("distill.self_guided.iterations=3", "one teacher share per iteration"),
                           ("distill.self_guided.alpha=[0.9, 1.5]", r"must lie in \[0, 1\]"),
-                          ("distill.self_guided.mixing=adaptive", "alpha applies to mixing 'all' only"),
+                          ("distill.self_guided.mixing=adaptive", "alpha applies to mixing 'alpha_schedule' only"),
                           ("distill.strategies=[cot, cot]", "strategies repeat one"),
                           ("distill.strategies=[cot, tot]", "distill.strategies.1"),
                           ("distill.self_guided.mixing=some", "distill.self_guided.mixing")]:

@@ -126,6 +126,17 @@ class EndpointConfig(_Section):
     _url = field_validator("base_url")(_check_url)
 
 
+class PriceConfig(_Section):
+    """What the teacher's tokens cost, for the run's ledger and the dry run's estimate.
+
+    input: USD per million prompt (input) tokens.
+    output: USD per million completion (output) tokens.
+    """
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
 class TeacherConfig(_Section):
     """The teacher LLM that writes rationales.
 
@@ -161,6 +172,8 @@ class TeacherConfig(_Section):
         scripts/build-llama-tools.sh).
     slots: sequences `llama-server` decodes together (n_ctx tokens each); requests in flight are
         raised to at least this many. More than 1 needs `server: llama-server`.
+    price: optional `{input, output}`, USD per million input and output tokens (see PriceConfig): the
+        manifest then gives the teacher's cost per stage and in total, and `--dry-run` an estimate.
     """
 
     model: str
@@ -178,6 +191,9 @@ class TeacherConfig(_Section):
     threads: int | None = Field(None, ge=1)
     server: Literal["llama_cpp.server", "llama-server"] = "llama_cpp.server"
     slots: int = Field(1, ge=1)
+    # Left out of the recipe's digest and dump (the manifest's ledger records it): a price changes no
+    # output, so adding one to a finished run's recipe still resumes it.
+    price: PriceConfig | None = Field(None, exclude=True)
 
     _url = field_validator("base_url")(lambda v: v if v is None else _check_url(v))
 
@@ -269,7 +285,8 @@ class SelfGuidedConfig(_Section):
                                  f"'{self.mixing}'{hint}")
             return self
         if self.alpha is None or len(self.alpha) != self.iterations:
-            raise ValueError(f"mixing 'alpha_schedule' needs alpha, one teacher share per iteration ({self.iterations})")
+            raise ValueError(f"mixing 'alpha_schedule' needs alpha, one teacher share per iteration "
+                             f"({self.iterations})")
         if any(not 0 <= a <= 1 for a in self.alpha):
             raise ValueError(f"every alpha must lie in [0, 1], got {self.alpha}")
         return self

@@ -140,6 +140,7 @@ def run_all(ctx: RunContext) -> dict:
         rounds[f"round-{k}"].update(problems=len(problems), rationales=len(rows))
     if ctx.recipe.distill.self_guided:
         student_dir = siked.iterate(ctx, problems, rows, heldout, student_dir, rounds)
+    ctx.record_teacher_total()  # a resumed run prices every stage at the recipe's current teacher.price
     ctx.run.manifest["summary"] = {"rounds": rounds, "student": str(student_dir)}
     # This invocation's own peak over every stage and the work between them (a resumed run: this part only).
     ctx.run.manifest["peak_rss_bytes"] = process_peak_bytes()
@@ -200,7 +201,10 @@ def _describe_self_guided(dc) -> str:
     sg = dc.self_guided
     if sg is None:
         return "none"
-    mixing = (f"teacher share alpha {' → '.join(f'{a:g}' for a in sg.alpha)}" if sg.mixing == "all"
-              else "adaptive (teacher data only for problems the student still fails)")
-    return (f"{sg.iterations} iteration(s) after the last round: {sg.samples} student samples per problem at "
+    mixing = {"all": "all teacher data plus all correct own data (teacher share observed)",
+              "alpha_schedule": f"teacher share alpha {' → '.join(f'{a:g}' for a in sg.alpha or [])}",
+              "adaptive": "adaptive (teacher data only for problems the student still fails)"}[sg.mixing]
+    per = {"free": "per problem", "forced": "per problem and strategy (tag forced)",
+           "both": "per problem free plus as many per strategy (tag forced)"}[sg.sampling]
+    return (f"{sg.iterations} iteration(s) after the last round: {sg.samples} student samples {per} at "
             f"temperature {sg.temperature} ({sg.backend} backend), correct ones kept; {mixing}; retrain from the base")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from toolkit.data.problems import Problem
 from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from toolkit.core.jsonio import read_jsonl as read_rows
 from toolkit.data.strategies import (STRATEGIES, clean_solution, is_tagged, solution_answers, split_tag, strategy_stats,
-                                 training_completion, training_prompt)
+                                 tagged_messages, training_completion, training_prompt)
 from toolkit.eval.generate import open_generator
 from toolkit.export.config import ExportConfig
 from toolkit.export.manifest import MANIFEST
@@ -20,48 +21,76 @@ from toolkit.pipeline.context import RunContext
 from toolkit.pipeline.student import evaluate_student, load_student, train_student
 
 
-def score_samples(problems: list[Problem], outputs: list[str], k: int,
-                  strategies: list[str]) -> tuple[list[dict], list[dict], dict]:
-    """The student's k replies per problem, read and checked against gold.
+def sampling_plan(problems: list[Problem], k: int, strategies: list[str],
+                  mode: str) -> list[tuple[Problem, str | None]]:
+    """One (problem, forced strategy) per sample to draw, None where the student chooses freely.
 
-    Returns (one row per reply, the training rows of the correct ones, per-strategy statistics).
+    free: k free samples per problem; forced: k per problem and strategy, its tag forced; both: the
+    free ones, then the forced ones. A problem's samples stay together.
+    """
+    forced: list[str | None] = {"free": [None], "forced": list(strategies), "both": [None, *strategies]}[mode]
+    return [(p, f) for p in problems for f in forced for _ in range(k)]
+
+
+def sample_prompt(question: str, forced: str | None, strategies: list[str]) -> list[dict]:
+    """The student's prompt for one sample: its training prompt, with the forced strategy's tag as the
+    start of its reply (tagged_messages) when one is forced."""
+    return tagged_messages(question, force=forced) if forced else training_prompt(question, strategies)
+
+
+def score_samples(plan: list[tuple[Problem, str | None]], outputs: list[str],
+                  strategies: list[str]) -> tuple[list[dict], list[dict], dict]:
+    """The student's replies, one per (problem, forced strategy) of the plan, read and checked against gold.
+
+    Returns (one row per reply, the training rows of the correct ones, per-strategy statistics: the free
+    replies' choices and accuracy, the forced replies' count and correct ones, and `kept`, the training
+    rows each strategy gave).
     A reply counts as correct when it is a well-formed solution of the strategy it chose (an untagged
-    reply is read as CoT) whose answer matches gold; a strategy outside the recipe's never counts.
-    Identical correct replies to one problem are kept once.
+    free reply is read as CoT) or was forced to (the reply is what followed the forced tag) whose answer
+    matches gold; a strategy outside the recipe's never counts. Identical correct solutions to one problem
+    are kept once; a correct forced reply trains like a free one that chose its strategy.
     """
     tagged = is_tagged(strategies)
     chosen, bodies = [], []
-    for text in outputs:
-        strategy, body = split_tag(text) if tagged else ("cot", text)
+    for (_, forced), text in zip(plan, outputs):
+        strategy, body = (forced, text) if forced else split_tag(text) if tagged else ("cot", text)
         strategy = strategy or "cot"
         chosen.append(strategy)
         bodies.append(clean_solution(strategy, body) if strategy in strategies else None)
     answers = solution_answers(list(zip(chosen, bodies)))
-    samples, train, seen = [], [], set()
-    for i, (text, strategy, body, answer) in enumerate(zip(outputs, chosen, bodies, answers)):
-        prob = problems[i // k]
+    samples, train, seen, drawn = [], [], set(), Counter()
+    for (prob, forced), text, strategy, body, answer in zip(plan, outputs, chosen, bodies, answers):
         ok = body is not None and answers_match(answer, prob.answer)
-        samples.append({"problem_id": prob.id, "sample": i % k, "strategy": strategy, "text": text,
-                        "answer": answer, "gold": prob.answer, "correct": ok})
+        samples.append({"problem_id": prob.id, "sample": drawn[prob.id, forced], "forced": forced,
+                        "strategy": strategy, "text": text, "answer": answer, "gold": prob.answer, "correct": ok})
+        drawn[prob.id, forced] += 1
         if ok and (prob.id, body) not in seen:
             seen.add((prob.id, body))
             train.append({"problem_id": prob.id, "strategy": strategy, "source": "self",
                           "messages": training_prompt(prob.question, strategies),
                           "completion": training_completion(strategy, body, strategies)})
-    return samples, train, strategy_stats(chosen, [s["correct"] for s in samples])
+    free = [s for s in samples if s["forced"] is None]
+    stats = strategy_stats([s["strategy"] for s in free], [s["correct"] for s in free])
+    forced = Counter(s["forced"] for s in samples if s["forced"])
+    forced_ok = Counter(s["forced"] for s in samples if s["forced"] and s["correct"])
+    kept = Counter(r["strategy"] for r in train)
+    return samples, train, {s: {**v, "forced_samples": forced[s], "forced_correct": forced_ok[s], "kept": kept[s]}
+                            for s, v in stats.items()}
 
 
 def mix(teacher: list[dict], own: list[dict], mode: str, alpha: float | None, seed: int) -> tuple[list[dict], dict]:
     """One iteration's training set: teacher rows mixed with the student's own correct rows.
 
-    all: every own row, plus teacher rows subsampled so that they make up a share `alpha` of the set
-        (all of them when the student solved nothing, or when alpha asks for more than there are).
+    all: every teacher row and every own row, concatenated (SIKeD's "All" as its reference code builds
+        it); the teacher share is what it comes to.
+    alpha_schedule: every own row, plus teacher rows subsampled so that they make up a share `alpha` of
+        the set (all of them when the student solved nothing, or when alpha asks for more than there are).
     adaptive: every own row, plus the teacher rows of problems with no correct own row.
     """
     if mode == "adaptive":
         solved = {r["problem_id"] for r in own}
         kept = [r for r in teacher if r["problem_id"] not in solved]
-    elif not own or alpha is None or alpha >= 1:
+    elif mode == "all" or not own or alpha is None or alpha >= 1:
         kept = teacher
     else:
         want = min(len(teacher), round(alpha / (1 - alpha) * len(own)))
@@ -141,21 +170,28 @@ def sample(ctx: RunContext, t: int, problems: list[Problem], teacher_rows: list[
 
     def compute(info: dict) -> None:
         with own_sampler(ctx, t, student_dir, name) as (gen, note):
-            prompts = [training_prompt(p.question, strategies) for p in problems for _ in range(k)]
+            plan = sampling_plan(problems, k, strategies, cfg.sampling)
+            prompts = [sample_prompt(p.question, forced, strategies) for p, forced in plan]
             with ctx.progress("student samples", len(prompts)) as advance:
                 outputs = gen.generate(prompts, max_new_tokens=cfg.max_new_tokens or ctx.recipe.eval.max_new_tokens,
                                        temperature=cfg.temperature, on_done=advance)
-            samples, own, stats = score_samples(problems, outputs, k, strategies)
+            samples, own, stats = score_samples(plan, outputs, strategies)
             alpha = cfg.alpha[t - 1] if cfg.alpha else None
             rows, mixing = mix(teacher_rows, own, cfg.mixing, alpha, ctx.recipe.seed + t)
             atomic_write_jsonl(folder / "samples.jsonl", samples)
             atomic_write_jsonl(folder / "self_train.jsonl", own)
             atomic_write_jsonl(folder / "train.jsonl", rows)
-            info.update(backend=gen.name, samples=len(samples), correct=sum(s["correct"] for s in samples),
+            ctx.console.print(f"iteration {t}: {mixing['teacher_rows']} teacher + {mixing['self_rows']} own rows, "
+                              f"teacher share {mixing['teacher_share']:.2f} (mixing {cfg.mixing})")
+            info.update(backend=gen.name, sampling=cfg.sampling, samples=len(samples),
+                        forced_samples=sum(s["forced"] is not None for s in samples),
+                        correct=sum(s["correct"] for s in samples),
                         problems_solved=len({r["problem_id"] for r in own}), mixing=cfg.mixing, alpha=alpha,
                         **mixing, strategies=stats, **({"sampler_note": note} if note else {}))
 
-    return ctx.cached_stage(name, f"student: {k} own solutions for each of {len(problems)} training problems",
+    per = {"free": f"{k}", "forced": f"{k} per strategy ({len(strategies)}, tag forced)",
+           "both": f"{k} free plus {k} per strategy ({len(strategies)}, tag forced)"}[cfg.sampling]
+    return ctx.cached_stage(name, f"student: {per} own solutions for each of {len(problems)} training problems",
                             compute, lambda: read_rows(folder / "train.jsonl"))
 
 
