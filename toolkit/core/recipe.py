@@ -311,6 +311,10 @@ class DistillConfig(_Section):
     feedback_temperature: sampling temperature when feedback_samples > 1.
     new_per_problem: m, new problems the teacher writes per training problem: harder variants of
         easy problems, new problems of similar difficulty for hard ones.
+    generate: which of those the teacher writes, for FDD's ablation: `harder` (variants of the
+        problems the student got right), `similar` (new problems like those it got wrong), or both
+        (default, `[harder, similar]`). The questions stage's counts give requests, parsed and kept
+        questions of each kind.
     question_temperature / question_max_tokens: sampling of the teacher's question writing.
     label_solves: n, teacher solutions per generated problem for the self-consistency vote.
     vote_fraction / vote_min: a generated problem is kept when its majority answer has at least this
@@ -319,6 +323,9 @@ class DistillConfig(_Section):
         near-duplicates (only the first is kept).
     leakage_ngram: a generated problem sharing a word n-gram of this length with any evaluation
         suite question is dropped (13, the GPT-3 / lm-evaluation-harness contamination convention).
+        Each round also writes round-K/leakage.json and leakage.png (FDD's Fig. 4): per suite, the
+        histogram of each checked question's longest word n-gram shared with any suite question
+        (0 to leakage_ngram words; the last bin is what is dropped).
     strategies: how the teacher solves problems: `cot` (chain of thought), `l2m` (least-to-most:
         sub-questions, then answers), `pot` (a Python program that sets `answer`, checked by running
         it in the sandbox). paths_per_problem and label_solves are per strategy / spread over them.
@@ -337,6 +344,7 @@ class DistillConfig(_Section):
     feedback_threshold: float = Field(0.5, gt=0, le=1)
     feedback_temperature: float = Field(0.7, ge=0, le=2)
     new_per_problem: int = Field(1, ge=1, le=20)
+    generate: list[Literal["harder", "similar"]] = Field(default_factory=lambda: ["harder", "similar"])
     question_temperature: float = Field(0.8, ge=0, le=2)
     question_max_tokens: int = Field(300, ge=16)
     label_solves: int = Field(4, ge=1)
@@ -350,6 +358,15 @@ class DistillConfig(_Section):
     # Left out of the recipe's digest and dump (the manifest records it apart): a run folder made before
     # the field existed still resumes, and a dump read back never turns `unsafe` on.
     sandbox: Literal["bwrap", "unsafe"] = Field("bwrap", exclude=True)
+
+    @field_validator("generate")
+    @classmethod
+    def _generate_something(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one of harder, similar (an FDD round must write some problems)")
+        if len(set(value)) != len(value):
+            raise ValueError("a kind is named twice")
+        return value
 
     @model_validator(mode="after")
     def _votes_possible(self) -> DistillConfig:

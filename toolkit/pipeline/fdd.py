@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from toolkit.data.answers import answers_match
 from toolkit.data.hygiene import LeakageIndex, dedupe
 from toolkit.data.problems import Problem, read_jsonl, write_jsonl
 from toolkit.data.questions import harder_messages, parse_questions, similar_messages
-from toolkit.core.jsonio import atomic_write_jsonl
+from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl
 from toolkit.core.jsonio import read_jsonl as read_rows
 from toolkit.data.strategies import (STRATEGIES, clean_solution, final_answers, is_tagged, solution_answers,
                                  teacher_messages, training_completion, training_prompt)
@@ -51,50 +53,118 @@ def feedback(ctx: RunContext, k: int, problems: list[Problem], student_dir: Path
 
 def new_questions(ctx: RunContext, k: int, problems: list[Problem], easy: list[str], known: list[Problem],
                   leakage: LeakageIndex) -> list[Problem]:
-    """m harder variants of every easy problem and m similar new ones for every hard problem.
+    """m harder variants of every easy problem and m similar new ones for every hard problem, as far as
+    `distill.generate` asks for each kind.
 
     New questions are deduplicated (exact and near) against each other and every known problem,
-    and dropped when they overlap an evaluation suite; every count lands in the manifest.
+    and dropped when they overlap an evaluation suite; every count lands in the manifest, and the
+    overlap distribution in round-k/leakage.json and leakage.png.
     """
     cfg = ctx.recipe.distill
     path = ctx.run.round_dir(k) / "questions.jsonl"
     easy_set = set(easy)
     m = cfg.new_per_problem
+    # Harder variants of easy problems, similar ones for hard problems: each kind only when generated.
+    kind_of = {p.id: "harder" if p.id in easy_set else "similar" for p in problems}
+    asked = [(p, kind_of[p.id]) for p in problems if kind_of[p.id] in cfg.generate]
 
     def compute(info: dict) -> None:
-        prompts = [harder_messages(p, m) if p.id in easy_set else similar_messages(p, m) for p in problems]
-        # Round k samples the question writer with seed + k - 1: the seed problems' prompts repeat
-        # every round, and the same seed would return round 1's cached problems again.
-        with ctx.teacher(max_tokens=cfg.question_max_tokens, seed_offset=k - 1) as teacher, \
-                ctx.progress("question requests", len(prompts)) as advance:
-            texts = teacher.complete(prompts, n=1, temperature=cfg.question_temperature,
-                                     on_done=lambda: advance(1))
-        generated, malformed = [], 0
-        for p, (text,) in zip(problems, texts):
+        prompts = [harder_messages(p, m) if kind == "harder" else similar_messages(p, m) for p, kind in asked]
+        texts, sent = [], 0
+        if prompts:  # a round with no problem of the asked kind starts no teacher
+            # Round k samples the question writer with seed + k - 1: the seed problems' prompts repeat
+            # every round, and the same seed would return round 1's cached problems again.
+            with ctx.teacher(max_tokens=cfg.question_max_tokens, seed_offset=k - 1) as teacher, \
+                    ctx.progress("question requests", len(prompts)) as advance:
+                texts = teacher.complete(prompts, n=1, temperature=cfg.question_temperature,
+                                         on_done=lambda: advance(1))
+            sent = teacher.requests_sent
+        generated, malformed, written_as = [], 0, {}  # written_as: generated id -> its kind
+        kinds = {kind: {"requests": 0, "parsed": 0, "kept": 0} for kind in cfg.generate}
+        for (p, kind), (text,) in zip(asked, texts):
             questions, bad = parse_questions(text, m)
             malformed += bad
-            kind = "harder-of" if p.id in easy_set else "similar-of"
+            kinds[kind]["requests"] += 1
+            kinds[kind]["parsed"] += len(questions)
             for i, q in enumerate(questions):
                 generated.append(Problem(id=f"r{k}-{p.id}-{i}", question=q, answer="", source="generated",
-                                         origin=f"{kind}:{p.id}@round-{k}"))
+                                         origin=f"{kind}-of:{p.id}@round-{k}"))
+                written_as[generated[-1].id] = kind
         kept, dups = dedupe(generated, n=cfg.dedup_ngram, threshold=cfg.dedup_threshold, existing=known)
         clean, leaked, stats = leakage.filter(kept)
         if not stats["suites"]:
             ctx.console.print(f"[yellow]warning: no evaluation suite found under {ctx.data_root()}: the "
                               f"leakage check compared against nothing (set data.root or TOOLKIT_DATA)[/yellow]")
+        for q in clean:
+            kinds[written_as[q.id]]["kept"] += 1
         write_jsonl(path, clean)
         atomic_write_jsonl(ctx.run.round_dir(k) / "dropped_questions.jsonl",
                            [{"reason": "duplicate", **x} for x in dups] +
                            [{"reason": "leakage", **x} for x in leaked])
+        write_overlap_report(ctx.run.round_dir(k), k, kept, leakage, len(leaked))
         info.update(requests=len(prompts), parsed=len(generated), malformed=malformed,
-                    duplicates=len(dups), leaked=len(leaked), kept=len(clean),
-                    teacher_requests_sent=teacher.requests_sent,
+                    duplicates=len(dups), leaked=len(leaked), kept=len(clean), kinds=kinds,
+                    teacher_requests_sent=sent,
                     leakage={"checked": stats["checked"], "leaked": stats["leaked"],
                              "by_suite": stats["by_suite"], "suites": stats["suites"]})
 
-    return ctx.cached_stage(f"round-{k}/questions",
-                            f"teacher: {m} new problem(s) for each of {len(problems)} problems",
+    if set(cfg.generate) == {"harder", "similar"}:
+        what = f"{len(problems)} problems"
+    else:
+        what = f"{len(asked)} {'easy' if cfg.generate == ['harder'] else 'hard'} problems ({cfg.generate[0]} only)"
+    return ctx.cached_stage(f"round-{k}/questions", f"teacher: {m} new problem(s) for each of {what}",
                             compute, lambda: read_jsonl(path))
+
+
+def write_overlap_report(rdir: Path, k: int, questions: list[Problem], leakage: LeakageIndex,
+                         leaked: int) -> dict:
+    """rdir/leakage.json and leakage.png: per evaluation suite, the histogram of the questions' maximum
+    n-gram overlap (LeakageIndex.overlap: the longest word sequence shared with any suite question,
+    capped at the leakage n, the drop rule's bin) — FDD's Fig. 4, beside the dropped count."""
+    per_suite = leakage.overlap([q.question for q in questions])
+    n = leakage.n
+    report = {
+        "measure": f"longest word n-gram (in words, after normalize_text) a question shares with any one question "
+                   f"of the suite, capped at {n}; bin {n} (also: equal to a suite question) is what the leakage "
+                   f"check drops",
+        "n": n, "questions": len(questions), "leaked": leaked,
+        "suites": {suite: {"histogram": np.bincount(np.asarray(values, dtype=np.int64), minlength=n + 1).tolist(),
+                           "mean": round(float(np.mean(values)), 3) if values else None}
+                   for suite, values in per_suite.items()},
+        "per_question": [{"id": q.id, "origin": q.origin, "overlap": {s: v[i] for s, v in per_suite.items()}}
+                         for i, q in enumerate(questions)],
+    }
+    atomic_write_json(rdir / "leakage.json", report)
+    if report["suites"]:
+        plot_overlap(report, f"round {k}", rdir / "leakage.png")
+    return report
+
+
+def plot_overlap(report: dict, title: str, path: Path) -> None:
+    """One line per suite: how many questions have each maximum overlap, the drop bin marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    n = report["n"]
+    x = list(range(n + 1))
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for suite, row in report["suites"].items():
+        ax.plot(x, row["histogram"], marker="o", markersize=3, label=suite)
+    ax.axvline(n - 0.5, color="grey", linestyle="--", linewidth=1)
+    ax.text(n - 0.45, ax.get_ylim()[1] * 0.95, "dropped", fontsize=7, va="top", color="grey")
+    ax.set_xticks(x, [str(i) for i in x[:-1]] + [f"≥{n}"])
+    ax.set_xlabel("longest word n-gram shared with the suite (words)")
+    ax.set_ylabel(f"generated questions (of {report['questions']})")
+    ax.set_title(f"{title}: overlap of generated questions with each evaluation suite", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name + ".tmp")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def pseudo_label(ctx: RunContext, k: int, questions: list[Problem]) -> tuple[list[Problem], list[dict]]:
