@@ -17,7 +17,8 @@ exhaust a client's retries by chance. Answers are derived from the request: a so
 rationale ending in the right number for the arithmetic question it asks (wrong for one seed in
 four, so votes and answer filters have something to do); a question-writing request gets new
 arithmetic word problems this server can solve. Every attempt is one JSON line in the log
-(`body`, `attempt`, `fault`, `auth`, `t0` arrival, `t` end); `fault` is "ok" once the answer was written whole.
+(`body`, `attempt`, `fault`, `auth`, `t0` arrival, `t` end); `fault` is "ok" once the answer was written whole,
+and such a line also holds the `usage` the reply reported (prompt words, reply words).
 
 With `--api-key-env VAR`, a request without `Authorization: Bearer $VAR` is refused with 401; with `--echo-auth`
 every error body repeats the request's key and its Authorization header, as careless servers do.
@@ -95,6 +96,13 @@ def answer(body: dict) -> str:
     nums = re.findall(r"\d+", user)
     work = f"From the numbers {', '.join(nums)} we work it out step by step." if nums else "We think."
     return f"{work}\nThe answer is {right + 1 if wrong else right}."
+
+
+def usage(body: dict, text: str) -> dict[str, int]:
+    """The reply's token counts, made up but request-dependent: words of every message, words of the reply."""
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    completion = len(text.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 class _State:
@@ -224,6 +232,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, self._completion(body))
             with st.lock:
                 st.answered += 1
+            row["usage"] = usage(body, answer(body))
         st.record(**row, fault=fault)
 
     @staticmethod
@@ -233,7 +242,7 @@ class Handler(BaseHTTPRequestHandler):
             "id": "chatcmpl-" + digest(body), "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": len(text.split()), "total_tokens": 1},
+            "usage": usage(body, text),
         }).encode()
 
 

@@ -28,6 +28,8 @@ from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
 from toolkit.pipeline.context import RunContext
 from toolkit.pipeline.distill import describe_plan, run_all
+from toolkit.pipeline.estimate import estimate
+from toolkit.teacher.ledger import summary_line
 
 
 def _quiet_libraries() -> None:
@@ -45,10 +47,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     console = Console(quiet=args.quiet)
     if args.dry_run:
+        cost = estimate(recipe)
+        if args.json:
+            print(json.dumps(cost, indent=2))
+            return 0
         table = Table(title=f"plan for {args.recipe} (dry run: nothing is executed)", show_header=False)
         for key, value in describe_plan(recipe):
             table.add_row(key, value)
         Console().print(table)
+        Console().print(_estimate_table(cost))
         return 0
     _quiet_libraries()
     start = time.perf_counter()
@@ -58,6 +65,21 @@ def cmd_distill(args: argparse.Namespace) -> int:
         return 0
     _print_summary(console, manifest, time.perf_counter() - start)
     return 0
+
+
+def _estimate_table(cost: dict) -> Table:
+    """The dry run's teacher estimate: one row per stage and the total; ≤ marks an upper bound (--json adds
+    how each count was made)."""
+    priced = cost["price"] is not None
+    table = Table(title="teacher estimate (nothing is sent; ≈ approximate, ≤ upper bound)",
+                  caption=". ".join(cost["notes"]) + ".", caption_justify="left")
+    for col in ("stage", "requests", "prompt tokens", "completion tokens", *(("USD",) if priced else ())):
+        table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
+    for row in (*cost["stages"], cost["total"]):
+        bound = "≤ " if row["upper_bound"] else ""
+        table.add_row(row["stage"], f"{bound}{row['requests']:,}", f"{'≤ ' if row['prompt_upper_bound'] else '≈ '}{row['prompt_tokens']:,}",
+                      f"≤ {row['completion_tokens']:,}", *((f"≤ {row['cost_usd']:.4f}",) if priced else ()))
+    return table
 
 
 def _print_summary(console, manifest: dict, seconds: float) -> None:
@@ -79,6 +101,8 @@ def _print_summary(console, manifest: dict, seconds: float) -> None:
                       f"child process {gb(child)}" if child else "")
     times.add_row("this invocation", f"{seconds:.1f} s", gb(process_peak_bytes()), "")
     console.print(times)
+    if "teacher" in manifest:
+        console.print(summary_line(manifest["teacher"]))
     run = Path(summary["student"]).parent.parent
     console.print(f"run folder: {run.resolve()}  (rounds.md, accuracy.png, manifest.json)")
     console.print(f"student:    {summary['student']}")
@@ -174,9 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", metavar="key.path=value",
                    help="override recipe values, e.g. train.lr=3e-4 data.train_size=32")
     d.add_argument("--fresh", action="store_true", help="delete the run folder and start over (keeps the cache)")
-    d.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
+    d.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan and the teacher's estimated requests, tokens and cost, and exit "
+                        "(no teacher call, no training)")
     d.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    d.add_argument("--json", action="store_true", help="print the result summary as JSON")
+    d.add_argument("--json", action="store_true",
+                   help="print the result summary as JSON (with --dry-run: the teacher estimate)")
     d.set_defaults(func=cmd_distill)
 
     _model_command(sub, "eval", EvalConfig, cmd_eval, help="accuracy of a model on math suites",

@@ -21,6 +21,7 @@ from toolkit.core.storage import write_failure
 from toolkit.eval.generate import TorchGenerator
 from toolkit.sandbox.runner import prepare
 from toolkit.teacher.cache import RequestCache
+from toolkit.teacher.ledger import Ledger, merge_records, price_record
 from toolkit.teacher.teachers import open_teacher
 from toolkit.teacher.vllm_sampler import vllm_generator
 from toolkit.training.loading import load_model_and_tokenizer
@@ -56,6 +57,7 @@ class RunContext:
         self.threads = recipe.train.threads or defaults.default_threads()
         self.cache_path = defaults.cache_root(recipe.cache_dir)
         self._base = None  # (model, tokenizer) of the base student while it is in memory
+        self._ledger: Ledger | None = None  # the teacher requests of the stage that is running
 
     def _check_sandbox(self) -> dict | None:
         """With PoT, fail before any teacher call when its programs cannot run confined and the recipe did
@@ -99,7 +101,11 @@ class RunContext:
         try:
             with open_teacher(cfg, cache, base_dir=self.recipe.base_dir, log_dir=self.run.root / "logs",
                               seed=self.recipe.seed + seed_offset) as teacher:
-                yield teacher
+                try:
+                    yield teacher
+                finally:
+                    if self._ledger is not None:
+                        self._ledger.merge(teacher.ledger)
         finally:
             cache.close()
 
@@ -112,6 +118,7 @@ class RunContext:
         release_memory()  # what the previous stage freed is not counted against this one
         start = time.perf_counter()
         peak = PeakRSS()
+        self._ledger = Ledger()
         try:
             with peak:
                 yield info
@@ -123,9 +130,26 @@ class RunContext:
             raise ToolkitError(f"{name}: {reason}; finished stages and cached teacher requests are kept, "
                                f"free space (or fix the folder) and run again to resume") from None
         seconds = time.perf_counter() - start
+        if not self._ledger.empty():
+            info["teacher"] = price_record(self._ledger.record(), self.recipe.teacher.price)
+        self._ledger = None
         self.run.finish(name, seconds, **peak.record(), **info)
+        if "teacher" in info:
+            self.record_teacher_total()
         self.console.print(f"  done in {seconds:.1f} s, peak {gb(peak.peak_bytes)} " + " ".join(f"{k}={v}" for k, v in info.items()
                                                                  if not isinstance(v, (dict, list))))
+
+    def record_teacher_total(self) -> None:
+        """The run's teacher ledger at the manifest's top level: every stage's requests and tokens summed,
+        each stage's and the total's cost at the recipe's current `teacher.price` (none without one)."""
+        stages = [s for s in self.run.manifest["stages"].values() if "teacher" in s]
+        if not stages:
+            return
+        price = self.recipe.teacher.price
+        for stage in stages:
+            stage["teacher"] = price_record(stage["teacher"], price)
+        self.run.manifest["teacher"] = price_record(merge_records([s["teacher"] for s in stages]), price)
+        self.run.save()
 
     def cached_stage(self, name: str, title: str, compute: Callable[[dict], object], read: Callable[[], T]) -> T:
         """Every stage's idiom: unless the manifest records `name` as done, run `compute(info)` (which writes

@@ -57,12 +57,10 @@ class RequestCache:
                 " key TEXT PRIMARY KEY, model TEXT, request TEXT, completion TEXT, created REAL, digest BLOB)"
             )
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(completions)")}
-            if "digest" not in columns:  # a cache written before entries had checksums
-                try:
-                    self._db.execute("ALTER TABLE completions ADD COLUMN digest BLOB")
-                except sqlite3.OperationalError as exc:  # another process added it a moment ago
-                    if "duplicate column" not in str(exc):
-                        raise
+            # A cache written before entries had checksums, or before they kept the reply's token usage.
+            for column, kind in (("digest", "BLOB"), ("usage", "TEXT")):
+                if column not in columns:
+                    self._add_column(column, kind)
             self._db.commit()
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError):  # cannot open or write: a folder or permission problem
@@ -75,6 +73,13 @@ class RequestCache:
         self.hits = 0
         self.misses = 0
 
+    def _add_column(self, column: str, kind: str) -> None:
+        try:
+            self._db.execute(f"ALTER TABLE completions ADD COLUMN {column} {kind}")
+        except sqlite3.OperationalError as exc:  # another process added it a moment ago
+            if "duplicate column" not in str(exc):
+                raise
+
     def _corrupt(self, why: BaseException | str) -> CacheCorrupt:
         reason = why if isinstance(why, str) else _reason(why)
         return CacheCorrupt(f"teacher cache {self.path} is corrupt ({reason}): move it aside or set TOOLKIT_CACHE "
@@ -82,30 +87,37 @@ class RequestCache:
                             f"it held are asked again")
 
     def get(self, key: str) -> str | None:
+        entry = self.lookup(key)
+        return None if entry is None else entry[0]
+
+    def lookup(self, key: str) -> tuple[str, dict | None] | None:
+        """(completion, usage) of a stored request, None when absent; usage is the reply's token counts
+        when it was first asked ({"prompt_tokens", "completion_tokens"}), None for entries stored without."""
         with self._lock:
             try:
-                row = self._db.execute("SELECT completion, digest FROM completions WHERE key = ?",
+                row = self._db.execute("SELECT completion, digest, usage FROM completions WHERE key = ?",
                                        (key,)).fetchone()
             except sqlite3.DatabaseError as exc:  # "database disk image is malformed": a bad page
                 raise self._corrupt(exc) from None
         if row is None:
             self.misses += 1
             return None
-        completion, digest = row
+        completion, digest, usage = row
         if not isinstance(completion, str) or (digest is not None and digest != _digest(key, completion)):
             raise self._corrupt("an entry does not match its checksum")
         self.hits += 1
-        return completion
+        return completion, _usage(usage)
 
-    def put(self, key: str, model: str, request: dict, completion: str) -> None:
-        """Store one completion; `request` must not hold credentials (it is kept for inspection)."""
+    def put(self, key: str, model: str, request: dict, completion: str, usage: dict | None = None) -> None:
+        """Store one completion and its reply's token usage; `request` must not hold credentials (it is kept
+        for inspection)."""
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO completions (key, model, request, completion, created, digest)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO completions (key, model, request, completion, created, digest, usage)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (key, model, json.dumps(request, ensure_ascii=False), completion, time.time(),
-                     _digest(key, completion)),
+                     _digest(key, completion), None if usage is None else json.dumps(usage)),
                 )
                 self._db.commit()
             except sqlite3.Error as exc:  # a full disk: earlier entries stay committed
@@ -126,6 +138,15 @@ class RequestCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _usage(stored: object) -> dict | None:
+    """The stored usage JSON; accounting only (outside the checksum), so an unreadable one counts as none."""
+    try:
+        usage = json.loads(stored) if isinstance(stored, str) else None
+    except ValueError:
+        return None
+    return usage if isinstance(usage, dict) else None
 
 
 def _reason(exc: BaseException) -> str:

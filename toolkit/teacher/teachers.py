@@ -14,6 +14,7 @@ import openai
 
 from toolkit.teacher.cache import RequestCache, request_key
 from toolkit.teacher.endpoints import ENDPOINT_REFUSALS, Endpoint, backoff_s, pick, retry_after_s
+from toolkit.teacher.ledger import Ledger, usage_of
 from toolkit.core.errors import TeacherError, redact
 from toolkit.teacher.llama_server import LlamaServer
 from toolkit.core.models import resolve_model
@@ -42,7 +43,8 @@ class OpenAITeacher:
     an endpoint chosen by weight among those that are up and have a free slot, and a failed
     attempt moves to another endpoint before any backoff. When a request fails for good, no new
     request starts, those in flight finish into the cache, and a TeacherError says what happened.
-    `requests_sent` counts attempts that reached the network (retries included).
+    `requests_sent` counts attempts that reached the network (retries included); `ledger` counts them per
+    endpoint with the tokens of each reply's `usage`, and the requests the cache answered.
     """
 
     def __init__(self, endpoint: str | Callable[[], str] | list[Endpoint], model: str, cache: RequestCache, *,
@@ -61,6 +63,7 @@ class OpenAITeacher:
         self.seed = seed
         self.backoff_base_s = backoff_base_s
         self.requests_sent = 0
+        self.ledger = Ledger()
         self._rng = random.Random(seed)  # endpoint choice and backoff jitter
         self._endpoints: list[Endpoint] | None = None
         self.server: LlamaServer | None = None  # the local llama.cpp server behind it, if any
@@ -88,10 +91,13 @@ class OpenAITeacher:
             for j in range(n):
                 params = {"temperature": temperature, "max_tokens": self.max_tokens, "seed": self.seed + j}
                 key = request_key(self.model, messages, params, j)
-                out[i][j] = self.cache.get(key)
-                if out[i][j] is None:
+                entry = self.cache.lookup(key)
+                if entry is None:
                     todo.append((i, j, key, params))
-                elif on_done:
+                    continue
+                out[i][j] = entry[0]
+                self.ledger.from_cache(entry[1])
+                if on_done:
                     on_done()
         if todo:
             asyncio.run(self._fetch(prompts, todo, out, on_done, total=len(prompts) * n))
@@ -113,10 +119,11 @@ class OpenAITeacher:
             e.ok = True
 
         async def one(i: int, j: int, key: str, params: dict) -> None:
-            text = await self._request(clients, prompts[i], params)
-            if text is None:  # abandoned: another request failed for good
+            reply = await self._request(clients, prompts[i], params)
+            if reply is None:  # abandoned: another request failed for good
                 return
-            self.cache.put(key, self.model, {"messages": prompts[i], **params, "sample": j}, text)
+            text, usage = reply
+            self.cache.put(key, self.model, {"messages": prompts[i], **params, "sample": j}, text, usage)
             out[i][j] = text
             if on_done:
                 on_done()
@@ -136,6 +143,10 @@ class OpenAITeacher:
             done = sum(x is not None for row in out for x in row)
             raise TeacherError(f"{self._failure}; {done} of {total} requests are done and cached, "
                                f"run again to resume")
+
+    def _ledger_name(self, ep: Endpoint) -> str:
+        """The ledger's name for an endpoint: its URL, or the local server's model (its port changes each start)."""
+        return f"llama.cpp:{self.model}" if self.server is not None else ep.base_url
 
     def _keys(self) -> list[str | None]:
         return [self.api_key, *(e.api_key for e in self.endpoints)]
@@ -169,8 +180,8 @@ class OpenAITeacher:
         else:
             self._any_ok.clear()
 
-    async def _request(self, clients: dict, messages: Messages, params: dict) -> str | None:
-        """One request's attempts until it succeeds (its text) or is abandoned (None)."""
+    async def _request(self, clients: dict, messages: Messages, params: dict) -> tuple[str, dict | None] | None:
+        """One request's attempts until it succeeds (its text and token usage) or is abandoned (None)."""
         endpoints = self.endpoints
         tried: set[int] = set()  # endpoints this request failed on since its last backoff
         retries = 0
@@ -190,6 +201,7 @@ class OpenAITeacher:
                     continue  # its endpoint went down or refused us while it waited: choose again
                 ep.sent += 1
                 self.requests_sent += 1
+                self.ledger.sent(self._ledger_name(ep))
                 attempts += 1
                 try:
                     resp = await clients[id(ep)].chat.completions.create(model=self.model, messages=messages,
@@ -198,7 +210,9 @@ class OpenAITeacher:
                         raise _Malformed("no choices in the response")
                     ep.succeeded()
                     self._settle(ep, True)
-                    return resp.choices[0].message.content
+                    usage = usage_of(resp.usage)
+                    self.ledger.answered(self._ledger_name(ep), usage)
+                    return resp.choices[0].message.content, usage
                 except (*_RETRYABLE, _Malformed, ValueError) as exc:
                     # ValueError: a 200 whose body is not JSON (the client's JSON decoding fails).
                     error = exc

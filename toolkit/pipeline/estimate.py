@@ -1,0 +1,93 @@
+"""The dry run's teacher estimate: requests, prompt and completion tokens, and cost per stage, before any is spent."""
+from __future__ import annotations
+
+import math
+
+from toolkit.core.recipe import Recipe
+from toolkit.data.problems import Problem
+from toolkit.data.questions import harder_messages, similar_messages
+from toolkit.data.strategies import STRATEGIES, Messages, teacher_messages
+from toolkit.pipeline.distill import select_problems
+from toolkit.teacher.ledger import cost_usd
+
+# The common rule of thumb for English text in BPE vocabularies: about 4 characters per token. Our few-shot
+# prompts are plain English; the measured error against a real server is in the README ("Teacher ledger").
+CHARS_PER_TOKEN = 4
+# The chat template's markup around each message (role name, start and end tokens).
+TOKENS_PER_MESSAGE = 4
+APPROXIMATION = (f"prompt tokens ≈ characters / {CHARS_PER_TOKEN} + {TOKENS_PER_MESSAGE} per chat message of the "
+                 f"real prompt templates; completion tokens = max_tokens per request (an upper bound); "
+                 f"requests are counted before the cache (cached ones cost nothing)")
+BOUNDS = ("FDD rounds are upper bounds: every new question is counted as kept (dedup, leakage and the vote drop "
+          "some) and each question-writing prompt as the longer of the harder and similar ones (feedback decides); "
+          "questions not yet written are taken as long as the mean training problem")
+
+
+def prompt_tokens(messages: Messages) -> int:
+    """Approximate prompt tokens of a chat request (see APPROXIMATION)."""
+    return sum(math.ceil(len(m["content"]) / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE for m in messages)
+
+
+def _row(stage: str, requests: int, prompt: int, completion: int, upper_bound: bool, note: str,
+         prompt_upper_bound: bool | None = None) -> dict:
+    """One stage's estimate; `upper_bound`: the request count is a bound, `prompt_upper_bound`: the prompt tokens
+    are (default: as the requests)."""
+    return {"stage": stage, "requests": requests, "prompt_tokens": prompt, "completion_tokens": completion,
+            "upper_bound": upper_bound,
+            "prompt_upper_bound": upper_bound if prompt_upper_bound is None else prompt_upper_bound, "note": note}
+
+
+def _rationales(recipe: Recipe, train: list[Problem]) -> dict:
+    """Round 0: k paths for every problem and strategy; the count is exact."""
+    dc = recipe.distill
+    k = dc.paths_per_problem
+    prompt = sum(prompt_tokens(teacher_messages(p.question, s)) for p in train for s in dc.strategies) * k
+    requests = len(train) * len(dc.strategies) * k
+    return _row("round-0/rationales", requests, prompt, requests * recipe.teacher.max_tokens, False,
+                f"{len(train)} problems × {k} paths × {len(dc.strategies)} strateg"
+                f"{'y' if len(dc.strategies) == 1 else 'ies'}")
+
+
+def _mean(values: list[int]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _rounds(recipe: Recipe, train: list[Problem]) -> list[dict]:
+    """FDD rounds 1..R-1: one question-writing request per training problem, then label_solves solves per new
+    question. Upper bounds: every new question is taken as accepted, and each prompt as the longer of the
+    harder and similar requests (which one a problem gets depends on the student's feedback)."""
+    dc = recipe.distill
+    m, n = dc.new_per_problem, dc.label_solves
+    ask = [max(prompt_tokens(harder_messages(p, m)), prompt_tokens(similar_messages(p, m))) for p in train]
+    strategies = [s for s in STRATEGIES if s in dc.strategies]
+    # Solve j uses strategy j mod |strategies| (toolkit/pipeline/fdd.py): the tokens of one question's n solves.
+    solves = sum(_mean([prompt_tokens(teacher_messages(p.question, strategies[j % len(strategies)]))
+                        for p in train]) for j in range(n))
+    rows, problems = [], len(train)
+    for k in range(1, dc.rounds):
+        # Generated questions are not known yet: each is taken as long as the mean training problem.
+        q_prompt = sum(ask) + round((problems - len(train)) * _mean(ask))
+        rows.append(_row(f"round-{k}/questions", problems, q_prompt, problems * dc.question_max_tokens, k > 1,
+                         "1 per training problem", prompt_upper_bound=True))
+        new = problems * m
+        rows.append(_row(f"round-{k}/labels", new * n, round(new * solves), new * n * recipe.teacher.max_tokens, True,
+                         f"{new} new questions × {n} solves"))
+        problems += new
+    return rows
+
+
+def estimate(recipe: Recipe) -> dict:
+    """The teacher requests, tokens and (with teacher.price) cost of a whole run of `recipe`, per stage and in
+    total; nothing is sent and nothing is written."""
+    train, _ = select_problems(recipe)
+    rows = [_rationales(recipe, train), *_rounds(recipe, train)]
+    price = recipe.teacher.price
+    total = _row("total", *(sum(r[key] for r in rows) for key in ("requests", "prompt_tokens", "completion_tokens")),
+                 any(r["upper_bound"] for r in rows), "", any(r["prompt_upper_bound"] for r in rows))
+    for row in (*rows, total):
+        if price is not None:
+            row["cost_usd"] = round(cost_usd(row["prompt_tokens"], row["completion_tokens"], price), 6)
+    notes = [APPROXIMATION, *((BOUNDS,) if recipe.distill.rounds > 1 else ())]
+    if recipe.distill.self_guided:
+        notes.append("self-guided iterations sample the student, not the teacher: no teacher requests")
+    return {"stages": rows, "total": total, "price": price.model_dump() if price else None, "notes": notes}
