@@ -2,7 +2,8 @@
 
 Every model × format × quant gets one row (and one point per plot): pooled accuracy with a 95%
 Wilson interval from its eval results, decode speed, size, memory and roofline ratio from its
-best bench row. A distillation run folder adds its per-round accuracy table and curve.
+best bench row. A distillation run folder adds its per-round accuracy table, its paired comparisons of
+the rounds (from rounds.json) and its curve.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from toolkit.eval.bench import resolve_local
 from toolkit.eval.bench_runner import detect
 from toolkit.eval.roofline import model_facts, ratio_text
 from toolkit.eval.rounds_report import markdown_table as rounds_table
+from toolkit.eval.rounds_report import paired_table
 from toolkit.eval.rounds_report import plot_rounds
 
 
@@ -218,7 +220,8 @@ def build_report(inputs: list[Path], out: Path) -> Path:
     for run, rrows in rounds:
         png = f"rounds-{run}.png"
         plot_rounds(rrows, out / png)
-        md += [f"## Distillation rounds: {run}", "", rounds_table(rrows), f"![accuracy per round]({png})", ""]
+        md += [f"## Distillation rounds: {run}", "", rounds_table(rrows) + paired_table(rrows),
+               f"![accuracy per round]({png})", ""]
     if benches:
         md += ["## All bench rows", "", bench_markdown(benches)]
     path = out / "report.md"
