@@ -54,9 +54,11 @@ def test_rounds_grow_the_data_and_report_each_round(tmp_path, tiny_model_dir, te
     # Each round is paired with round 0 and with the round before, on the same held-out problems.
     pairs = [(x["model"], c["against"], c["n"]) for x in rounds for c in x["paired"]]
     n = rounds[0]["n"]
-    assert pairs == [("round-0", "base", n), ("round-1", "round-0", n), ("round-2", "round-0", n), ("round-2", "round-1", n)]
+    assert pairs == [("round-0", "base", n), ("round-1", "round-0", n), ("round-2", "round-0", n),
+                     ("round-2", "round-1", n)]
     md = (run / "rounds.md").read_text().splitlines()
-    assert len(md) == 15 and [line.split(" | ")[0] for line in md[2:6]] == ["| base", "| round-0", "| round-1", "| round-2"]
+    assert len(md) == 15
+    assert [line.split(" | ")[0] for line in md[2:6]] == ["| base", "| round-0", "| round-1", "| round-2"]
     assert [line.split(" | ")[:3] for line in md[-4:]] == [[f"| {m}", a, str(k)] for m, a, k in pairs]
     assert (run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -61,7 +61,8 @@ def test_paired_rows_carry_the_exact_mcnemar_p_and_difference(tmp_path):
     # The per-round table keeps its rows; the paired rows follow it.
     md = (run / "rounds.md").read_text()
     assert md.startswith("| model | held-out n | strict match (95% CI) | flexible extract |")
-    assert f"| round-1 | round-0 | 20 | -35.0 ({100 * r1['ci95'][0]:+.1f} to {100 * r1['ci95'][1]:+.1f}) | 1 | 8 | 0.0391 |" in md
+    lo, hi = (100 * x for x in r1["ci95"])
+    assert f"| round-1 | round-0 | 20 | -35.0 ({lo:+.1f} to {hi:+.1f}) | 1 | 8 | 0.0391 |" in md
     assert "| round-0 | base | 20 | +40.0 (" in md and "| 9 | 1 | 0.0215 |" in md
     # `toolkit report` renders them from rounds.json.
     report = build_report([run], tmp_path / "report").read_text()
