@@ -153,7 +153,7 @@ def plot_overlap(report: dict, title: str, path: Path) -> None:
     for suite, row in report["suites"].items():
         ax.plot(x, row["histogram"], marker="o", markersize=3, label=suite)
     ax.axvline(n - 0.5, color="grey", linestyle="--", linewidth=1)
-    ax.text(n - 0.45, ax.get_ylim()[1] * 0.95, "dropped", fontsize=7, va="top", color="grey")
+    ax.text(n - 0.6, ax.get_ylim()[1] * 0.95, "dropped →", fontsize=7, va="top", ha="right", color="grey")
     ax.set_xticks(x, [str(i) for i in x[:-1]] + [f"≥{n}"])
     ax.set_xlabel("longest word n-gram shared with the suite (words)")
     ax.set_ylabel(f"generated questions (of {report['questions']})")
