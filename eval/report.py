@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from toolkit.core.errors import ToolkitError
+from toolkit.core.figures import pyplot, save_png
 from toolkit.core.jsonio import atomic_write_text
 from toolkit.core.stats import wilson_interval
 from toolkit.eval.bench import markdown as bench_markdown
@@ -173,10 +174,7 @@ def _scatter(rows: list[dict], x_of, xlabel: str, path: Path) -> bool:
     pts = [r for r in rows if r.get("eval") and r.get("bench")]
     if not pts:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
     for r in pts:
@@ -191,10 +189,7 @@ def _scatter(rows: list[dict], x_of, xlabel: str, path: Path) -> bool:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path)
     return True
 
 

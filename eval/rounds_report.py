@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolkit.core.figures import pyplot, save_png
 from toolkit.core.jsonio import atomic_write_json, atomic_write_text, read_jsonl
 from toolkit.core.stats import paired, wilson_of_rate
 
@@ -105,10 +106,7 @@ def write_round_report(run_root: Path, rounds: dict[str, dict]) -> list[dict]:
 
 
 def plot_rounds(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     x = list(range(len(rows)))
     acc = [100 * r["strict_match"] for r in rows]
@@ -123,7 +121,4 @@ def plot_rounds(rows: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path)

@@ -9,6 +9,7 @@ from toolkit.data.answers import answers_match
 from toolkit.data.hygiene import LeakageIndex, dedupe
 from toolkit.data.problems import Problem, read_jsonl, write_jsonl
 from toolkit.data.questions import harder_messages, parse_questions, similar_messages
+from toolkit.core.figures import pyplot, save_png
 from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl
 from toolkit.core.jsonio import read_jsonl as read_rows
 from toolkit.data.strategies import (STRATEGIES, clean_solution, final_answers, is_tagged, solution_answers,
@@ -142,10 +143,7 @@ def write_overlap_report(rdir: Path, k: int, questions: list[Problem], leakage: 
 
 def plot_overlap(report: dict, title: str, path: Path) -> None:
     """One line per suite: how many questions have each maximum overlap, the drop bin marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = report["n"]
     x = list(range(n + 1))
@@ -161,10 +159,7 @@ def plot_overlap(report: dict, title: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path)
 
 
 def pseudo_label(ctx: RunContext, k: int, questions: list[Problem]) -> tuple[list[Problem], list[dict]]:
