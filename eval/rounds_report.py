@@ -12,31 +12,51 @@ SAMPLES = "samples_heldout.jsonl"  # the per-sample file each held-out eval writ
 
 
 def round_rows(rounds: dict[str, dict]) -> list[dict]:
-    """One row per evaluated model (base, round-0, round-1, …) with accuracy, 95% interval and data."""
+    """One row per evaluated model (base, round-0, round-1, …) with accuracy, 95% interval and data; with
+    eval.calculator "both" also its strict match without the calculator and that figure's 95% interval."""
     rows = []
     for name, r in rounds.items():
         lo, hi = wilson_of_rate(r["strict_match"], r["n"])
-        rows.append({"model": name, "n": r["n"], "strict_match": r["strict_match"],
-                     "strict_ci95": [lo, hi], "flexible_extract": r["flexible_extract"],
-                     "problems": r.get("problems", 0), "rationales": r.get("rationales", 0)})
+        row = {"model": name, "n": r["n"], "strict_match": r["strict_match"],
+               "strict_ci95": [lo, hi], "flexible_extract": r["flexible_extract"],
+               "problems": r.get("problems", 0), "rationales": r.get("rationales", 0)}
+        if "strict_match_no_calculator" in r:
+            row.update(strict_match_no_calculator=r["strict_match_no_calculator"],
+                       strict_no_calculator_ci95=list(wilson_of_rate(r["strict_match_no_calculator"], r["n"])),
+                       flexible_extract_no_calculator=r["flexible_extract_no_calculator"])
+        rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| model | held-out n | strict match (95% CI) | flexible extract | training problems | rationales |",
-             "|---|---:|---:|---:|---:|---:|"]
+    """The rounds as Markdown; the no-calculator column only when some row was also evaluated without it."""
+    plain = any("strict_match_no_calculator" in r for r in rows)
+    lines = ["| model | held-out n | strict match (95% CI) |" + (" strict, no calculator (95% CI) |" if plain else "")
+             + " flexible extract | training problems | rationales |",
+             "|---|---:|---:|" + ("---:|" if plain else "") + "---:|---:|---:|"]
     for r in rows:
         lo, hi = r["strict_ci95"]
-        lines.append(f"| {r['model']} | {r['n']} | {r['strict_match']:.1%} ({lo:.1%}–{hi:.1%}) | "
-                     f"{r['flexible_extract']:.1%} | {r['problems']} | {r['rationales']} |")
+        cells = [r["model"], str(r["n"]), f"{r['strict_match']:.1%} ({lo:.1%}–{hi:.1%})"]
+        if plain:
+            cells.append(_strict_no_calculator(r))
+        cells += [f"{r['flexible_extract']:.1%}", str(r["problems"]), str(r["rationales"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _scores(rec: dict) -> dict[str, bool] | str:
-    """Strict score per held-out id from the per-sample file beside the eval's results.json, or why there is none."""
-    if not rec.get("results"):
+def _strict_no_calculator(row: dict) -> str:
+    if "strict_match_no_calculator" not in row:
+        return "–"
+    lo, hi = row["strict_no_calculator_ci95"]
+    return f"{row['strict_match_no_calculator']:.1%} ({lo:.1%}–{hi:.1%})"
+
+
+def _scores(rec: dict, key: str = "results") -> dict[str, bool] | str:
+    """Strict score per held-out id from the per-sample file beside the eval's results.json (`key`: the record's
+    path to it; results_no_calculator for the eval without the calculator), or why there is none."""
+    if not rec.get(key):
         return "no per-sample file recorded"
-    path = Path(rec["results"]).parent / SAMPLES
+    path = Path(rec[key]).parent / SAMPLES
     if not path.is_file():
         return f"no per-sample file {path}"
     rows = read_jsonl(path)
@@ -71,6 +91,9 @@ def add_paired(rows: list[dict], rounds: dict[str, dict]) -> list[dict]:
         if i > 0 and rows[i - 1]["model"] not in refs:
             refs.append(rows[i - 1]["model"])
         row["paired"] = [compare(name, scores[name], ref, scores[ref]) for ref in refs]
+        if "strict_match_no_calculator" in row:
+            row["calculator_paired"] = compare(name, scores[name], "no calculator",
+                                               _scores(rounds[name], "results_no_calculator"))
     return rows
 
 
@@ -96,11 +119,25 @@ def paired_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def calculator_table(rows: list[dict]) -> str:
+    """Each model with the calculator against itself without it, as Markdown; empty unless eval.calculator was both."""
+    if not any("calculator_paired" in r for r in rows):
+        return ""
+    lines = ["", "Calculator on against off, each model paired on the same held-out problems: the difference in "
+             "strict match (with minus without, percentage points) with its 95% bootstrap interval, the discordant "
+             "problems, and the exact two-sided McNemar p.", "",
+             "| model | n | difference, points (95% CI) | right only with calculator | right only without "
+             "| McNemar p |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join([r["model"], *_paired_cells(r["calculator_paired"])]) + " |"
+              for r in rows if "calculator_paired" in r]
+    return "\n".join(lines) + "\n"
+
+
 def write_round_report(run_root: Path, rounds: dict[str, dict]) -> list[dict]:
     """rounds.json, rounds.md (with the paired comparisons) and accuracy.png in the run folder."""
     rows = add_paired(round_rows(rounds), rounds)
     atomic_write_json(run_root / "rounds.json", rows)
-    atomic_write_text(run_root / "rounds.md", markdown_table(rows) + paired_table(rows))
+    atomic_write_text(run_root / "rounds.md", markdown_table(rows) + paired_table(rows) + calculator_table(rows))
     plot_rounds(rows, run_root / "accuracy.png")
     return rows
 

@@ -83,3 +83,27 @@ def test_evals_of_different_problems_are_not_paired(tmp_path):
     md = (run / "rounds.md").read_text()
     assert ("| round-1 | round-0 | – | not paired: held-out ids differ (2 only in round-1, 2 only in round-0) "
             "| – | – | – |") in md
+
+
+def test_calculator_both_rows_carry_the_no_calculator_figure_and_its_paired_comparison(tmp_path):
+    run, rounds = _run(tmp_path)
+    # round 0 without the calculator: problems 1..5 right, so 4 right only with it (6..9), 1 only without (12).
+    plain = _eval(run, "round-0/eval/no-calculator", {1, 2, 3, 4, 5, 12})
+    rounds["round-0"].update(strict_match_no_calculator=plain["strict_match"],
+                             flexible_extract_no_calculator=plain["flexible_extract"],
+                             results_no_calculator=plain["results"])
+    rows = {r["model"]: r for r in write_round_report(run, rounds)}
+    r0 = rows["round-0"]
+    assert r0["strict_match_no_calculator"] == 6 / 20 and r0["flexible_extract_no_calculator"] == 6 / 20
+    lo, hi = r0["strict_no_calculator_ci95"]
+    assert 0 < lo < 6 / 20 < hi < 1
+    c = r0["calculator_paired"]
+    assert (c["against"], c["n"], c["only_model"], c["only_against"]) == ("no calculator", 20, 4, 1)
+    assert c["difference"] == 3 / 20 and c["mcnemar_p"] == _exact_p(4, 1)
+    assert not any("calculator_paired" in r or "strict_match_no_calculator" in r
+                   for name, r in rows.items() if name != "round-0")
+    md = (run / "rounds.md").read_text()
+    assert md.startswith("| model | held-out n | strict match (95% CI) | strict, no calculator (95% CI) | flexible")
+    assert f"| round-0 | 20 | 45.0% ({r0['strict_ci95'][0]:.1%}–{r0['strict_ci95'][1]:.1%}) | 30.0% ({lo:.1%}–{hi:.1%}) | 45.0% |" in md
+    assert "| base | 20 | 5.0% (" in md and "| – | 5.0% | 0 | 0 |" in md  # a model evaluated only once
+    assert f"| round-0 | 20 | +15.0 ({100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f}) | 4 | 1 | 0.375 |" in md

@@ -85,12 +85,19 @@ def _estimate_table(cost: dict) -> Table:
 def _print_summary(console, manifest: dict, seconds: float) -> None:
     summary = manifest["summary"]
     table = Table(title="distillation result (held-out problems, greedy)")
-    for col in ("student", "strict match (95% CI)", "flexible extract", "n", "training problems", "rationales"):
+    rows = round_rows(summary["rounds"])
+    plain = any("strict_match_no_calculator" in r for r in rows)  # eval.calculator both: with and without it
+    for col in ("student", "strict match (95% CI)", *(("no calculator",) if plain else ()), "flexible extract",
+                "n", "training problems", "rationales"):
         table.add_column(col, justify="left" if col == "student" else "right")
-    for r in round_rows(summary["rounds"]):
+    for r in rows:
         lo, hi = r["strict_ci95"]
-        table.add_row(r["model"], f"{r['strict_match']:.1%} ({lo:.0%}–{hi:.0%})", f"{r['flexible_extract']:.1%}",
-                      str(r["n"]), str(r["problems"]), str(r["rationales"]))
+        no_calc = ()
+        if plain:
+            no_calc = (f"{r['strict_match_no_calculator']:.1%} ({r['strict_no_calculator_ci95'][0]:.0%}–"
+                       f"{r['strict_no_calculator_ci95'][1]:.0%})" if "strict_match_no_calculator" in r else "–",)
+        table.add_row(r["model"], f"{r['strict_match']:.1%} ({lo:.0%}–{hi:.0%})", *no_calc,
+                      f"{r['flexible_extract']:.1%}", str(r["n"]), str(r["problems"]), str(r["rationales"]))
     console.print(table)
     # Peak: this process's own peak RSS during the stage (VmHWM); a child (teacher server, torchrun
     # worker) that finished inside the stage with a larger peak than any earlier child is shown beside it.

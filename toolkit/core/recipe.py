@@ -430,12 +430,23 @@ class EvalConfig(_Section):
 
     max_new_tokens: longest answer, in tokens; batch_size: prompts decoded together.
     calculator: the student's arithmetic before `=` is computed and its result forced while it decodes
-      (toolkit/data/calculator.py), in the round evals and in FDD feedback; not with student.sampler vllm.
+      (toolkit/data/calculator.py); not with student.sampler vllm. true: the round evals and FDD feedback
+      decode with it. both: feedback decodes with it, and every round eval runs twice: with it (the primary
+      figure, which the paired comparisons, feedback and deploy use) and without it (shown beside it).
     """
 
     max_new_tokens: int = Field(256, ge=8)
     batch_size: int = Field(16, ge=1)
-    calculator: bool = False
+    calculator: bool | Literal["both"] = False
+
+    @field_validator("calculator", mode="wrap")
+    @classmethod
+    def _calculator_in_one_line(cls, value: Any, handler) -> bool | str:
+        # The union would report one error per member (not a boolean; not 'both'): say it once.
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError("must be true, false or both") from None
 
 
 class Recipe(_Section):

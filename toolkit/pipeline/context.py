@@ -187,5 +187,6 @@ class RunContext:
             return
         model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
         gen = TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
-        gen.calculator = gen.config["calculator"] = self.recipe.eval.calculator
+        # eval.calculator "both" decodes with it too; the round evals add their run without it themselves.
+        gen.calculator = gen.config["calculator"] = bool(self.recipe.eval.calculator)
         yield gen

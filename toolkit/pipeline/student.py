@@ -22,7 +22,8 @@ def load_student(path: Path):
 def evaluate_student(ctx: RunContext, name: str, title: str, model_and_tok, heldout: list[Problem], out: Path,
                      path: Path | None = None) -> dict:
     """The stage `name`: the student (`model_and_tok`, or a callable that loads it; `path` for a vLLM
-    sampler) answers the held-out problems into `out`; returns the stage's manifest record."""
+    sampler) answers the held-out problems into `out`; returns the stage's manifest record. With
+    eval.calculator "both" it answers them again without the calculator into `<out.parent>/no-calculator/`."""
     def compute(info: dict) -> None:
         with ctx.student_sampler(model_and_tok, path, name) as gen:
             strategy = "auto" if is_tagged(ctx.recipe.distill.strategies) else "cot"
@@ -35,6 +36,17 @@ def evaluate_student(ctx: RunContext, name: str, title: str, model_and_tok, held
                         results=str(out))
             if "strategies" in res:
                 info["strategies"] = res["strategies"]
+            if ctx.recipe.eval.calculator == "both":
+                # The same loaded model, calculator off: the second figure, shown beside the first.
+                gen.calculator = gen.config["calculator"] = False
+                plain = out.parent / "no-calculator" / out.name
+                with ctx.progress("answering held-out problems without the calculator", len(heldout)) as advance:
+                    report = evaluate(gen, {"heldout": heldout}, plain, model=str(out.parent),
+                                      max_new_tokens=ctx.recipe.eval.max_new_tokens, on_done=advance,
+                                      strategy=strategy)
+                res = report["results"]["heldout"]
+                info.update(strict_match_no_calculator=res["strict_match"],
+                            flexible_extract_no_calculator=res["flexible_extract"], results_no_calculator=str(plain))
 
     return ctx.cached_stage(name, title, compute, lambda: ctx.run.stage(name))
 
