@@ -164,8 +164,9 @@ def check_bundle_format(fmt: str) -> None:
                           "onnxruntime_genai); an optimum ONNX folder is loaded with optimum or onnxruntime")
 
 
-def write_bundle(out: Path, fmt: str, quant: str, name: str) -> Path:
-    """OUT/<name>-<fmt>-<quant>.tar.gz holding one folder of that name; returns its path."""
+def write_bundle(out: Path, fmt: str, quant: str, name: str, card: str | None = None) -> Path:
+    """OUT/<name>-<fmt>-<quant>.tar.gz holding one folder of that name; returns its path. With `card` (a model
+    card, toolkit.export.model_card), the bundle's README.md is that card followed by the how-to-run section."""
     check_bundle_format(fmt)
     files = sorted(p for p in out.iterdir() if p.is_file() and p.name != PARTIAL and not p.name.endswith(".tar.gz"))
     if fmt == "gguf":
@@ -176,7 +177,10 @@ def write_bundle(out: Path, fmt: str, quant: str, name: str) -> Path:
         runner, what = _GENAI_RUNNER.format(), "An ONNX model for onnxruntime-genai"
     folder = f"{name}-{fmt}-{quant}"
     rows = "\n".join(f"| {d} | {i} | {r} |" for d, i, r in _ROWS[fmt])
-    readme = _README.format(name=folder, what=what, fmt=fmt, quant=quant, rows=rows).encode()
+    readme = _README.format(name=folder, what=what, fmt=fmt, quant=quant, rows=rows)
+    if card is not None:  # the card heads the file; the how-to-run section follows under a level-2 title
+        readme = card.rstrip("\n") + "\n\n" + readme.replace("# ", "## ", 1)
+    readme = readme.encode()
     extra = {"run.py": runner.encode(), "calculator.py": Path(calculator.__file__).read_bytes(), "README.md": readme}
     sums = [f"{sha256(p)}  {p.name}" for p in files]
     sums += [f"{hashlib.sha256(data).hexdigest()}  {n}" for n, data in extra.items()]

