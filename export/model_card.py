@@ -13,11 +13,12 @@ from toolkit.core.jsonio import atomic_write_text
 from toolkit.core.models import ALIASES, PACKAGED, hub_license, origin_hub_id
 from toolkit.data.strategies import training_prompt
 from toolkit.data.suites import SUITES
-from toolkit.eval.rounds_report import markdown_table, paired_table
+from toolkit.eval.rounds_report import calculator_table, markdown_table, paired_table
 
 CARD = "README.md"  # the file name a model hub renders as the card
 _TASK = {"type": "text-generation", "name": "Math word problems"}
 _FORMAT_TAGS = {"gguf": "gguf", "genai": "onnx", "onnx": "onnx"}
+_CALCULATOR = {False: "off", True: "on", "both": "on, and each eval again with it off"}  # eval.calculator
 
 
 def _read_json(path: Path):
@@ -88,10 +89,12 @@ def _deploy(run_root: Path, which: str) -> dict | None:
     return deploy if Path(deploy["student"]).parent.name == which else None
 
 
+def _metric(label: str, rate: float) -> dict:
+    return {"type": "accuracy", "value": round(100 * rate, 2), "name": f"held-out strict accuracy, % ({label})"}
+
+
 def _result(dataset: dict, label: str, rate: float) -> dict:
-    return {"task": dict(_TASK), "dataset": dict(dataset),
-            "metrics": [{"type": "accuracy", "value": round(100 * rate, 2),
-                         "name": f"held-out strict accuracy, % ({label})"}]}
+    return {"task": dict(_TASK), "dataset": dict(dataset), "metrics": [_metric(label, rate)]}
 
 
 def _front_matter(recipe: dict, model_name: str, row: dict, deploy: dict | None) -> str:
@@ -104,6 +107,9 @@ def _front_matter(recipe: dict, model_name: str, row: dict, deploy: dict | None)
         return {"name": f"held-out {label} (n={n})", "type": held_hub[0] if len(held_hub) == 1 else label}
 
     results = [_result(dataset(row["n"]), f"{row['model']} torch", row["strict_match"])]
+    if "strict_match_no_calculator" in row:  # eval.calculator both: the same checkpoint decoded without it
+        plain = _metric(f"{row['model']} torch, no calculator", row["strict_match_no_calculator"])
+        results[0]["metrics"].append(plain)
     tags = ["math", "distillation", "toolkit"]
     for r in (deploy or {}).get("rows", []):
         if r.get("error") is None and r.get("strict_match") is not None:
@@ -163,7 +169,7 @@ def _usage(recipe: dict, deploy: dict | None) -> list[str]:
              "tok = AutoTokenizer.from_pretrained(path)",
              "model = AutoModelForCausalLM.from_pretrained(path)",
              f"messages = [{{\"role\": \"system\", \"content\": {json.dumps(system)}}},",
-             '            {"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]',
+             '            {"role": "user", "content": "Tom has 3 apples and buys 5 more. How many does he have?"}]',
              'ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")',
              f"out = model.generate(ids, max_new_tokens={max_new}, do_sample=False)",
              "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))",
@@ -208,7 +214,9 @@ def _limitations(recipe: dict, row: dict, train_label: str) -> list[str]:
     if calc:
         lines.append("- These figures were measured with the calculator: while decoding, toolkit computes the "
                      "arithmetic the model writes before `=` and forces the result. Plain `generate` (above) has "
-                     "no calculator and does worse; the edge bundle's `run.py` has it.")
+                     "no calculator"
+                     + (" (the \"no calculator\" figures)" if calc == "both" else " and does worse")
+                     + "; the edge bundle's `run.py` has it.")
     else:
         lines.append("- These figures were measured without the calculator (the model's own arithmetic); the "
                      "edge bundle's `run.py` adds one that computes what the model writes before `=`.")
@@ -270,7 +278,7 @@ def run_card(run_root: Path, student_dir: Path) -> str:
             + f", {train['max_steps'] or train['epochs']} {'steps' if train['max_steps'] else 'epochs'}, "
               f"lr {train['lr']}, batch {train['batch_size']} × {train['seq_len']} tokens",
             f"- evaluation: greedy, at most {recipe['eval']['max_new_tokens']} new tokens, "
-            f"calculator {'on' if recipe['eval']['calculator'] else 'off'}", "",
+            f"calculator {_CALCULATOR[recipe['eval']['calculator']]}", "",
             "## Teacher", "",
             f"{_model_ref(teacher['model'])} through {teacher['backend']}: {distill['paths_per_problem']} "
             f"solution(s) per problem and strategy at temperature {teacher['temperature']}, at most "
@@ -281,14 +289,13 @@ def run_card(run_root: Path, student_dir: Path) -> str:
             "Held-out strict match (the answer on the model's last \"The answer is N.\" line) with its 95% "
             "Wilson interval, per model; training problems and rationales each round trained on.", "",
             markdown_table(rows).rstrip("\n")]
-    paired = paired_table(rows).rstrip("\n")
-    if paired:
-        body.append(paired)
+    body += [table.rstrip("\n") for table in (paired_table(rows), calculator_table(rows)) if table]
     if deploy:
         pick = deploy["pick"]
         threads = sorted({r["threads"] for r in deploy["rows"] if r.get("threads")})
         body += ["", "## Exports", "",
-                 f"Each export answered the same held-out problems in its own runtime, paired against the "
+                 f"Each export answered the same held-out problems in its own runtime"
+                 f"{' with the calculator' if deploy.get('calculator') else ''}, paired against the "
                  f"torch student it was exported from; speed is measured by `toolkit bench` on this run's machine"
                  + (f" ({'/'.join(map(str, threads))} CPU threads)" if threads else "")
                  + f". The pick: the {pick['rule']} export "

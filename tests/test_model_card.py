@@ -60,6 +60,12 @@ def _run(tmp_path: Path, *overrides: str, deploy: bool = True) -> Path:
     rounds = {"base": _samples(run / "eval-base", set()),
               "round-0": _samples(run / "round-0" / "eval", {0, 1}),
               "round-1": _samples(run / "round-1" / "eval", {0, 1, 2})}
+    if recipe.eval.calculator == "both":  # each eval again without the calculator, into <eval>/no-calculator/
+        for name, folder in (("base", "eval-base"), ("round-0", "round-0/eval"), ("round-1", "round-1/eval")):
+            plain = _samples(run / folder / "no-calculator", {0} if name == "round-1" else set())
+            rounds[name].update(strict_match_no_calculator=plain["strict_match"],
+                                flexible_extract_no_calculator=plain["flexible_extract"],
+                                results_no_calculator=plain["results"])
     for name, (problems, rationales) in {"base": (0, 0), "round-0": (30, 24), "round-1": (41, 35)}.items():
         rounds[name].update(problems=problems, rationales=rationales)
     for k in (0, 1):
@@ -88,8 +94,8 @@ def _run(tmp_path: Path, *overrides: str, deploy: bool = True) -> Path:
         atomic_write_json(run / "deploy" / "deploy.json", {
             "student": str(run / "round-1" / "student"),
             "reference": {"model": "round-1", "format": "torch", "quant": "fp32", "n": N,
-                          "strict_match": ref["strict_match"], "strict_ci95": list(wilson_of_rate(ref["strict_match"], N)),
-                          "results": ref["results"]},
+                          "strict_match": ref["strict_match"],
+                          "strict_ci95": list(wilson_of_rate(ref["strict_match"], N)), "results": ref["results"]},
             "calculator": False, "rows": rows,
             "pick": {"rule": "smallest", "max_accuracy_drop": 5.0, "chosen": "gguf-q8_0",
                      "reason": "smallest of 1 export whose drop stays within 5 points (upper end of the paired 95% "
@@ -157,6 +163,16 @@ def test_card_without_deploy_and_of_an_earlier_round(tmp_path):
     data = ModelCard(text).data
     assert [r.metric_value for r in data.eval_results] == [5.0] and "## Exports" not in text
     assert "the run's final student is round-1" in text
+
+
+def test_calculator_both_gives_the_checkpoint_a_second_metric(tmp_path):
+    run = _run(tmp_path, "eval.calculator=both", deploy=False)
+    text = run_card(run, run / "round-1" / "student")
+    metrics = [(r.metric_name, r.metric_value) for r in ModelCard(text).data.eval_results]
+    assert metrics == [("held-out strict accuracy, % (round-1 torch)", 7.5),
+                       ("held-out strict accuracy, % (round-1 torch, no calculator)", 2.5)]
+    assert "Calculator on against off" in text and "calculator on, and each eval again with it off" in text
+    assert "| round-1 | 40 | +5.0 (" in text  # 3 right with the calculator, 1 without: 2 discordant of 40
 
 
 @pytest.mark.parametrize("student, base, license", [
