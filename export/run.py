@@ -23,7 +23,7 @@ from toolkit.export.source import Source, open_source, read_config
 _SCRATCH = ".export-scratch-"  # + pid + "-" + random: the dequantized source and unquantized files, beside OUT
 
 
-def _check_request(fmt: str, quant: str, bundle: bool, int4_head_bits: int | None) -> None:
+def check_request(fmt: str, quant: str, bundle: bool, int4_head_bits: int | None) -> None:
     """Refuse an impossible format/quantization/bundle request before any model is loaded (the format and
     the head bits are each one of their choices already: ExportConfig holds them as Literals)."""
     choices = {"onnx": onnx.QUANTS, "genai": genai.QUANTS, "gguf": tuple(sorted(ftypes()))}
@@ -91,7 +91,7 @@ def export_model(model_ref: str, out_dir: str | Path, config: ExportConfig, *, b
     """
     fmt, quant = config.format, config.quant.lower()
     bundle, int4_head_bits, eval_suite = config.bundle, config.int4_head_bits, config.eval_suite
-    _check_request(fmt, quant, bundle, int4_head_bits)
+    check_request(fmt, quant, bundle, int4_head_bits)
     if eval_suite:
         problems = eval_problems(eval_suite, config.eval_limit, defaults.data_root(config.data_root))
     threads = config.threads or min(8, defaults.default_threads())

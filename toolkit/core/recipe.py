@@ -449,6 +449,67 @@ class EvalConfig(_Section):
             raise ValueError("must be true, false or both") from None
 
 
+class DeployFormat(_Section):
+    """One export of the final student: `format` (onnx, genai or gguf) and its `quant` (onnx: fp32, int8, int4;
+    genai: int4, fp32; gguf: f16, f32, q8_0, q4_k_m, q4_0, … as llama.cpp's quantizer names them)."""
+
+    format: Literal["onnx", "genai", "gguf"]
+    # A folder name part (deploy/<format>-<quant>/); which quants a format takes is checked before the run starts.
+    quant: str = Field(pattern=r"^[A-Za-z0-9_]+$")
+
+    @field_validator("quant")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()  # as `toolkit export` reads it: Q8_0 and q8_0 are one export
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}-{self.quant}"
+
+
+class DeployConfig(_Section):
+    """Deployment after the last round or self-guided iteration: the final student is exported to each format,
+    each export's parity is checked (as `toolkit export` does), its held-out accuracy is measured in its own
+    runtime and paired with the fp32 student's on the same problems, and it is benchmarked; then one export is
+    picked, packed as the edge bundle, and `report/` is written. Every step is a stage of its own, resumed like
+    the others; a step whose settings here changed is redone, the rest are not.
+
+    formats: the exports, each `{format, quant}` (see DeployFormat), e.g. [{format: gguf, quant: q8_0},
+        {format: genai, quant: int4}]; each lands in deploy/<format>-<quant>/.
+    heldout: evaluate each export on the first N held-out problems (default: all of them, as the rounds).
+    max_accuracy_drop: points of strict accuracy an export may lose against the fp32 student, read at the
+        upper end of the paired 95% interval of the drop; an export whose parity failed never qualifies.
+    pick: which qualifying export is recommended: `smallest` (fewest bytes on disk; ties: the faster) or
+        `fastest` (most decode tokens/s in the bench; ties: the smaller).
+    bundle: pack the picked export as the edge bundle (a .tar.gz with a runtime-only runner); then only gguf
+        and genai exports are candidates, as only they have such a runner.
+    bench: the benchmark's workload, any `toolkit bench` setting except remote: prompt_tokens, gen_tokens,
+        reps, warmup, threads (N or a sweep [1, 2, 4]; the fastest decode is reported), allow_busy,
+        remote_python, ssh_option.
+    remote: `ssh://user@host[:port]`: run the benchmark on that device (reached with keys, checked before
+        the run starts); absent: on this machine.
+    """
+
+    formats: list[DeployFormat] = Field(min_length=1)
+    heldout: int | None = Field(None, ge=1)
+    max_accuracy_drop: float = Field(5.0, gt=0)
+    pick: Literal["smallest", "fastest"] = "smallest"
+    bundle: bool = True
+    bench: dict[str, Any] = Field(default_factory=dict)
+    remote: str | None = None
+
+    @model_validator(mode="after")
+    def _distinct_and_bundleable(self) -> DeployConfig:
+        names = [f.name for f in self.formats]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"formats name {', '.join(twice)} more than once")
+        if self.bundle and not any(f.format in ("gguf", "genai") for f in self.formats):
+            raise ValueError("bundle: true packs a gguf or genai export (only they have a runtime-only runner); "
+                             "add one to formats or set bundle: false")
+        return self
+
+
 class Recipe(_Section):
     """One distillation run.
 
@@ -456,6 +517,8 @@ class Recipe(_Section):
     seed: seeds data splits, sampling and training.
     output_dir: where run folders go (relative to the current directory).
     cache_dir: the teacher request cache (default: $TOOLKIT_CACHE or ~/.cache/toolkit).
+    deploy: export, check, benchmark and pick the final student (see DeployConfig); absent: the run ends at
+        the torch checkpoint.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -468,6 +531,9 @@ class Recipe(_Section):
     distill: DistillConfig = DistillConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    # Left out of the recipe's digest and dump (the manifest records it apart, under deploy.settings): adding
+    # or changing it on a finished run resumes that run, and the deploy stages redo what their settings changed.
+    deploy: DeployConfig | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _calculator_needs_a_local_sampler(self) -> Recipe:

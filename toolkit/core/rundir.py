@@ -146,5 +146,10 @@ class RunDir:
         self.manifest["stages"][stage] = {"status": "done", "seconds": round(seconds, 2), **info}
         self.save()
 
+    def forget(self, stage: str) -> None:
+        """Drop `stage`'s record, so that it runs again (its settings changed since it finished)."""
+        if self.manifest["stages"].pop(stage, None) is not None:
+            self.save()
+
     def save(self) -> None:
         atomic_write_json(self.manifest_path, self.manifest)
