@@ -27,6 +27,7 @@ from toolkit.eval.rounds_report import round_rows
 from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
 from toolkit.pipeline.context import RunContext
+from toolkit.pipeline.deploy import check_deploy
 from toolkit.pipeline.distill import describe_plan, run_all
 from toolkit.pipeline.estimate import estimate
 from toolkit.teacher.ledger import summary_line
@@ -45,6 +46,7 @@ def _quiet_libraries() -> None:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
+    check_deploy(recipe)  # before the dry run's plan and any teacher call: one line for a bad deploy section
     console = Console(quiet=args.quiet)
     if args.dry_run:
         cost = estimate(recipe)
@@ -84,11 +86,14 @@ def _estimate_table(cost: dict) -> Table:
 
 def _print_summary(console, manifest: dict, seconds: float) -> None:
     summary = manifest["summary"]
+    dep = summary.get("deploy")
     table = Table(title="distillation result (held-out problems, greedy)")
+    # With a deploy section the exports follow the rounds: paired with the final student, speed, size, the pick.
+    extra = ("vs student, points (95% CI)", "decode tok/s", "size MB", "picked") if dep else ()
     rows = round_rows(summary["rounds"])
     plain = any("strict_match_no_calculator" in r for r in rows)  # eval.calculator both: with and without it
     for col in ("student", "strict match (95% CI)", *(("no calculator",) if plain else ()), "flexible extract",
-                "n", "training problems", "rationales"):
+                "n", "training problems", "rationales", *extra):
         table.add_column(col, justify="left" if col == "student" else "right")
     for r in rows:
         lo, hi = r["strict_ci95"]
@@ -97,8 +102,19 @@ def _print_summary(console, manifest: dict, seconds: float) -> None:
             no_calc = (f"{r['strict_match_no_calculator']:.1%} ({r['strict_no_calculator_ci95'][0]:.0%}–"
                        f"{r['strict_no_calculator_ci95'][1]:.0%})" if "strict_match_no_calculator" in r else "–",)
         table.add_row(r["model"], f"{r['strict_match']:.1%} ({lo:.0%}–{hi:.0%})", *no_calc,
-                      f"{r['flexible_extract']:.1%}", str(r["n"]), str(r["problems"]), str(r["rationales"]))
+                      f"{r['flexible_extract']:.1%}", str(r["n"]), str(r["problems"]), str(r["rationales"]),
+                      *("" for _ in extra))
+    for r in dep["rows"] if dep else []:
+        cells = _export_cells(r, dep["pick"]["chosen"])
+        table.add_row(*(cells.get(str(c.header), "") for c in table.columns))
     console.print(table)
+    if dep:
+        pick = dep["pick"]
+        for r in dep["rows"]:
+            if r["error"]:
+                console.print(f"{r['format']} {r['quant']} failed: {r['error']}")
+        console.print(f"deploy pick: {pick['chosen'] or 'none'} ({pick['reason']})"
+                      + (f"; bundle: {pick['bundle']}" if pick["bundle"] else ""))
     # Peak: this process's own peak RSS during the stage (VmHWM); a child (teacher server, torchrun
     # worker) that finished inside the stage with a larger peak than any earlier child is shown beside it.
     times = Table(title="stage times and peak memory (resident, this process)", show_header=False)
@@ -111,8 +127,24 @@ def _print_summary(console, manifest: dict, seconds: float) -> None:
     if "teacher" in manifest:
         console.print(summary_line(manifest["teacher"]))
     run = Path(summary["student"]).parent.parent
-    console.print(f"run folder: {run.resolve()}  (rounds.md, accuracy.png, manifest.json)")
+    files = "rounds.md, accuracy.png, manifest.json" + (", deploy/deploy.md, report/report.md" if dep else "")
+    console.print(f"run folder: {run.resolve()}  ({files})")
     console.print(f"student:    {summary['student']}")
+
+
+def _export_cells(r: dict, chosen: str | None) -> dict[str, str]:
+    """One export's cells in the final table, by column (a column it has no figure for stays empty)."""
+    name = f"{r['format']} {r['quant']}"
+    if r["error"]:
+        return {"student": name, "strict match (95% CI)": "failed"}
+    lo, hi = r["strict_ci95"]
+    p = r["paired"] or {}
+    diff = (f"{100 * p['difference']:+.1f} ({100 * p['ci95'][0]:+.1f} to {100 * p['ci95'][1]:+.1f})" if "ci95" in p
+            else "not paired")
+    return {"student": name, "strict match (95% CI)": f"{r['strict_match']:.1%} ({lo:.0%}–{hi:.0%})",
+            "flexible extract": f"{r['flexible_extract']:.1%}", "n": str(r["n"]), "vs student, points (95% CI)": diff,
+            "decode tok/s": "–" if r["decode_tok_s"] is None else f"{r['decode_tok_s']:.1f}",
+            "size MB": f"{r['size_bytes'] / 1e6:.1f}", "picked": "✓" if r["name"] == chosen else ""}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from toolkit.data.strategies import (clean_solution, is_tagged, solution_answers
 from toolkit.eval.rounds_report import write_round_report
 from toolkit.pipeline import fdd, siked
 from toolkit.pipeline.context import RunContext, data_root
+from toolkit.pipeline.deploy import bench_config, deploy
 from toolkit.pipeline.student import evaluate_student, load_student, train_student
 
 
@@ -109,7 +110,8 @@ def rationales(ctx: RunContext, k_round: int, problems: list[Problem]) -> list[d
 def run_all(ctx: RunContext) -> dict:
     """The recipe's steps in order: data, round 0's rationales, the base student's eval, the FDD rounds
     (each later round first grows the training set from the previous student's feedback; every round
-    retrains from the base checkpoint), the self-guided iterations, then the reports. Returns the manifest."""
+    retrains from the base checkpoint), the self-guided iterations, the reports, then the deploy section's
+    exports, pick and report. Returns the manifest."""
     import torch  # heavy optional runtime, imported on first use
 
     torch.set_num_threads(ctx.threads)
@@ -148,6 +150,11 @@ def run_all(ctx: RunContext) -> dict:
     write_round_report(ctx.run.root, rounds)
     if is_tagged(ctx.recipe.distill.strategies):
         siked.write_strategy_report(ctx.run.root, rounds)
+    if ctx.recipe.deploy:
+        # The final student (last round or iteration), paired with its own fp32 eval on the same problems.
+        final = list(rounds)[-1]
+        ctx.run.manifest["summary"]["deploy"] = deploy(ctx, student_dir, (final, rounds[final]), heldout)
+        ctx.run.save()
     return ctx.run.manifest
 
 
@@ -192,9 +199,23 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
          + (f", LoRA r={t.lora}" if t.lora else "")),
         ("evaluation", f"base and distilled student, greedy, {len(heldout)} problems, "
                        f"max {recipe.eval.max_new_tokens} new tokens"),
+        ("deploy", _describe_deploy(recipe)),
         ("run folder", str(run.resolve())),
         ("teacher cache", str(defaults.cache_root(recipe.cache_dir) / "teacher.sqlite")),
     ]
+
+
+def _describe_deploy(recipe: Recipe) -> str:
+    d = recipe.deploy
+    if d is None:
+        return "none (the run ends at the torch checkpoint)"
+    b = bench_config(d)
+    threads = ",".join(map(str, b.threads)) if b.threads else "all cores"
+    return (f"{', '.join(f'{f.format} {f.quant}' for f in d.formats)} from the final student; each answers "
+            f"{f'the first {d.heldout}' if d.heldout else 'all'} held-out problems, paired with the fp32 student; "
+            f"bench pp {b.prompt_tokens} + tg {b.gen_tokens}, {b.reps} reps, {threads} "
+            f"thread(s){f' on {d.remote}' if d.remote else ''}; pick the {d.pick} within {d.max_accuracy_drop:g} "
+            f"points" + (", packed as the edge bundle" if d.bundle else ""))
 
 
 def _describe_self_guided(dc) -> str:
