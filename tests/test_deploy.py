@@ -209,8 +209,10 @@ def test_deploy_stages_rows_pick_bundle_and_report(finished):
     assert bundle.is_file() and list((run / "deploy").glob("*/model/*.tar.gz")) == [bundle]
     md = (run / "deploy" / "deploy.md").read_text()
     assert all(f"| {name} | passed | 2 |" in md for name in EXPORTS) and f"**{doc['pick']['chosen']}**" in md
-    assert (run / "report" / "report.md").is_file() and manifest["stages"]["deploy/report"]["report"] == str(
-        run / "report" / "report.md")
+    report = (run / "report" / "report.md").read_text().splitlines()
+    assert manifest["stages"]["deploy/report"]["report"] == str(run / "report" / "report.md")
+    assert [sum(line.startswith(f"| {name} |") for line in report) for name in EXPORTS] == [1, 1]  # a row per export
+    assert list((run / "report").glob("*.png"))
     # The final table reads base -> rounds -> each export, and names the pick.
     lines = [line for line in r.stdout.splitlines() if line.startswith("│")]
     assert [line.split("│")[1].strip() for line in lines[:4]] == ["base", "round-0", "gguf f16", "genai fp32"]
