@@ -164,6 +164,11 @@ def check_bundle_format(fmt: str) -> None:
                           "onnxruntime_genai); an optimum ONNX folder is loaded with optimum or onnxruntime")
 
 
+def bundle_name(name: str, fmt: str, quant: str) -> str:
+    """The bundle's file name; it unpacks into one folder of the same name without `.tar.gz`."""
+    return f"{name}-{fmt}-{quant}.tar.gz"
+
+
 def write_bundle(out: Path, fmt: str, quant: str, name: str, card: str | None = None) -> Path:
     """OUT/<name>-<fmt>-<quant>.tar.gz holding one folder of that name; returns its path. With `card` (a model
     card, toolkit.export.model_card), the bundle's README.md is that card followed by the how-to-run section."""
@@ -175,7 +180,7 @@ def write_bundle(out: Path, fmt: str, quant: str, name: str, card: str | None = 
         runner, what = _GGUF_RUNNER.format(model=model), "A GGUF model for llama.cpp"
     else:
         runner, what = _GENAI_RUNNER.format(), "An ONNX model for onnxruntime-genai"
-    folder = f"{name}-{fmt}-{quant}"
+    folder = bundle_name(name, fmt, quant).removesuffix(".tar.gz")
     rows = "\n".join(f"| {d} | {i} | {r} |" for d, i, r in _ROWS[fmt])
     readme = _README.format(name=folder, what=what, fmt=fmt, quant=quant, rows=rows)
     if card is not None:  # the card heads the file; the how-to-run section follows under a level-2 title

@@ -275,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="Markdown report and plots from run folders, eval and bench results",
                        description="One row per model × format × quant (accuracy with 95%% CI, decode tok/s, "
-                                   "size, roofline ratio), accuracy-vs-latency and accuracy-vs-size plots, and "
-                                   "the per-round accuracy curve of a distillation run.")
+                                   "size, roofline ratio), accuracy-vs-decode-speed and accuracy-vs-size plots, "
+                                   "the per-token latency distribution, the per-round accuracy curve of a "
+                                   "distillation run, and its deploy section (each export paired with the fp32 "
+                                   "student, the pick).")
     r.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_RESULTS", help="run folders, folders or JSON files")
     r.add_argument("--out", default="report", help="output folder (report.md and PNGs)")
     r.add_argument("--quiet", action="store_true")

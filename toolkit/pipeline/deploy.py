@@ -24,10 +24,11 @@ from toolkit.eval.bench import run_sweep
 from toolkit.eval.config import BenchConfig
 from toolkit.eval.generate import open_generator
 from toolkit.eval.remote import parse_remote
-from toolkit.eval.report import build_report
+from toolkit.eval.report import build_report, deploy_table
 from toolkit.eval.roofline import folder_size
 from toolkit.eval.rounds_report import SAMPLES, compare
-from toolkit.export.bundle import write_bundle
+from toolkit.export.bundle import bundle_name, write_bundle
+from toolkit.export.model_card import run_card
 from toolkit.export.config import ExportConfig
 from toolkit.export.run import check_request, export_model
 from toolkit.pipeline.context import RunContext
@@ -101,10 +102,11 @@ def check_deploy(recipe: Recipe) -> None:
 # --- the pick ----------------------------------------------------------------------------------------------------
 
 def within_drop(row: dict, max_drop: float) -> bool:
-    """No error, parity passed, and the paired interval allows at most `max_drop` points of drop."""
+    """No error, and the paired interval allows at most `max_drop` points of drop. Parity is recorded but does
+    not decide: its token-agreement threshold refuses every 4-bit export of a 135M model (bench/results/
+    export-formats), while the held-out accuracy drop measures what a user loses."""
     drop = row.get("drop_upper_points")
-    return (not row.get("error") and bool((row.get("parity") or {}).get("passed")) and drop is not None
-            and drop <= max_drop)
+    return not row.get("error") and drop is not None and drop <= max_drop
 
 
 def _not_candidate(row: dict, rule: str, max_drop: float, bundle: bool) -> str | None:
@@ -114,8 +116,6 @@ def _not_candidate(row: dict, rule: str, max_drop: float, bundle: bool) -> str |
         return f"{name} failed"
     if bundle and row["format"] not in BUNDLE_FORMATS:
         return f"{name} has no bundle runner"
-    if not (row.get("parity") or {}).get("passed"):
-        return f"{name} failed parity"
     drop = row.get("drop_upper_points")
     if drop is None:
         return f"{name} is not paired with the student"
@@ -313,45 +313,16 @@ def _row(ex: _Export, error: str | None, against: str, ref_scores: dict[str, boo
     return row
 
 
-def _cell(value, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
-
-
 def markdown(doc: dict) -> str:
-    """deploy.md: the reference, one row per export, and the pick."""
+    """deploy.md: what was compared, then the report's deploy table (one row per export, the pick)."""
     ref = doc["reference"]
-    ci = ref.get("strict_ci95")
-    lines = ["# Deploy", "", f"Student: `{doc['student']}`; reference: {ref['model']} ({ref['format']} {ref['quant']}), "
-             f"strict {_cell(ref['strict_match'], '.1%')}"
-             + (f" ({ci[0]:.1%}–{ci[1]:.1%})" if ci else "") + f" on {ref['n']} held-out problems"
-             + ("; calculator on" if doc["calculator"] else "") + ".", "",
-             "Each export answers the same held-out problems in its own runtime; the difference is export minus "
-             "student in points with its paired 95% interval; speed from its bench (the fastest decode when threads "
-             "were swept).", "",
-             "| export | parity | n | strict (95% CI) | vs student, points (95% CI) | McNemar p | decode tok/s | "
-             "prefill tok/s | TTFT ms | ms/token p50 / p99 | peak RSS MB | size MB | roofline | within drop |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in doc["rows"]:
-        if r["error"]:
-            lines.append(f"| {r['name']} | failed: {r['error'].replace('|', '/')} |" + " – |" * 12)
-            continue
-        p = r["paired"] or {}
-        lo, hi = r["strict_ci95"]
-        diff = (f"{100 * p['difference']:+.1f} ({100 * p['ci95'][0]:+.1f} to {100 * p['ci95'][1]:+.1f})"
-                if "ci95" in p else f"not paired: {p.get('refused', '–')}")
-        lines.append(
-            f"| {r['name']} | {'passed' if r['parity']['passed'] else 'FAILED'} | {r['n']} | "
-            f"{r['strict_match']:.1%} ({lo:.1%}–{hi:.1%}) | {diff} | {_cell(p.get('mcnemar_p'), '.3g')} | "
-            f"{_cell(r['decode_tok_s'], '.1f')} | {_cell(r['prefill_tok_s'], '.1f')} | {_cell(r['ttft_ms'], '.1f')} | "
-            f"{_cell(r['decode_ms_p50'], '.2f')} / {_cell(r['decode_ms_p99'], '.2f')} | "
-            f"{_cell(r['peak_rss_bytes'] and r['peak_rss_bytes'] / 1e6, '.0f')} | {r['size_bytes'] / 1e6:.1f} | "
-            f"{_cell(r['roofline_ratio'], '.0%')} | {'yes' if r['within_drop'] else 'no'} |")
-    pk = doc["pick"]
-    lines += ["", f"Pick ({pk['rule']}, max drop {pk['max_accuracy_drop']:g} points): **{pk['chosen'] or 'none'}**: "
-              f"{pk['reason']}."]
-    if pk.get("bundle"):
-        lines.append(f"Edge bundle: `{pk['bundle']}`.")
-    return "\n".join(lines) + "\n"
+    return "\n".join([
+        "# Deploy", "",
+        f"Student: `{doc['student']}`; reference: {ref['model']} ({ref['format']} {ref['quant']}) on "
+        f"{ref['n']} held-out problems" + ("; calculator on" if doc["calculator"] else "") + ". Each export "
+        "answers the same problems in its own runtime; the difference is export minus student in points with its "
+        "paired 95% interval; speed from its bench (the fastest decode when threads were swept).", "",
+        deploy_table(doc)])
 
 
 def deploy(ctx: RunContext, student_dir: Path, reference: tuple[str, dict], heldout: list[Problem]) -> dict:
@@ -377,15 +348,17 @@ def deploy(ctx: RunContext, student_dir: Path, reference: tuple[str, dict], held
         chosen, reason = pick(rows, d.pick, d.max_accuracy_drop, d.bundle)
         for old in root.glob("*/model/*.tar.gz"):  # an earlier pick's bundle
             old.unlink()
-        bundle = None
-        if chosen and d.bundle:
-            row = next(r for r in rows if r["name"] == chosen)
-            bundle = str(write_bundle(root / chosen / "model", row["format"], row["quant"], student_dir.parent.name))
+        row = next((r for r in rows if r["name"] == chosen), None)
+        bundle = (root / chosen / "model" / bundle_name(student_dir.parent.name, row["format"], row["quant"])
+                  if row and d.bundle else None)
         doc = {"student": str(student_dir), "reference": ref, "calculator": bool(ctx.recipe.eval.calculator),
                "rows": rows, "pick": {"rule": d.pick, "max_accuracy_drop": d.max_accuracy_drop, "chosen": chosen,
-                                      "reason": reason, "bundle": bundle}}
+                                      "reason": reason, "bundle": str(bundle) if bundle else None}}
         atomic_write_json(root / "deploy.json", doc)
         atomic_write_text(root / "deploy.md", markdown(doc))
+        if bundle:  # after deploy.json: the bundle's model card reads the exports' figures from it
+            write_bundle(bundle.parent, row["format"], row["quant"], student_dir.parent.name,
+                         card=run_card(ctx.run.root, student_dir))
         info.update(chosen=chosen, reason=reason, exports=len(rows), failed=sum(bool(r["error"]) for r in rows))
 
     doc = _stage(ctx, "deploy/pick", f"deploy: pick the {d.pick} export within {d.max_accuracy_drop:g} points",

@@ -18,6 +18,7 @@ from toolkit.core.jsonio import read_jsonl as read_rows
 from toolkit.data.strategies import (clean_solution, is_tagged, solution_answers, teacher_messages, training_completion,
                                  training_prompt)
 from toolkit.eval.rounds_report import write_round_report
+from toolkit.export.model_card import run_card, write_card
 from toolkit.pipeline import fdd, siked
 from toolkit.pipeline.context import RunContext, data_root
 from toolkit.pipeline.deploy import bench_config, deploy
@@ -155,6 +156,10 @@ def run_all(ctx: RunContext) -> dict:
         final = list(rounds)[-1]
         ctx.run.manifest["summary"]["deploy"] = deploy(ctx, student_dir, (final, rounds[final]), heldout)
         ctx.run.save()
+    # A Hugging Face model card in every student folder (the final one's lists its exports); cheap, so
+    # written again on every invocation from the run's current files.
+    for folder in sorted(ctx.run.root.glob("*/student")):
+        write_card(folder, run_card(ctx.run.root, folder))
     return ctx.run.manifest
 
 
@@ -210,11 +215,11 @@ def _describe_deploy(recipe: Recipe) -> str:
     if d is None:
         return "none (the run ends at the torch checkpoint)"
     b = bench_config(d)
-    threads = ",".join(map(str, b.threads)) if b.threads else "all cores"
+    threads = f"{','.join(map(str, b.threads))} thread(s)" if b.threads else "all cores"
     return (f"{', '.join(f'{f.format} {f.quant}' for f in d.formats)} from the final student; each answers "
             f"{f'the first {d.heldout}' if d.heldout else 'all'} held-out problems, paired with the fp32 student; "
-            f"bench pp {b.prompt_tokens} + tg {b.gen_tokens}, {b.reps} reps, {threads} "
-            f"thread(s){f' on {d.remote}' if d.remote else ''}; pick the {d.pick} within {d.max_accuracy_drop:g} "
+            f"bench pp {b.prompt_tokens} + tg {b.gen_tokens}, {b.reps} reps, {threads}"
+            f"{f' on {d.remote}' if d.remote else ''}; pick the {d.pick} within {d.max_accuracy_drop:g} "
             f"points" + (", packed as the edge bundle" if d.bundle else ""))
 
 
