@@ -433,11 +433,19 @@ class EvalConfig(_Section):
       (toolkit/data/calculator.py); not with student.sampler vllm. true: the round evals and FDD feedback
       decode with it. both: feedback decodes with it, and every round eval runs twice: with it (the primary
       figure, which the paired comparisons, feedback and deploy use) and without it (shown beside it).
+    backend: what the round evals and FDD feedback decode the student with. `torch`: the student folder in
+      transformers, as before. `genai`: each student (the base too) is exported once to onnxruntime-genai
+      fp32 (the same weights, no quantization) into `<round>/sampler-genai-fp32/` (the base:
+      `eval-base/`), reused by that round's eval and the next round's feedback, and decoded there (batched
+      C++ decoding, 3.4x torch's tokens/s on a 2-core CPU: bench/README.md, "Student self-sampling").
+      `auto`: genai on a CPU machine, torch on a GPU (torch when the export fails, noted in the stage).
+      Not genai with student.sampler vllm (vLLM is the sampler there).
     """
 
     max_new_tokens: int = Field(256, ge=8)
     batch_size: int = Field(16, ge=1)
     calculator: bool | Literal["both"] = False
+    backend: Literal["torch", "genai", "auto"] = "torch"
 
     @field_validator("calculator", mode="wrap")
     @classmethod
@@ -510,6 +518,12 @@ class DeployConfig(_Section):
         return self
 
 
+# Fields added to the recipe after run folders already existed, as (section, field). A run folder keeps its
+# recipe's digest and a resume refuses a different one (RunDir.open), so such a field left at its default is
+# dropped from the digest: runs made before it existed still resume, and setting it changes the digest.
+LATE_FIELDS: tuple[tuple[str, str], ...] = (("eval", "backend"),)
+
+
 class Recipe(_Section):
     """One distillation run.
 
@@ -543,6 +557,14 @@ class Recipe(_Section):
         return self
 
     @model_validator(mode="after")
+    def _genai_eval_needs_a_local_sampler(self) -> Recipe:
+        if self.eval.backend == "genai" and self.student.sampler == "vllm":
+            raise ValueError("eval.backend genai decodes the student in this process, but student.sampler vllm "
+                             "serves it with vLLM; use one of them (eval.backend: torch or student.sampler: "
+                             "transformers)")
+        return self
+
+    @model_validator(mode="after")
     def _forced_sampling_needs_a_local_sampler(self) -> Recipe:
         sg = self.distill.self_guided
         if sg is not None and sg.sampling != "free" and self.student.sampler == "vllm":
@@ -560,8 +582,14 @@ class Recipe(_Section):
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
     def digest(self) -> str:
-        """sha256 of the resolved recipe (the manifest records it; a changed recipe is visible)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """sha256 of the resolved recipe (the manifest records it; a changed recipe is visible). A field of
+        LATE_FIELDS counts only when set away from its default."""
+        dump = self.model_dump(mode="json")
+        for section, field in LATE_FIELDS:
+            part = getattr(self, section)
+            if part is not None and getattr(part, field) == type(part).model_fields[field].default:
+                del dump[section][field]
+        text = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -10,7 +10,7 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from toolkit.core.errors import ToolkitError
+from toolkit.core.errors import ExportError, ToolkitError
 from toolkit.core.integrity import check_model
 from toolkit.core.memory import PeakRSS, gb, release_memory
 from toolkit.core import defaults
@@ -18,7 +18,10 @@ from toolkit.core.models import resolve_model
 from toolkit.core.recipe import Recipe
 from toolkit.core.rundir import RunDir
 from toolkit.core.storage import write_failure
-from toolkit.eval.generate import TorchGenerator
+from toolkit.eval.generate import TorchGenerator, open_generator
+from toolkit.export.config import ExportConfig
+from toolkit.export.manifest import MANIFEST
+from toolkit.export.run import export_model
 from toolkit.sandbox.runner import prepare
 from toolkit.teacher.cache import RequestCache
 from toolkit.teacher.ledger import Ledger, merge_records, price_record
@@ -27,6 +30,20 @@ from toolkit.teacher.vllm_sampler import vllm_generator
 from toolkit.training.loading import load_model_and_tokenizer
 
 T = TypeVar("T")
+
+# Student backends that decode an export of the student (eval.backend, self_guided.backend):
+# backend -> (export format, quant, the runtime that decodes it).
+SAMPLER_EXPORTS = {"genai": ("genai", "fp32", "genai"), "genai-int4": ("genai", "int4", "genai"),
+                   "llama.cpp": ("gguf", "q8_0", "llama.cpp")}
+
+
+def auto_backend() -> str:
+    """What a student backend `auto` decodes with: torch on a GPU (batched, on the device); on a CPU
+    the onnxruntime-genai fp32 export, 3.4x torch's tokens/s on SmolLM2-135M (bench/README.md,
+    "Student self-sampling") for a ~10 s export, with the same weights (fp32: no quantization drift)."""
+    import torch  # heavy optional runtime, imported on first use
+
+    return "torch" if torch.cuda.is_available() else "genai"
 
 
 def progress_bar(console: Console) -> Progress:
@@ -170,10 +187,39 @@ class RunContext:
         """Drop the kept base student: training changed its weights, or a worker process loads its own."""
         self._base = None
 
+    def sampler_model(self, student: str, folder: Path, chosen: str,
+                      base_dir: Path | None = None) -> tuple[str, str, str | None]:
+        """(model, backend, note) to decode `student` (a model reference, relative paths resolved against
+        `base_dir`, or a trained folder) with the backend `chosen`: the student itself, or for a backend
+        that runs exports its export, made once into `folder/sampler-FORMAT-QUANT` and kept (for a resume,
+        and for later stages on the same student). Under `auto`, a student the exporter cannot handle is
+        decoded with torch, and the note says why."""
+        backend = auto_backend() if chosen == "auto" else chosen
+        if backend not in SAMPLER_EXPORTS:
+            return student, backend, None
+        fmt, quant, runtime = SAMPLER_EXPORTS[backend]
+        out = folder / f"sampler-{fmt}-{quant}"
+        if not (out / MANIFEST).is_file():  # a stopped export has none yet; export_model replaces its folder
+            with self.console.status(f"exporting the student to {fmt} {quant} for sampling"):
+                try:
+                    export_model(student, out, ExportConfig(format=fmt, quant=quant, threads=self.threads),
+                                 base_dir=base_dir)
+                except ExportError as exc:
+                    if chosen != "auto":
+                        raise
+                    note = f"auto: {fmt} {quant} export failed, sampled with torch ({exc})"
+                    self.console.print(f"[yellow]{note}[/yellow]")
+                    return student, "torch", note
+        return str(next(out.glob("*.gguf")) if fmt == "gguf" else out), runtime, None
+
     @contextmanager
-    def student_sampler(self, model_and_tok, path: Path | None, stage: str):
-        """The generator for the student's answers: transformers here, or a vLLM server on `path`
-        (None: the base student) that runs only inside the block (student.sampler)."""
+    def student_sampler(self, model_and_tok, path: Path | None, stage: str, info: dict | None = None):
+        """The generator for the student's answers (round evals, feedback): a vLLM server on `path`
+        (None: the base student) that runs only inside the block (student.sampler), else eval.backend in
+        this process: `model_and_tok` (or a callable that loads it) in transformers, or the student's
+        export in its runtime, made once into the student's folder (`path`'s parent; the base student's:
+        eval-base/). `info` (the stage's record) gets the backend used, the export it decoded
+        (`sampler_export`) and the note of a fallback."""
         st = self.recipe.student
         if st.sampler == "vllm":
             if path is None:
@@ -183,10 +229,33 @@ class RunContext:
             max_len = self.recipe.train.seq_len + self.recipe.eval.max_new_tokens
             with vllm_generator(path, log, seed=self.recipe.seed, max_model_len=max_len,
                                 concurrency=st.sampler_concurrency, extra_args=st.vllm_args) as gen:
+                if info is not None:
+                    info["backend"] = "vllm"
                 yield gen
             return
-        model, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
-        gen = TorchGenerator(model, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
         # eval.calculator "both" decodes with it too; the round evals add their run without it themselves.
-        gen.calculator = gen.config["calculator"] = bool(self.recipe.eval.calculator)
-        yield gen
+        calculator = bool(self.recipe.eval.calculator)
+        backend, note = "torch", None
+        if self.recipe.eval.backend != "torch":
+            # One model in memory at a time: the kept base student goes before the export loads its copies
+            # (a later training stage loads it again).
+            self.forget_base_student()
+            if path is None:  # the recipe's student: a reference relative to the recipe file
+                model, backend, note = self.sampler_model(st.model, self.run.root / "eval-base",
+                                                          self.recipe.eval.backend, base_dir=self.recipe.base_dir)
+            else:  # a trained folder in the run
+                model, backend, note = self.sampler_model(str(path), path.parent, self.recipe.eval.backend)
+        if backend == "torch":
+            loaded, tok = model_and_tok() if callable(model_and_tok) else model_and_tok
+            gen = TorchGenerator(loaded, tok, batch_size=self.recipe.eval.batch_size, threads=self.threads)
+            gen.calculator = gen.config["calculator"] = calculator
+        else:
+            gen = open_generator(model, backend, batch_size=self.recipe.eval.batch_size, threads=self.threads,
+                                 seed=self.recipe.seed, calculator=calculator)
+        if info is not None:
+            info.update(backend=gen.name, **({"sampler_export": model} if backend != "torch" else {}),
+                        **({"sampler_note": note} if note else {}))
+        try:
+            yield gen
+        finally:
+            gen.close()

@@ -33,7 +33,7 @@ def feedback(ctx: RunContext, k: int, problems: list[Problem], student_dir: Path
 
     def compute(info: dict) -> None:
         n = cfg.feedback_samples
-        with ctx.student_sampler(lambda: load_student(student_dir), student_dir, name) as gen:
+        with ctx.student_sampler(lambda: load_student(student_dir), student_dir, name, info) as gen:
             prompts = [training_prompt(p.question, cfg.strategies) for p in problems for _ in range(n)]
             with ctx.progress("student answers", len(prompts)) as advance:
                 outs = gen.generate(prompts, max_new_tokens=ctx.recipe.eval.max_new_tokens,

@@ -7,16 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from toolkit.data.answers import answers_match
-from toolkit.core.errors import ExportError
 from toolkit.data.problems import Problem
 from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from toolkit.core.jsonio import read_jsonl as read_rows
 from toolkit.data.strategies import (STRATEGIES, clean_solution, is_tagged, solution_answers, split_tag, strategy_stats,
                                  tagged_messages, training_completion, training_prompt)
 from toolkit.eval.generate import open_generator
-from toolkit.export.config import ExportConfig
-from toolkit.export.manifest import MANIFEST
-from toolkit.export.run import export_model
 from toolkit.pipeline.context import RunContext
 from toolkit.pipeline.student import evaluate_student, load_student, train_student
 
@@ -101,43 +97,6 @@ def mix(teacher: list[dict], own: list[dict], mode: str, alpha: float | None, se
                   "teacher_share": round(len(kept) / len(rows), 4) if rows else 0.0}
 
 
-# self_guided.backend values that sample from an export of the student: (export format, quant, eval backend).
-SAMPLER_EXPORTS = {"genai": ("genai", "fp32", "genai"), "genai-int4": ("genai", "int4", "genai"),
-                   "llama.cpp": ("gguf", "q8_0", "llama.cpp")}
-
-
-def auto_backend() -> str:
-    """What `self_guided.backend: auto` samples with: torch on a GPU (batched, on the device); on a CPU
-    the onnxruntime-genai fp32 export, 3.4x torch's tokens/s on SmolLM2-135M (bench/README.md,
-    "Student self-sampling") for a ~10 s export, with the same weights (fp32: no quantization drift)."""
-    import torch  # heavy optional runtime, imported on first use
-
-    return "torch" if torch.cuda.is_available() else "genai"
-
-
-def sampling_model(ctx: RunContext, t: int, student_dir: Path) -> tuple[str, str, str | None]:
-    """(model, backend, note) the iteration samples with: the student folder itself, or its export for a
-    backend that runs exports (exported once into `iter-t/sampler-FORMAT-QUANT`, kept for a resume).
-    Under `auto`, a student the exporter cannot handle is sampled with torch, and the note says why."""
-    chosen = ctx.recipe.distill.self_guided.backend
-    backend = auto_backend() if chosen == "auto" else chosen
-    if backend not in SAMPLER_EXPORTS:
-        return str(student_dir), backend, None
-    fmt, quant, runtime = SAMPLER_EXPORTS[backend]
-    out = ctx.run.root / f"iter-{t}" / f"sampler-{fmt}-{quant}"
-    if not (out / MANIFEST).is_file():  # a stopped export has none yet; export_model replaces its folder
-        with ctx.console.status(f"exporting the student to {fmt} {quant} for sampling"):
-            try:
-                export_model(str(student_dir), out, ExportConfig(format=fmt, quant=quant, threads=ctx.threads))
-            except ExportError as exc:
-                if chosen != "auto":
-                    raise
-                note = f"auto: {fmt} {quant} export failed, sampled with torch ({exc})"
-                ctx.console.print(f"[yellow]{note}[/yellow]")
-                return str(student_dir), "torch", note
-    return str(next(out.glob("*.gguf")) if fmt == "gguf" else out), runtime, None
-
-
 @contextmanager
 def own_sampler(ctx: RunContext, t: int, student_dir: Path, stage: str):
     """(generator, note) for iteration t's on-policy samples: a vLLM server on the student when the
@@ -148,7 +107,11 @@ def own_sampler(ctx: RunContext, t: int, student_dir: Path, stage: str):
         return
     import torch
 
-    model, backend, note = sampling_model(ctx, t, student_dir)
+    # Exported once into the sampled student's own folder (round-K/ or iter-(t-1)/sampler-FORMAT-QUANT), kept
+    # for a resume, and the same export its eval under eval.backend genai made (never iter-t/: iter-t's eval
+    # puts the export of iter-t's own student there).
+    model, backend, note = ctx.sampler_model(str(student_dir), student_dir.parent,
+                                             ctx.recipe.distill.self_guided.backend)
     torch.manual_seed(ctx.recipe.seed + t)  # the torch backend's sampling, reproducible per iteration
     gen = open_generator(model, backend, batch_size=ctx.recipe.eval.batch_size, threads=ctx.threads,
                          seed=ctx.recipe.seed + t)
@@ -204,7 +167,8 @@ def iterate(ctx: RunContext, problems: list[Problem], teacher_rows: list[dict], 
         student_dir = train_student(ctx, f"iter-{t}", rows)
         rounds[f"iter-{t}"] = evaluate_student(
             ctx, f"iter-{t}/eval", f"eval: iteration {t} student on held-out problems",
-            lambda s=student_dir: load_student(s), heldout, ctx.run.root / f"iter-{t}" / "eval" / "results.json")
+            lambda s=student_dir: load_student(s), heldout, ctx.run.root / f"iter-{t}" / "eval" / "results.json",
+            path=student_dir)
         info = ctx.run.stage(f"iter-{t}/sample")
         rounds[f"iter-{t}"].update(problems=len(problems), rationales=len(rows), sampling=info["strategies"],
                                    teacher_rows=info["teacher_rows"], self_rows=info["self_rows"])

@@ -21,11 +21,12 @@ def load_student(path: Path):
 
 def evaluate_student(ctx: RunContext, name: str, title: str, model_and_tok, heldout: list[Problem], out: Path,
                      path: Path | None = None) -> dict:
-    """The stage `name`: the student (`model_and_tok`, or a callable that loads it; `path` for a vLLM
-    sampler) answers the held-out problems into `out`; returns the stage's manifest record. With
+    """The stage `name`: the student (`model_and_tok`, or a callable that loads it; `path`, its folder, for
+    a vLLM sampler or an export under eval.backend; None: the base student) answers the held-out problems
+    into `out`; returns the stage's manifest record (with the backend it decoded with). With
     eval.calculator "both" it answers them again without the calculator into `<out.parent>/no-calculator/`."""
     def compute(info: dict) -> None:
-        with ctx.student_sampler(model_and_tok, path, name) as gen:
+        with ctx.student_sampler(model_and_tok, path, name, info) as gen:
             strategy = "auto" if is_tagged(ctx.recipe.distill.strategies) else "cot"
             with ctx.progress("answering held-out problems", len(heldout)) as advance:
                 report = evaluate(gen, {"heldout": heldout}, out, model=str(out.parent),
