@@ -36,6 +36,15 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def equal_length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Prompt indices grouped into batches of exactly equal length (no padding at all), shortest first."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    return [idx[s:s + batch_size] for n in sorted(groups) for idx in [groups[n]]
+            for s in range(0, len(idx), batch_size)]
+
+
 class BatchAnswers:
     """Answers and calculator counts gathered batch by batch (in length order), kept in prompt order;
     `stops`: each prompt's stop strings, where its answer is cut."""

@@ -11,17 +11,20 @@ from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_onnx_folder
 
 from toolkit.data.calculator import steer
-from toolkit.eval.backend import BatchAnswers, length_sorted_batches
+from toolkit.eval.backend import BatchAnswers, equal_length_batches
 from toolkit.eval.calc_decode import assistant_prefix, hf_sequence
 from toolkit.eval.prompts import render
 
 
 class GenaiGenerator:
-    """onnxruntime-genai's C++ generation loop over left-padded batches.
+    """onnxruntime-genai's C++ generation loop over batches of prompts of equal token length.
 
     Prompts are rendered and tokenized with the folder's HF tokenizer files (the same chat template
-    the torch backend applies), so every backend sees identical token ids. genai builds the
-    attention mask from the pad token, so batches are left-padded with the config's pad_token_id.
+    the torch backend applies), so every backend sees identical token ids. Batches are never padded:
+    with onnxruntime-genai 0.13.2 a left-padded row decodes differently from the same prompt alone (on
+    SmolLM2-135M fp32, 6 of 40 outputs identical to torch at batch 20 against 40 of 40 at batch 1,
+    bench/results/eval_backends.json; changing the pad token did not help), so only prompts of the same
+    length share a batch: a self-guided iteration's repeated samples, and prompts that happen to match.
     """
 
     name = "genai"
@@ -48,7 +51,6 @@ class GenaiGenerator:
             raise ModelError(f"onnxruntime-genai cannot load {path}: {str(exc).splitlines()[0]}") from None
         eos = meta.get("eos_token_id")
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.pad_id = meta.get("pad_token_id", next(iter(self.eos_ids)))
         self.context = int(meta.get("context_length", 2048))
         self.batch_size = batch_size
         self.seed = seed
@@ -59,11 +61,11 @@ class GenaiGenerator:
         rendered = [render(self.tok, p) for p in prompts]
         ids = [self.tok(text, add_special_tokens=False)["input_ids"] for text, _ in rendered]
         answers = BatchAnswers([stops for _, stops in rendered])
-        for idx in length_sorted_batches([len(i) for i in ids], self.batch_size):
-            width = max(len(ids[i]) for i in idx)
+        for idx in equal_length_batches([len(i) for i in ids], self.batch_size):
+            width = len(ids[idx[0]])
             if width + 1 > self.context:
                 raise ModelError(f"a prompt of {width} tokens does not fit the model's {self.context}-token context")
-            batch = np.array([[self.pad_id] * (width - len(ids[i])) + ids[i] for i in idx], dtype=np.int32)
+            batch = np.array([ids[i] for i in idx], dtype=np.int32)
             params = self.og.GeneratorParams(self.model)
             search = {"max_length": min(width + max_new_tokens, self.context), "batch_size": len(idx),
                       "do_sample": temperature > 0}
