@@ -436,10 +436,11 @@ class EvalConfig(_Section):
     backend: what the round evals and FDD feedback decode the student with. `torch`: the student folder in
       transformers, as before. `genai`: each student (the base too) is exported once to onnxruntime-genai
       fp32 (the same weights, no quantization) into `<round>/sampler-genai-fp32/` (the base:
-      `eval-base/`), reused by that round's eval and the next round's feedback, and decoded there (batched
-      C++ decoding). On SmolLM2-135M, 40 problems at batch 20, export included: 2.4x torch's speed, but
-      its left-padded rows decode differently (6/40 replies identical to torch's, 39/40 the same verdict;
-      at batch_size 1 all 40 identical, 0.8x torch): bench/results/eval_backends.json.
+      `eval-base/`), reused by that round's eval and the next round's feedback, and decoded there. genai
+      never pads a batch (its left-padded rows decoded differently: 6/40 replies identical to torch's at
+      batch 20), so distinct prompts decode one at a time: on SmolLM2-135M, 40 problems, export included,
+      all 40 replies identical to torch's at 0.8x its speed (bench/results/eval_backends.json); it pays
+      where prompts repeat (feedback_samples > 1). torch stays the default.
       `auto`: genai on a CPU machine, torch on a GPU (torch when the export fails, noted in the stage).
       Not genai with student.sampler vllm (vLLM is the sampler there).
     """
