@@ -33,6 +33,9 @@ from toolkit.pipeline.estimate import estimate
 from toolkit.teacher.ledger import summary_line
 
 
+LOG_WIDTH = 160  # characters per line of the final tables when the output is not a terminal
+
+
 def _quiet_libraries() -> None:
     """transformers/llama.cpp chatter (GGUF dequantization bars, TP notes) hides our own output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -47,7 +50,8 @@ def _quiet_libraries() -> None:
 def cmd_distill(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     check_deploy(recipe)  # before the dry run's plan and any teacher call: one line for a bad deploy section
-    console = Console(quiet=args.quiet)
+    # Redirected to a file or a CI log, rich would wrap the final table at 80 columns: give it room.
+    console = Console(quiet=args.quiet, width=None if sys.stdout.isatty() else LOG_WIDTH)
     if args.dry_run:
         cost = estimate(recipe)
         if args.json:
