@@ -51,7 +51,7 @@ def _strict_no_calculator(row: dict) -> str:
     return f"{row['strict_match_no_calculator']:.1%} ({lo:.1%}–{hi:.1%})"
 
 
-def _scores(rec: dict, key: str = "results") -> dict[str, bool] | str:
+def strict_scores(rec: dict, key: str = "results") -> dict[str, bool] | str:
     """Strict score per held-out id from the per-sample file beside the eval's results.json (`key`: the record's
     path to it; results_no_calculator for the eval without the calculator), or why there is none."""
     if not rec.get(key):
@@ -84,7 +84,7 @@ def compare(model: str, scores: dict[str, bool] | str, against: str, other: dict
 
 def add_paired(rows: list[dict], rounds: dict[str, dict]) -> list[dict]:
     """Each row's `paired` list: against round 0 and against the model before it (once if they are the same)."""
-    scores = {name: _scores(rec) for name, rec in rounds.items()}
+    scores = {name: strict_scores(rec) for name, rec in rounds.items()}
     for i, row in enumerate(rows):
         name = row["model"]
         refs = ["round-0"] if "round-0" in scores and name not in ("base", "round-0") else []
@@ -93,7 +93,7 @@ def add_paired(rows: list[dict], rounds: dict[str, dict]) -> list[dict]:
         row["paired"] = [compare(name, scores[name], ref, scores[ref]) for ref in refs]
         if "strict_match_no_calculator" in row:
             row["calculator_paired"] = compare(name, scores[name], "no calculator",
-                                               _scores(rounds[name], "results_no_calculator"))
+                                               strict_scores(rounds[name], "results_no_calculator"))
     return rows
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from toolkit.core.errors import RecipeError, ToolkitError
-from toolkit.core.jsonio import atomic_write_json, atomic_write_text, read_jsonl
+from toolkit.core.jsonio import atomic_write_json, atomic_write_text
 from toolkit.core.recipe import DeployConfig, DeployFormat, Recipe
 from toolkit.core.stats import wilson_interval
 from toolkit.data.problems import Problem
@@ -26,7 +26,7 @@ from toolkit.eval.generate import open_generator
 from toolkit.eval.remote import parse_remote
 from toolkit.eval.report import build_report, deploy_table
 from toolkit.eval.roofline import folder_size
-from toolkit.eval.rounds_report import SAMPLES, compare
+from toolkit.eval.rounds_report import compare, strict_scores
 from toolkit.export.bundle import bundle_name, write_bundle
 from toolkit.export.model_card import run_card
 from toolkit.export.config import ExportConfig
@@ -271,19 +271,9 @@ class _Export:
                lambda: None)
 
 
-def _strict_by_id(results: str | Path | None) -> dict[str, bool] | str:
-    """Strict score per held-out id from the per-sample file beside an eval's results.json, or why there is none."""
-    if not results:
-        return "no per-sample file recorded"
-    path = Path(results).parent / SAMPLES
-    if not path.is_file():
-        return f"no per-sample file {path}"
-    return {str(r["id"]): bool(r["strict_match"]) for r in read_jsonl(path)}
-
-
 def _reference(name: str, record: dict, ids: list[str]) -> tuple[dict, dict[str, bool] | str]:
     """The fp32 student's figures on the evaluated ids, and its scores there (or why there are none)."""
-    scores = _strict_by_id(record.get("results"))
+    scores = strict_scores(record)
     ref = {"model": name, "format": "torch", "quant": "fp32", "results": record.get("results")}
     if isinstance(scores, str):
         return {**ref, "n": record.get("n"), "strict_match": record.get("strict_match"), "strict_ci95": None}, scores
@@ -304,7 +294,7 @@ def _row(ex: _Export, error: str | None, against: str, ref_scores: dict[str, boo
         res = json.loads(Path(rec["eval"]["results"]).read_text())["results"]["heldout"]
         row.update(n=res["n"], strict_match=res["strict_match"], strict_ci95=res["strict_match_ci95"],
                    flexible_extract=res["flexible_extract"])
-        paired = compare(ex.fmt.name, _strict_by_id(rec["eval"]["results"]), against, ref_scores)
+        paired = compare(ex.fmt.name, strict_scores(rec["eval"]), against, ref_scores)
         row["paired"] = paired
         if "ci95" in paired:
             row["drop_upper_points"] = round(-100 * paired["ci95"][0], 2) + 0.0  # + 0.0: no "-0.0"
