@@ -23,6 +23,7 @@ from toolkit.eval.bench import markdown as bench_markdown
 from toolkit.eval.bench import resolve_local
 from toolkit.eval.bench_runner import detect
 from toolkit.eval.roofline import model_facts, ratio_text
+from toolkit.eval.rounds_report import difference_text
 from toolkit.eval.rounds_report import markdown_table as rounds_table
 from toolkit.eval.rounds_report import paired_table
 from toolkit.eval.rounds_report import plot_rounds
@@ -351,15 +352,12 @@ def _cell(value, fmt: str, scale: float | None = None) -> str:
     return format(value + 0.0 if isinstance(value, float) else value, fmt)  # + 0.0: no "-0.0"
 
 
-def _paired_cells(row: dict) -> list[str]:
+def paired_cells(row: dict) -> list[str]:
     """difference vs the fp32 student, points (95% CI), and the McNemar p; the reason where it was not paired."""
     c = row.get("paired")
     if not c:
         return ["–", "–"]
-    if "refused" in c:
-        return [f"not paired: {c['refused']}", "–"]
-    lo, hi = c["ci95"]
-    return [f"{100 * c['difference']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})", f"{c['mcnemar_p']:.3g}"]
+    return [difference_text(c), "–" if "refused" in c else f"{c['mcnemar_p']:.3g}"]
 
 
 def _deploy_line(label: str, r: dict, paired: list[str], parity: str, picked: str) -> str:
@@ -387,7 +385,7 @@ def deploy_table(dep: dict) -> str:
              _deploy_line(f"{ref['model']} (fp32 student)", ref, ["reference", "–"], "–", "")]
     for r in dep["rows"]:
         passed = (r.get("parity") or {}).get("passed")
-        lines.append(_deploy_line(r["name"], r, _paired_cells(r), {True: "✓", False: "✗"}.get(passed, "–"),
+        lines.append(_deploy_line(r["name"], r, paired_cells(r), {True: "✓", False: "✗"}.get(passed, "–"),
                                   "✓" if r["name"] == pick.get("chosen") else ""))
     lines.append("")
     failed = [f"- {r['name']} failed: {r['error']}" for r in dep["rows"] if r.get("error")]

@@ -97,12 +97,19 @@ def add_paired(rows: list[dict], rounds: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def difference_text(c: dict) -> str:
+    """A paired comparison's difference in points with its 95% interval, as every table shows it:
+    "+2.5 (-5.0 to +10.0)"; the reason where the two were not paired."""
+    if "refused" in c:
+        return f"not paired: {c['refused']}"
+    lo, hi = c["ci95"]
+    return f"{100 * c['difference']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
+
+
 def _paired_cells(c: dict) -> list[str]:
     if "refused" in c:
-        return ["–", f"not paired: {c['refused']}", "–", "–", "–"]
-    lo, hi = c["ci95"]
-    return [str(c["n"]), f"{100 * c['difference']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})",
-            str(c["only_model"]), str(c["only_against"]), f"{c['mcnemar_p']:.3g}"]
+        return ["–", difference_text(c), "–", "–", "–"]
+    return [str(c["n"]), difference_text(c), str(c["only_model"]), str(c["only_against"]), f"{c['mcnemar_p']:.3g}"]
 
 
 def paired_table(rows: list[dict]) -> str:

@@ -13,6 +13,7 @@ from toolkit.core.jsonio import atomic_write_text
 from toolkit.core.models import ALIASES, PACKAGED, hub_license, origin_hub_id
 from toolkit.data.strategies import training_prompt
 from toolkit.data.suites import SUITES
+from toolkit.eval.report import paired_cells
 from toolkit.eval.rounds_report import calculator_table, markdown_table, paired_table
 
 CARD = "README.md"  # the file name a model hub renders as the card
@@ -142,13 +143,7 @@ def _exports_table(deploy: dict) -> list[str]:
         if r.get("error"):
             lines.append(f"| {r['name']} | failed: {r['error']} | – | – | – | – | – | – | – | no | no |")
             continue
-        p = r.get("paired") or {"refused": "not paired"}
-        if "refused" in p:
-            diff, mcnemar = p["refused"], "–"
-        else:
-            lo, hi = p["ci95"]
-            diff = f"{100 * p['difference']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
-            mcnemar = f"{p['mcnemar_p']:.3g}"
+        diff, mcnemar = paired_cells(r)
         speed = [f"{r[k]:.1f}" if r.get(k) is not None else "–" for k in ("decode_tok_s", "prefill_tok_s", "ttft_ms")]
         lines.append(f"| {r['name']} | {r['size_bytes'] / 1e6:.1f} MB | {r['n']} | "
                      f"{_ci(r['strict_match'], r['strict_ci95'])} | {diff} | {mcnemar} | {' | '.join(speed)} | "

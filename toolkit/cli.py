@@ -22,7 +22,7 @@ from toolkit.core.storage import write_failure
 from toolkit.eval.bench import run_sweep
 from toolkit.eval.command import run_eval
 from toolkit.eval.config import BenchConfig, EvalConfig
-from toolkit.eval.report import build_report
+from toolkit.eval.report import build_report, paired_cells
 from toolkit.eval.rounds_report import round_rows
 from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
@@ -142,9 +142,7 @@ def _export_cells(r: dict, chosen: str | None) -> dict[str, str]:
     if r["error"]:
         return {"student": name, "strict match (95% CI)": "failed"}
     lo, hi = r["strict_ci95"]
-    p = r["paired"] or {}
-    diff = (f"{100 * p['difference']:+.1f} ({100 * p['ci95'][0]:+.1f} to {100 * p['ci95'][1]:+.1f})" if "ci95" in p
-            else "not paired")
+    diff = paired_cells(r)[0]
     return {"student": name, "strict match (95% CI)": f"{r['strict_match']:.1%} ({lo:.0%}–{hi:.0%})",
             "flexible extract": f"{r['flexible_extract']:.1%}", "n": str(r["n"]), "vs student, points (95% CI)": diff,
             "decode tok/s": "–" if r["decode_tok_s"] is None else f"{r['decode_tok_s']:.1f}",
