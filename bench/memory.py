@@ -10,11 +10,11 @@ interleaved (A B C D A B C D ...) so that a machine that slows down mid-run slow
 
     python bench/memory.py --steps 4 --reps 2 --out bench/results/memory/student_stages.json
 
-Variants: "old" = logits at every position, no activation checkpointing, glibc malloc as it comes,
-nothing released between stages (the engine before issue 19); "old+release" = old plus freed memory
-returned (pinned mmap threshold, malloc_trim between stages); "answer" = that plus logits at answer
-positions only; "answer+gc" = that plus gradient checkpointing (the new CPU default); "full+gc" =
-checkpointing without answer-only logits. `--variants` picks a subset.
+Variants (VARIANTS below): "old" = logits at every position, no activation checkpointing, the whole
+batch in one pass, fp32, AdamW's foreach path, glibc malloc as it comes, nothing released between
+stages (the engine before issue 19); "answer+gc" = logits at answer positions only, checkpointing, heap
+pinned in training and freed between stages (the session-6 default); then fused AdamW, one sequence per
+pass (micro-batch 1) and bf16 autocast added one by one, and without checkpointing. `--variants` picks a subset.
 """
 from __future__ import annotations
 
@@ -33,10 +33,22 @@ from _common import emit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-# name: (logits at answer positions only, gradient checkpointing, release memory between stages and pin
-# glibc's mmap threshold, toolkit/core/memory.py)
-VARIANTS = {"old": (False, False, False), "old+release": (False, False, True), "full+gc": (False, True, True),
-            "answer": (True, False, True), "answer+gc": (True, True, True)}
+# name: settings. answer: logits at answer positions only; gc: gradient checkpointing; release: pin glibc's
+# mmap threshold in training and free memory between stages (toolkit/core/memory.py); micro: sequences per
+# forward/backward pass (None: the whole batch); precision: train.precision; fused: fused AdamW.
+_OLD = dict(answer=False, gc=False, release=False, micro=None, precision="fp32", fused=False)
+VARIANTS = {
+    "old": _OLD,
+    "old+release": {**_OLD, "release": True},
+    "full+gc": {**_OLD, "gc": True, "release": True},
+    "answer": {**_OLD, "answer": True, "release": True},
+    "answer+gc": {**_OLD, "answer": True, "gc": True, "release": True},
+    "answer+gc+fused": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True},
+    "answer+gc+fused+micro1": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "micro": 1},
+    "answer+fused+micro1": {**_OLD, "answer": True, "release": True, "fused": True, "micro": 1},
+    "bf16+gc": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "micro": 1, "precision": "bf16"},
+    "bf16": {**_OLD, "answer": True, "release": True, "fused": True, "micro": 1, "precision": "bf16"},
+}
 
 
 def busy_cores(seconds: float = 2.0) -> float:
@@ -81,7 +93,8 @@ def one(variant: str, args) -> dict:
     from toolkit.data.strategies import training_prompt
     from toolkit.training.train import train
 
-    answer_only, checkpointing, release = VARIANTS[variant]
+    v = VARIANTS[variant]
+    answer_only, checkpointing, release = v["answer"], v["gc"], v["release"]
     torch.set_num_threads(args.threads)
     stages = {}
 
@@ -106,10 +119,11 @@ def one(variant: str, args) -> dict:
             model, tok = load_model_and_tokenizer(resolve_model(args.model))
         examples = _examples(tok, args.examples, args.seq_len, args.seed)
         cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=1e-4,
-                          threads=args.threads, checkpoint_every=0, gradient_checkpointing=checkpointing)
+                          threads=args.threads, checkpoint_every=0, gradient_checkpointing=checkpointing,
+                          micro_batch_size=v["micro"] or args.batch, precision=v["precision"])
         with stage("train"):
             stats = train(model, tok, examples, cfg, Path(tmp) / "student", seed=args.seed,
-                          answer_only=answer_only, pin_heap=release)
+                          answer_only=answer_only, pin_heap=release, fused_optimizer=v["fused"])
         stages["train"].update(tokens_per_s=stats["tokens_per_s"], tokens=stats["tokens"],
                                final_loss=stats["final_loss"], first_loss=stats["first_loss"])
         if release:
@@ -126,8 +140,7 @@ def one(variant: str, args) -> dict:
                                 max_new_tokens=args.max_new_tokens)
         stages["eval"]["problems"] = len(outs)
         stages["eval"]["output_sha"] = __import__("hashlib").sha256("\n".join(outs).encode()).hexdigest()[:16]
-    return {"variant": variant, "answer_only": answer_only, "gradient_checkpointing": checkpointing,
-            "release_between_stages": release, "stages": stages}
+    return {"variant": variant, "settings": v, "stages": stages}
 
 
 def main() -> None:

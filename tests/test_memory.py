@@ -131,3 +131,61 @@ def test_manifest_records_peak_memory_for_every_stage(tmp_path, tiny_model_dir, 
         assert stage["peak_rss_method"] == "vmhwm", name
     assert manifest["peak_rss_bytes"] >= max(s["peak_rss_bytes"] for s in stages.values())
     assert "peak memory" in r.stdout and " GB" in r.stdout
+
+
+def _tiny(tiny_model_dir):
+    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.core.models import resolve_model
+
+    model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
+    return model, tok, [tokenize_example(tok, [{"role": "user", "content": q}], a, 64) for q, a in QA]
+
+
+def test_micro_batches_split_each_batch_and_train_the_same_weights(tiny_model_dir, tmp_path):
+    curves, rows = {}, {}
+    for micro in (2, 1):
+        model, tok, examples = _tiny(tiny_model_dir)
+        seen = []
+        model.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+        cfg = TrainConfig(max_steps=2, batch_size=2, seq_len=64, threads=1, checkpoint_every=0,
+                          micro_batch_size=micro, precision="fp32")
+        stats = train(model, tok, examples, cfg, tmp_path / f"micro-{micro}", seed=0)
+        curves[micro], rows[micro] = [r["loss"] for r in stats["curve"]], seen
+    assert max(rows[2]) == 2  # seq_len 64 leaves at least 2 packed sequences to split
+    assert rows[1] == [1] * sum(rows[2])  # the same sequences, one per pass
+    assert curves[1] == pytest.approx(curves[2], rel=1e-5)
+
+
+def test_bf16_precision_runs_the_matmuls_in_bf16_and_keeps_the_student_fp32(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        model, tok, examples = _tiny(tiny_model_dir)
+        dtypes = set()
+        model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, args, out: dtypes.add(out.dtype))
+        cfg = TrainConfig(max_steps=3, batch_size=2, seq_len=64, threads=1, checkpoint_every=0, precision=precision)
+        stats = train(model, tok, examples, cfg, tmp_path / precision, seed=0)
+        assert stats["precision"] == precision
+        assert dtypes == {torch.bfloat16 if precision == "bf16" else torch.float32}
+        saved = AutoModelForCausalLM.from_pretrained(tmp_path / precision, torch_dtype="auto")
+        assert {p.dtype for p in saved.parameters()} == {torch.float32}
+        curves[precision] = [r["loss"] for r in stats["curve"]]
+    assert curves["bf16"] != curves["fp32"]  # a different arithmetic, not a relabelled fp32 run
+    assert curves["bf16"] == pytest.approx(curves["fp32"], rel=0.05)
+
+
+def test_adamw_is_fused(tiny_model_dir, tmp_path, monkeypatch):
+    made = []
+
+    class Spy(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("fused"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Spy)
+    for fused in (True, False):
+        model, tok, examples = _tiny(tiny_model_dir)
+        cfg = TrainConfig(max_steps=1, batch_size=2, seq_len=64, threads=1, checkpoint_every=0)
+        train(model, tok, examples, cfg, tmp_path / f"fused-{fused}", seed=0, fused_optimizer=fused)
+    assert made == [True, False]

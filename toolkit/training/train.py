@@ -162,9 +162,19 @@ def use_gradient_checkpointing(setting, device: torch.device) -> bool:
     return bool(setting)
 
 
+def micro_batches(share: list, size: int | None) -> list[list]:
+    """This process's share of a batch in the chunks one forward and backward pass each take.
+
+    train.micro_batch_size: activations grow with the sequences in one pass, the update does not
+    change (losses are summed and divided by the step's token count either way). None: the whole share.
+    """
+    size = size or len(share)
+    return [share[i:i + size] for i in range(0, len(share), size)]
+
+
 def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
           log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None,
-          answer_only: bool = True, pin_heap: bool = True) -> dict:
+          answer_only: bool = True, pin_heap: bool = True, fused_optimizer: bool = True) -> dict:
     """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`.
 
     The folder appears only when complete (written beside it, then renamed). Every
@@ -173,8 +183,8 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     with the same weights as an uninterrupted run. Under torchrun / accelerate launch each process
     trains on its share of every batch (see toolkit/training/dist.py). Returns statistics: steps, tokens
     seen, loss curve, seconds, and `resumed_from_step` when it resumed. `answer_only=False` computes
-    the logits at every position, the old path; `pin_heap=False` leaves glibc's malloc as it was
-    (bench/memory.py compares them).
+    the logits at every position, the old path; `pin_heap=False` leaves glibc's malloc as it was;
+    `fused_optimizer=False` takes AdamW's foreach path (bench/memory.py compares them).
     """
     rank, world = dist.setup()
     device = dist.device()
@@ -200,7 +210,12 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     steps = planned_steps(len(bins), cfg)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel per parameter instead of foreach's temporary copies of every gradient-sized
+    # list (~0.3 GB at the step for SmolLM2-135M, the step being the peak under checkpointing).
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=fused_optimizer and device.type in ("cpu", "cuda")
+                            and all(p.dtype.is_floating_point for p in params))
+    amp = torch.bfloat16 if cfg.precision == "bf16" else None  # autocast's matmul dtype; None: plain fp32
     warmup = int(steps * cfg.warmup_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (steps - s) / max(1, steps - warmup)))
@@ -229,13 +244,13 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
         step_tokens = 0
         for batch in micro:
             mine = batch[rank::world]  # this process's share of the global batch
-            if not mine:
-                continue
-            t = {k: v.to(device) for k, v in collate(mine, pad_id).items()}
-            loss_sum = batch_loss(model, t, answer_only)
-            (loss_sum / max(1, n_tokens)).backward()
-            step_loss += loss_sum.detach().double().cpu()
-            step_tokens += int(t["input_ids"].numel())
+            for chunk in micro_batches(mine, cfg.micro_batch_size) if mine else []:
+                t = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    loss_sum = batch_loss(model, t, answer_only)
+                (loss_sum / max(1, n_tokens)).backward()
+                step_loss += loss_sum.detach().double().cpu()
+                step_tokens += sum(len(e.input_ids) for b in chunk for e in b)  # real tokens, not padding
         if world > 1:
             dist.sum_gradients(params)
             step_loss, step_tokens = dist.sum_scalars(step_loss, step_tokens)
@@ -268,7 +283,7 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     stats = {"steps": steps, "examples": len(examples), "packed_sequences": len(bins), "tokens": tokens,
              "tokens_per_s": round(tokens / seconds, 1), "final_loss": curve[-1]["loss"],
              "first_loss": curve[0]["loss"], "train_seconds": round(seconds, 2), "processes": world,
-             "gradient_checkpointing": checkpointing, "curve": curve}
+             "gradient_checkpointing": checkpointing, "precision": "bf16" if amp else "fp32", "curve": curve}
     if done:
         stats["resumed_from_step"] = done
     return stats
@@ -277,10 +292,11 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
 def _fingerprint(examples: list[Example], cfg: TrainConfig, seed: int) -> str:
     """What a checkpoint must match to be resumed: the data, the seed and the settings that shape training."""
     h = hashlib.sha256()
-    # Thread/process counts, the checkpoint interval and activation checkpointing (a recompute, same
-    # gradients) change neither the data order nor the steps.
+    # Thread/process counts, the checkpoint interval, activation checkpointing (a recompute, same
+    # gradients) and the micro-batch size (same summed gradients) change neither the data order nor the steps.
     h.update(json.dumps([seed, cfg.model_dump(exclude={"threads", "processes", "nodes", "master_addr", "master_port",
-                                                     "checkpoint_every", "gradient_checkpointing"})],
+                                                     "checkpoint_every", "gradient_checkpointing",
+                                                     "micro_batch_size"})],
                         sort_keys=True).encode())
     for e in examples:
         h.update(json.dumps([e.input_ids, e.labels]).encode())
