@@ -319,6 +319,15 @@ class DistillConfig(_Section):
     label_solves: n, teacher solutions per generated problem for the self-consistency vote.
     vote_fraction / vote_min: a generated problem is kept when its majority answer has at least this
         share of the n solutions and at least this many votes.
+    label_check: a second test of each generated problem's label. `none`: the vote alone decides. `pot`
+        (cross-strategy agreement): the vote counts the CoT / L2M solutions only, and a problem that passes
+        it is kept only when a strict majority of its PoT programs, run in the sandbox, give the same answer
+        (a program that fails or sets no answer counts against: of one program, it must agree; of two, both;
+        of three, two). The PoT programs are pot's share of the n solutions when pot is a strategy; otherwise
+        (or when n is too small to reach pot) the teacher writes one extra program for each problem that
+        passed the vote, at teacher.temperature. PoT rows enter training only when pot is a strategy.
+        round-K/votes.jsonl records each problem's PoT answers and the check's verdict, the labels stage
+        how many problems the check rejected.
     dedup_ngram / dedup_threshold: word n-gram Jaccard similarity at which two problems are
         near-duplicates (only the first is kept).
     leakage_ngram: a generated problem sharing a word n-gram of this length with any evaluation
@@ -350,6 +359,7 @@ class DistillConfig(_Section):
     label_solves: int = Field(4, ge=1)
     vote_fraction: float = Field(0.5, gt=0, le=1)
     vote_min: int = Field(2, ge=1)
+    label_check: Literal["none", "pot"] = "none"
     dedup_ngram: int = Field(3, ge=1)
     dedup_threshold: float = Field(0.7, gt=0, le=1)
     leakage_ngram: int = Field(13, ge=4)
@@ -374,6 +384,23 @@ class DistillConfig(_Section):
             raise ValueError(f"vote_min {self.vote_min} can never be reached with label_solves {self.label_solves}")
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"strategies repeat one: {self.strategies}")
+        return self
+
+    @model_validator(mode="after")
+    def _label_check_has_a_vote(self) -> DistillConfig:
+        if self.label_check == "none":
+            return self
+        if self.strategies == ["pot"]:
+            raise ValueError("label_check pot checks PoT programs against the CoT / L2M majority, and strategies "
+                             "[pot] has none; add cot or l2m to strategies, or use label_check: none")
+        # Solve j uses strategy j mod m in the order cot, l2m, pot (toolkit/pipeline/fdd.py): pot, last, gets
+        # solves m-1, 2m-1, ...; the vote counts the others.
+        m = len(self.strategies)
+        voters = self.label_solves - (len(range(m - 1, self.label_solves, m)) if "pot" in self.strategies else 0)
+        if self.vote_min > voters:
+            raise ValueError(f"vote_min {self.vote_min} can never be reached: label_check pot votes with the "
+                             f"{voters} CoT / L2M solve(s) of label_solves {self.label_solves}; raise label_solves "
+                             f"or lower vote_min")
         return self
 
     @model_validator(mode="after")
@@ -537,7 +564,7 @@ class DeployConfig(_Section):
 # recipe's digest and a resume refuses a different one (RunDir.open), so such a field left at its default is
 # dropped from the digest: runs made before it existed still resume, and setting it changes the digest.
 LATE_FIELDS: tuple[tuple[str, str], ...] = (("eval", "backend"), ("train", "micro_batch_size"),
-                                            ("train", "precision"))
+                                            ("train", "precision"), ("distill", "label_check"))
 
 
 class Recipe(_Section):

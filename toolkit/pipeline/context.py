@@ -77,9 +77,10 @@ class RunContext:
         self._ledger: Ledger | None = None  # the teacher requests of the stage that is running
 
     def _check_sandbox(self) -> dict | None:
-        """With PoT, fail before any teacher call when its programs cannot run confined and the recipe did
-        not choose `sandbox: unsafe` (one line naming the fix); returns what the manifest records."""
-        if "pot" not in self.recipe.distill.strategies:
+        """With PoT (a strategy, or distill.label_check pot), fail before any teacher call when its programs
+        cannot run confined and the recipe did not choose `sandbox: unsafe` (one line naming the fix); returns
+        what the manifest records."""
+        if "pot" not in self.recipe.distill.strategies and self.recipe.distill.label_check != "pot":
             return None
         mode = self.recipe.distill.sandbox
         confined = prepare(mode)

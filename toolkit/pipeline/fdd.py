@@ -1,6 +1,7 @@
 """FDD rounds after round 0: student feedback, teacher-written new problems, self-consistency labels."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from toolkit.data.strategies import (STRATEGIES, clean_solution, final_answers, 
 from toolkit.data.voting import majority_vote
 from toolkit.pipeline.context import RunContext
 from toolkit.pipeline.student import load_student
+from toolkit.teacher.teachers import OpenAITeacher
 
 
 def classify(answers: list[str | None], gold: str, threshold: float) -> str:
@@ -162,50 +164,93 @@ def plot_overlap(report: dict, title: str, path: Path) -> None:
     save_png(fig, path)
 
 
+def pot_agrees(pot_answers: list[str | None], label: str) -> bool:
+    """label_check pot: a strict majority of the PoT programs' answers match the CoT / L2M majority `label`
+    (a program that failed or set no answer counts against; no program at all never agrees)."""
+    return 2 * sum(answers_match(a, label) for a in pot_answers) > len(pot_answers)
+
+
+def _solve(teacher: OpenAITeacher, questions: list[Problem], per: dict[str, int], temperature: float,
+           advance: Callable[[int], None]) -> list[list[tuple[str, str | None]]]:
+    """(strategy, cleaned solution) pairs of every question: per[s] solves with each strategy s."""
+    solved: list[list[tuple[str, str | None]]] = [[] for _ in questions]
+    for s, count in per.items():
+        if count:
+            texts = teacher.complete([teacher_messages(q.question, s) for q in questions], n=count,
+                                     temperature=temperature, on_done=lambda: advance(1))
+            for i, outs in enumerate(texts):
+                solved[i] += [(s, clean_solution(s, t)) for t in outs]
+    return solved
+
+
 def pseudo_label(ctx: RunContext, k: int, questions: list[Problem]) -> tuple[list[Problem], list[dict]]:
     """The teacher solves each new problem n times (the n solves spread over the recipe's strategies in
     turn); a majority answer with enough agreement becomes its label, and the solutions that reach it
-    become training rows."""
+    become training rows. With distill.label_check pot the vote counts the CoT / L2M solves, and a
+    question that passes is kept only when its PoT programs agree (pot_agrees): pot's own solves, or one
+    extra PoT request for each such question when pot has none."""
     cfg = ctx.recipe.distill
     rdir = ctx.run.round_dir(k)
     n = cfg.label_solves
+    check = cfg.label_check == "pot"
 
     def compute(info: dict) -> None:
         strategies = [s for s in STRATEGIES if s in cfg.strategies]
         # Solve j uses strategy j mod |strategies|: the same n requests whatever the strategy count.
         per = {s: len(range(i, n, len(strategies))) for i, s in enumerate(strategies)}
-        solved: list[list[tuple[str, str]]] = [[] for _ in questions]
+        solved: list[list[tuple[str, str | None]]] = [[] for _ in questions]
+        answers: list[list[str | None]] = [[] for _ in questions]
+        votes, checked = [], []  # checked: indices of the questions that got an extra PoT request
         if questions:
-            with ctx.teacher() as teacher, ctx.progress("labelling requests", len(questions) * n) as advance:
-                for s in strategies:
-                    if per[s]:
-                        texts = teacher.complete([teacher_messages(q.question, s) for q in questions], n=per[s],
-                                                 temperature=ctx.recipe.teacher.temperature,
-                                                 on_done=lambda: advance(1))
-                        for i, outs in enumerate(texts):
-                            solved[i] += [(s, clean_solution(s, t)) for t in outs]
-        flat_answers = solution_answers([pair for pairs in solved for pair in pairs])
-        accepted, rows, votes, at = [], [], [], 0
-        for q, pairs in zip(questions, solved):
-            answers = flat_answers[at:at + len(pairs)]
-            at += len(pairs)
-            vote = majority_vote(answers, cfg.vote_fraction, cfg.vote_min)
-            votes.append({"id": q.id, "answers": answers, "strategies": [s for s, _ in pairs],
-                          "answer": vote.answer, "votes": vote.votes, "agreement": vote.agreement,
-                          "accepted": vote.accepted})
-            if not vote.accepted:
+            temperature = ctx.recipe.teacher.temperature
+            with ctx.teacher() as teacher:
+                with ctx.progress("labelling requests", len(questions) * n) as advance:
+                    solved = _solve(teacher, questions, per, temperature, advance)
+                flat = solution_answers([pair for pairs in solved for pair in pairs])
+                at = 0
+                for i, pairs in enumerate(solved):
+                    answers[i] = flat[at:at + len(pairs)]
+                    at += len(pairs)
+                    voters = [a for (s, _), a in zip(pairs, answers[i]) if not (check and s == "pot")]
+                    votes.append(majority_vote(voters, cfg.vote_fraction, cfg.vote_min))
+                if check and not per.get("pot"):
+                    # Only questions whose vote passed are worth a program: the check can only reject.
+                    checked = [i for i, v in enumerate(votes) if v.accepted]
+                    if checked:
+                        with ctx.progress("PoT check requests", len(checked)) as advance:
+                            extra = [pairs[0] for pairs in _solve(teacher, [questions[i] for i in checked],
+                                                                  {"pot": 1}, temperature, advance)]
+                        for i, pair, answer in zip(checked, extra, solution_answers(extra)):
+                            solved[i].append(pair)
+                            answers[i].append(answer)
+        accepted, rows, votes_out, check_rejected = [], [], [], 0
+        for q, pairs, ans, vote in zip(questions, solved, answers, votes):
+            row = {"id": q.id, "answers": ans, "strategies": [s for s, _ in pairs], "answer": vote.answer,
+                   "votes": vote.votes, "agreement": vote.agreement, "accepted": vote.accepted}
+            if check:
+                pot_answers = [a for (s, _), a in zip(pairs, ans) if s == "pot"]
+                # None: the vote failed, so the check never ran.
+                passed = pot_agrees(pot_answers, vote.answer) if vote.accepted else None
+                check_rejected += passed is False
+                row.update(pot_answers=pot_answers, check_passed=passed, accepted=bool(passed))
+            votes_out.append(row)
+            if not row["accepted"]:
                 continue
-            labelled = Problem(q.id, q.question, vote.answer, q.source, q.origin)
-            accepted.append(labelled)
+            accepted.append(Problem(q.id, q.question, vote.answer, q.source, q.origin))
+            # An extra PoT program becomes a training row only when the student learns pot.
             rows += [{"problem_id": q.id, "strategy": s, "messages": training_prompt(q.question, cfg.strategies),
                       "completion": training_completion(s, c, cfg.strategies)}
-                     for (s, c), a in zip(pairs, answers) if c and answers_match(a, vote.answer)]
+                     for (s, c), a in zip(pairs, ans) if c and s in cfg.strategies and answers_match(a, vote.answer)]
         write_jsonl(rdir / "generated.jsonl", accepted)
-        atomic_write_jsonl(rdir / "votes.jsonl", votes)
+        atomic_write_jsonl(rdir / "votes.jsonl", votes_out)
         atomic_write_jsonl(rdir / "new_train.jsonl", rows)
         info.update(questions=len(questions), accepted=len(accepted), rejected=len(questions) - len(accepted),
                     new_rationales=len(rows))
+        if check:
+            info.update(label_check="pot", check_rejected=check_rejected, check_requests=len(checked))
 
-    return ctx.cached_stage(f"round-{k}/labels", f"teacher: {n} solutions for each of {len(questions)} new problems",
-                            compute,
+    title = f"teacher: {n} solutions for each of {len(questions)} new problems"
+    if check:
+        title += ", kept when the PoT program agrees"
+    return ctx.cached_stage(f"round-{k}/labels", title, compute,
                             lambda: (read_jsonl(rdir / "generated.jsonl"), read_rows(rdir / "new_train.jsonl")))
