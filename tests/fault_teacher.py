@@ -16,8 +16,11 @@ A body that has failed `--max-faults` times is answered from then on, so a seede
 exhaust a client's retries by chance. Answers are derived from the request: a solve request gets a
 rationale ending in the right number for the arithmetic question it asks (wrong for one seed in
 four, so votes and answer filters have something to do); a question-writing request gets new
-arithmetic word problems this server can solve. Every attempt is one JSON line in the log
-(`body`, `attempt`, `fault`, `auth`, `t0` arrival, `t` end); `fault` is "ok" once the answer was written whole,
+arithmetic word problems this server can solve. With `--pot-programs` a PoT solve request (its
+system prompt asks for a Python program) gets a program that sets `answer` to that number instead;
+`--script` rules (JSON, see `scripted`) give chosen questions, strategies and sample seeds a fixed
+reply. Every attempt is one JSON line in the log (`body`, `attempt`, `fault`, `auth`, `t0` arrival,
+`t` end); `fault` is "ok" once the answer was written whole,
 and such a line also holds the `usage` the reply reported (prompt words, reply words).
 
 With `--api-key-env VAR`, a request without `Authorization: Bearer $VAR` is refused with 401; with `--echo-auth`
@@ -83,8 +86,29 @@ def _new_questions(m: int, harder: bool, rng: random.Random) -> list[str]:
     return out
 
 
-def answer(body: dict) -> str:
-    """The deterministic reply to a chat request: new problems or a rationale."""
+def strategy_of(body: dict) -> str:
+    """Which strategy a solve request asks for, read from its system prompt (toolkit/data/strategies.py)."""
+    system = next((m["content"] for m in body.get("messages", []) if m.get("role") == "system"), "")
+    return "pot" if "Python program" in system else "l2m" if "sub-questions" in system else "cot"
+
+
+def scripted(body: dict, script: list[dict]) -> str | None:
+    """The reply of the first script rule that fits the request, else None. A rule is {"match": text in the
+    last user message, "reply": text} with optional "strategy" (cot, l2m, pot) and "seed" (the sample's)."""
+    user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+    strategy, seed = strategy_of(body), body.get("seed")
+    for rule in script:
+        if rule["match"] in user and rule.get("strategy", strategy) == strategy and rule.get("seed", seed) == seed:
+            return rule["reply"]
+    return None
+
+
+def answer(body: dict, script: list[dict] | None = None, pot_programs: bool = False) -> str:
+    """The deterministic reply to a chat request: a scripted reply, new problems, a program (a PoT request,
+    with `pot_programs`) or a rationale."""
+    reply = scripted(body, script or [])
+    if reply is not None:
+        return reply
     user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
     rng = random.Random(digest(body))
     ask = re.match(r"Write (\d+) (harder|new)", user)
@@ -94,6 +118,8 @@ def answer(body: dict) -> str:
     right = solve(user)
     wrong = int(body.get("seed", 0)) % 4 == 3  # one sample index in four answers wrong
     nums = re.findall(r"\d+", user)
+    if pot_programs and strategy_of(body) == "pot":
+        return f"```python\nnumbers = [{', '.join(nums)}]\nanswer = {right + 1 if wrong else right}\n```"
     work = f"From the numbers {', '.join(nums)} we work it out step by step." if nums else "We think."
     return f"{work}\nThe answer is {right + 1 if wrong else right}."
 
@@ -115,6 +141,8 @@ class _State:
         self.max_faults = args.max_faults
         self.api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
         self.echo_auth = args.echo_auth
+        self.script: list[dict] = json.loads(args.script)
+        self.pot_programs = args.pot_programs
         self.log = open(args.log, "a", buffering=1)
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
@@ -232,12 +260,14 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, self._completion(body))
             with st.lock:
                 st.answered += 1
-            row["usage"] = usage(body, answer(body))
+            row["usage"] = usage(body, self._reply(body))
         st.record(**row, fault=fault)
 
-    @staticmethod
-    def _completion(body: dict) -> bytes:
-        text = answer(body)
+    def _reply(self, body: dict) -> str:
+        return answer(body, self.state.script, self.state.pot_programs)
+
+    def _completion(self, body: dict) -> bytes:
+        text = self._reply(body)
         return json.dumps({
             "id": "chatcmpl-" + digest(body), "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),
@@ -251,7 +281,8 @@ class FaultTeacher:
 
     def __init__(self, log: Path, *, seed: int = 0, rates: dict[str, float] | None = None,
                  retry_after: float = 0.2, hang_s: float = 3.0, max_faults: int = 3,
-                 api_key_env: str | None = None, delay_s: float = 0.0, echo_auth: bool = False):
+                 api_key_env: str | None = None, delay_s: float = 0.0, echo_auth: bool = False,
+                 script: list[dict] | None = None, pot_programs: bool = False):
         self.log = Path(log)
         self.args = ["--log", str(self.log), "--seed", str(seed), "--rates", json.dumps(rates or {}),
                      "--retry-after", str(retry_after), "--hang-s", str(hang_s), "--max-faults", str(max_faults),
@@ -260,6 +291,10 @@ class FaultTeacher:
             self.args += ["--api-key-env", api_key_env]
         if echo_auth:
             self.args += ["--echo-auth"]
+        if script:
+            self.args += ["--script", json.dumps(script)]
+        if pot_programs:
+            self.args += ["--pot-programs"]
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
@@ -315,6 +350,8 @@ def main() -> None:
     p.add_argument("--delay-s", type=float, default=0.0, help="seconds before each good answer")
     p.add_argument("--api-key-env", default=None, help="check `Authorization: Bearer $VAR` (logged as auth)")
     p.add_argument("--echo-auth", action="store_true", help="error bodies repeat the request's key and header")
+    p.add_argument("--script", default="[]", help="JSON list of scripted replies (see `scripted`)")
+    p.add_argument("--pot-programs", action="store_true", help="answer PoT requests with a Python program")
     args = p.parse_args()
     Handler.state = _State(args)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
