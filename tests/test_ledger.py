@@ -103,3 +103,18 @@ def test_a_negative_price_is_one_line(tmp_path, tiny_model_dir):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, "http://127.0.0.1:9/v1")
     one_line_error(toolkit("distill", str(recipe), "teacher.price.input=-1", "teacher.price.output=1", "--dry-run",
                            cwd=tmp_path), "teacher.price.input")
+
+
+def test_dry_run_counts_the_pot_check_requests(tmp_path, tiny_model_dir):
+    """label_check pot with a [cot] recipe asks one extra PoT program per question that passes the vote: the
+    labels estimate, an upper bound, counts one per question."""
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, "http://127.0.0.1:9")  # never contacted
+    labels = {}
+    for check in ("none", "pot"):
+        r = toolkit("distill", str(recipe), *FDD, f"distill.label_check={check}", "--dry-run", "--json", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        labels[check] = next(row for row in json.loads(r.stdout)["stages"] if row["stage"] == "round-1/labels")
+    new = labels["none"]["requests"] // 2  # label_solves 2
+    assert labels["pot"]["requests"] == new * 3 and "1 PoT check" in labels["pot"]["note"]
+    assert labels["pot"]["prompt_tokens"] > labels["none"]["prompt_tokens"]
+    assert labels["pot"]["completion_tokens"] == labels["none"]["completion_tokens"] * 3 // 2

@@ -195,6 +195,8 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
         ("rounds", f"{dc.rounds}" + (f": each later round asks the student for feedback, writes {dc.new_per_problem} "
                                       f"new problem(s) per training problem and keeps those whose {dc.label_solves} "
                                       f"teacher solutions agree (≥ {dc.vote_min} votes, ≥ {dc.vote_fraction:.0%})"
+                                      + (" and whose PoT program gives the same answer" if dc.label_check == "pot"
+                                         else "")
                                       if dc.rounds > 1 else " (round 0 only)")),
         ("strategies", ", ".join(dc.strategies) + (" (the student tags its replies and picks one)"
                                                    if is_tagged(dc.strategies) else "")),

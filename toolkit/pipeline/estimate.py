@@ -69,6 +69,10 @@ def _rounds(recipe: Recipe, train: list[Problem]) -> list[dict]:
     # Solve j uses strategy j mod |strategies| (toolkit/pipeline/fdd.py): the tokens of one question's n solves.
     solves = sum(_mean([prompt_tokens(teacher_messages(p.question, strategies[j % len(strategies)]))
                         for p in train]) for j in range(n))
+    # label_check pot with no PoT among the n solves: one extra PoT request per question (an upper bound:
+    # only questions that pass the vote get one).
+    check = dc.label_check == "pot" and "pot" not in strategies[:n]
+    pot_prompt = _mean([prompt_tokens(teacher_messages(p.question, "pot")) for p in train]) if check else 0.0
     rows, problems = [], len(train)
     for k in range(1, dc.rounds):
         # Generated questions are not known yet: each is taken as long as the mean training problem.
@@ -78,8 +82,10 @@ def _rounds(recipe: Recipe, train: list[Problem]) -> list[dict]:
                          f"1 per {'easy' if dc.generate == ['harder'] else 'hard'} training problem",
                          prompt_upper_bound=True))
         new = problems * m
-        rows.append(_row(f"round-{k}/labels", new * n, round(new * solves), new * n * recipe.teacher.max_tokens, True,
-                         f"{new} new questions × {n} solves"))
+        per = n + check
+        rows.append(_row(f"round-{k}/labels", new * per, round(new * (solves + pot_prompt)),
+                         new * per * recipe.teacher.max_tokens, True,
+                         f"{new} new questions × {n} solves" + (" + 1 PoT check" if check else "")))
         problems += new
     return rows
 
