@@ -104,3 +104,28 @@ def test_bad_self_guided_options_stop_with_one_line(tmp_path, tiny_model_dir, ov
                 "distill.self_guided.sampling=forced", *overrides, cwd=tmp_path, timeout=120)
     assert r.returncode != 0 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_combined_fdd_rounds_then_self_guided_iterations(tmp_path, tiny_model_dir):
+    """FDD's rounds with strategies, then SIKeD's iterations, in one recipe (recipes/combined-cpu-easy.yaml's
+    shape): the iterations start from the last round's student and its whole data, teacher labels included."""
+    with FaultTeacher(tmp_path / "server.jsonl") as srv:
+        recipe = write_tiny_recipe(tmp_path, tiny_model_dir, srv.base_url)
+        r = toolkit("distill", str(recipe), f"data.root={DATA}", "distill.strategies=[cot, pot]",
+                    "distill.paths_per_problem=1", "distill.rounds=2", "distill.label_solves=2", "distill.vote_min=1",
+                    "distill.self_guided.iterations=1", "distill.self_guided.samples=1",
+                    "distill.self_guided.mixing=all", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "tiny"
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    order = [name for name in stages if name.startswith(("round-", "iter-"))]
+    assert order.index("round-1/labels") < order.index("round-1/train") < order.index("iter-1/sample")
+    fdd_rows = _rows(run / "round-1" / "train.jsonl")
+    assert len(fdd_rows) > len(_rows(run / "round-0" / "train.jsonl"))  # round 1 added teacher-labelled rows
+    own = _rows(run / "iter-1" / "self_train.jsonl")
+    assert _rows(run / "iter-1" / "train.jsonl") == fdd_rows + own  # "All": every teacher row, FDD's included
+    # The iteration samples every labelled problem: the seeds and round 1's accepted ones.
+    labelled = len(_rows(run / "round-0" / "problems.jsonl")) + stages["round-1/labels"]["accepted"]
+    assert stages["iter-1/sample"]["samples"] == labelled
+    assert [row["model"] for row in json.loads((run / "rounds.json").read_text())] == [
+        "base", "round-0", "round-1", "iter-1"]
