@@ -168,7 +168,7 @@ def micro_batches(share: list, size: int | None) -> list[list]:
     train.micro_batch_size: activations grow with the sequences in one pass, the update does not
     change (losses are summed and divided by the step's token count either way). None: the whole share.
     """
-    size = size or len(share)
+    size = size or len(share) or 1  # an empty share (more processes than sequences): no pass
     return [share[i:i + size] for i in range(0, len(share), size)]
 
 
@@ -210,8 +210,8 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     steps = planned_steps(len(bins), cfg)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
-    # fused: one kernel per parameter instead of foreach's temporary copies of every gradient-sized
-    # list (~0.3 GB at the step for SmolLM2-135M, the step being the peak under checkpointing).
+    # fused: one kernel per parameter instead of foreach's lists of temporaries: 1.11x the tokens/s of
+    # foreach for SmolLM2-135M on CPU, same peak (bench/README.md, "Memory").
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=fused_optimizer and device.type in ("cpu", "cuda")
                             and all(p.dtype.is_floating_point for p in params))
@@ -244,7 +244,7 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
         step_tokens = 0
         for batch in micro:
             mine = batch[rank::world]  # this process's share of the global batch
-            for chunk in micro_batches(mine, cfg.micro_batch_size) if mine else []:
+            for chunk in micro_batches(mine, cfg.micro_batch_size):
                 t = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     loss_sum = batch_loss(model, t, answer_only)
@@ -283,7 +283,7 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     stats = {"steps": steps, "examples": len(examples), "packed_sequences": len(bins), "tokens": tokens,
              "tokens_per_s": round(tokens / seconds, 1), "final_loss": curve[-1]["loss"],
              "first_loss": curve[0]["loss"], "train_seconds": round(seconds, 2), "processes": world,
-             "gradient_checkpointing": checkpointing, "precision": "bf16" if amp else "fp32", "curve": curve}
+             "gradient_checkpointing": checkpointing, "precision": cfg.precision, "curve": curve}
     if done:
         stats["resumed_from_step"] = done
     return stats
