@@ -125,12 +125,20 @@ FORK_BOMBS = {
 @pytest.mark.parametrize("name", FORK_BOMBS)
 def test_fork_bomb_is_contained(name):
     baseline = _census()
-    # Without the tripwire the kernel says no: fork fails with EAGAIN at RLIMIT_NPROC (multiprocessing reaps
-    # its finished children as it goes, so it may spin until the timeout instead).
+    # Without the tripwire the kernel says no: fork fails with EAGAIN at RLIMIT_NPROC, or multiprocessing's
+    # pipes hit RLIMIT_NOFILE first (EMFILE; which comes first depends on how fast its children end), or it
+    # reaps its finished children as it goes and spins until the timeout.
     result = run_program(HOOK_OFF + FORK_BOMBS[name], timeout_s=3)
     assert result.error_kind in ("forbidden", "timeout") and result.answer is None, result
     assert _settled(baseline)
     _assert_normal(run_program("answer = 2 + 2"), "4")
+
+
+def test_open_file_limit_is_a_refusal():
+    """EMFILE at RLIMIT_NOFILE is the sandbox saying no, reported like the other kernel refusals."""
+    opener = f"import os\npipes = [os.pipe() for _ in range({sandbox.MAX_OPEN_FILES})]\nanswer = 1\n"
+    result = run_program(HOOK_OFF + opener, timeout_s=3)
+    assert (result.error_kind, result.answer) == ("forbidden", None) and "Errno 24" in result.error, result
 
 
 def test_process_limit_holds_without_the_audit_hook():

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 #   "no_answer"    it ran to the end without setting `answer` (or set it to None)
 #   "exception"    it raised (error = "Type: message"); syntax errors included
 #   "forbidden"    it tried something the sandbox refuses: it ended on an OSError by which the kernel said no
-#                  (EPERM, EACCES, EROFS, ENETUNREACH, ECONNREFUSED, EAGAIN: seccomp, the namespaces, read-only
-#                  mounts, the process limit), or the audit-hook tripwire refused it (answer is then None
+#                  (EPERM, EACCES, EROFS, ENETUNREACH, ECONNREFUSED, EAGAIN, EMFILE: seccomp, the namespaces,
+#                  read-only mounts, the process limit, the open-file limit), or the audit-hook tripwire refused it (answer is then None
 #                  even if the program caught the refusal)
 #   "memory"       MemoryError under the address-space limit
 #   "timeout"      the wall-clock timeout or the CPU-time limit; the whole sandbox was killed
@@ -81,7 +81,8 @@ WRITE_EVENTS = {"os.mkdir", "os.remove", "os.rmdir", "os.rename", "os.truncate",
 READ_EVENTS = {"os.listdir", "os.scandir", "os.chdir"}
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 # An OSError with one of these is the kernel (namespaces, seccomp, read-only mounts, rlimits) saying no.
-KERNEL_REFUSALS = {errno.EPERM, errno.EACCES, errno.EROFS, errno.ENETUNREACH, errno.ECONNREFUSED, errno.EAGAIN}
+KERNEL_REFUSALS = {errno.EPERM, errno.EACCES, errno.EROFS, errno.ENETUNREACH, errno.ECONNREFUSED, errno.EAGAIN,
+                   errno.EMFILE}
 write, exit_now, dumps = os.write, os._exit, json.dumps  # bound now: the program may patch the modules
 
 result_fd = int(sys.argv[1])
