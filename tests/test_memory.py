@@ -99,6 +99,38 @@ def test_answer_only_loss_equals_the_full_loss_and_gradients(arch, tiny_model_di
         torch.testing.assert_close(part_grads[name], full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_chunked_head_loss_equals_one_pass_and_recomputes_each_chunk(tiny_model_dir):
+    """The LM head and its cross-entropy a few answer tokens at a time: same loss and gradients as one pass,
+    and no chunk's logits kept for the backward pass (the head runs again on each chunk there)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.train()
+    t = _batch(tok)
+    answer_tokens = int((t["labels"][:, 1:] != IGNORE).sum())
+    chunk = 7
+    assert answer_tokens > 2 * chunk
+    rows = []
+    model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[0]))
+
+    def loss_and_grads(loss_chunk):
+        model.zero_grad(set_to_none=True)
+        rows.clear()
+        loss = batch_loss(model, t, True, loss_chunk)
+        forward_rows = list(rows)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, forward_rows, rows[len(forward_rows):]
+
+    whole, whole_grads, whole_fwd, whole_bwd = loss_and_grads(None)
+    part, part_grads, part_fwd, part_bwd = loss_and_grads(chunk)
+    assert whole_fwd == [answer_tokens] and whole_bwd == []
+    assert max(part_fwd) <= chunk and sum(part_fwd) == answer_tokens
+    assert part_bwd == part_fwd[::-1]  # each chunk's logits recomputed in the backward pass, none kept
+    torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-5)
+    for name in whole_grads:
+        torch.testing.assert_close(part_grads[name], whole_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_gradient_checkpointing_trains_the_same_weights(tiny_model_dir, tmp_path):
     from toolkit.training.loading import load_model_and_tokenizer
     from toolkit.core.models import resolve_model
@@ -129,6 +161,7 @@ def test_manifest_records_peak_memory_for_every_stage(tmp_path, tiny_model_dir, 
         # A python process with torch imported holds well over 50 MB; less than 64 GB on any test machine.
         assert 50e6 < stage["peak_rss_bytes"] < 64e9, name
         assert stage["peak_rss_method"] == "vmhwm", name
+        assert 50e6 < stage["start_rss_bytes"] <= stage["peak_rss_bytes"], name
     assert manifest["peak_rss_bytes"] >= max(s["peak_rss_bytes"] for s in stages.values())
     assert "peak memory" in r.stdout and " GB" in r.stdout
 

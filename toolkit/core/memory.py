@@ -68,12 +68,15 @@ class PeakRSS:
     server, torchrun's workers, an export subprocess), or None when no child finished with a peak above
     every earlier child's (then the block's children are not known to have needed more: see
     children_maxrss_bytes). The two are separate processes; they may or may not have overlapped in time.
+    `start_bytes`: this process's RSS as the block began, what it inherited from earlier work: the peak
+    less this is what the block itself added.
     """
 
     def __init__(self, interval: float = 0.05):
         self.interval = interval
         self.method = "vmhwm"
         self.peak_bytes: int | None = None
+        self.start_bytes: int | None = None
         self.children_peak_bytes: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,6 +84,7 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         self._children_before = children_maxrss_bytes()
+        self.start_bytes = rss_bytes()
         if not _reset_hwm():
             self.method = "sampled"
             self._sampled = rss_bytes() or 0
@@ -108,7 +112,7 @@ class PeakRSS:
 
     def record(self) -> dict:
         """The manifest's fields for this block."""
-        out = {"peak_rss_bytes": self.peak_bytes, "peak_rss_method": self.method}
+        out = {"peak_rss_bytes": self.peak_bytes, "peak_rss_method": self.method, "start_rss_bytes": self.start_bytes}
         if self.children_peak_bytes is not None:
             out["children_peak_rss_bytes"] = self.children_peak_bytes
         return out

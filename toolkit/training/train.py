@@ -132,7 +132,34 @@ def _body_and_head(model):
     return body, head
 
 
-def batch_loss(model, t: dict[str, torch.Tensor], answer_only: bool = True) -> torch.Tensor:
+# Answer tokens per pass of the LM head and its cross-entropy (see _chunked_head_loss). SmolLM2's 49,152-word
+# vocabulary: 256 tokens are 50 MB of fp32 logits per tensor.
+LOSS_CHUNK_TOKENS = 256
+
+
+def _head_loss(head, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(head(hidden).float(), target, reduction="sum")
+
+
+def _chunked_head_loss(head, hidden: torch.Tensor, target: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """Sum of cross-entropies of `head(hidden)` against `target`, `chunk` tokens at a time.
+
+    Each chunk's logits are recomputed in the backward pass instead of kept (activation checkpointing
+    of the head): in one pass, the logits, their log-softmax and its gradient for every answer token of
+    a batch (4 x 512-token sequences: about 1,200 answer tokens x 49,152 x 4 bytes = 0.24 GB each) were
+    the largest thing training held besides the weights and AdamW's state. The recompute costs one
+    more forward of the head per chunk. None: one pass, nothing recomputed.
+    """
+    if chunk is None or hidden.size(0) <= chunk:
+        return _head_loss(head, hidden, target)
+    from torch.utils.checkpoint import checkpoint
+
+    return sum(checkpoint(_head_loss, head, h, y, use_reentrant=False)
+               for h, y in zip(hidden.split(chunk), target.split(chunk)))
+
+
+def batch_loss(model, t: dict[str, torch.Tensor], answer_only: bool = True,
+               loss_chunk: int | None = LOSS_CHUNK_TOKENS) -> torch.Tensor:
     """Sum of next-token cross-entropies over the answer tokens of a collated batch.
 
     answer_only: run the LM head only at the positions whose next token carries a label, instead of
@@ -140,6 +167,7 @@ def batch_loss(model, t: dict[str, torch.Tensor], answer_only: bool = True) -> t
     softmax and the gradient) of which the prompt's and the padding's are thrown away. The position
     that predicts token i+1 is i: hidden[:, :-1] pairs with labels[:, 1:]. Same sum as the full path,
     to float rounding (tests/test_train.py). False: the model's own forward over every position.
+    loss_chunk: answer tokens per pass of the head (_chunked_head_loss); None: all in one pass.
     """
     parts = _body_and_head(model) if answer_only else None
     if parts is None:
@@ -151,8 +179,7 @@ def batch_loss(model, t: dict[str, torch.Tensor], answer_only: bool = True) -> t
                   use_cache=False).last_hidden_state
     target = t["labels"][:, 1:]
     keep = target != IGNORE
-    logits = head(hidden[:, :-1][keep]).float()  # (answer tokens, vocab)
-    return torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+    return _chunked_head_loss(head, hidden[:, :-1][keep], target[keep], loss_chunk)  # (answer tokens, hidden)
 
 
 def use_gradient_checkpointing(setting, device: torch.device) -> bool:
@@ -174,7 +201,8 @@ def micro_batches(share: list, size: int | None) -> list[list]:
 
 def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
           log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None,
-          answer_only: bool = True, pin_heap: bool = True, fused_optimizer: bool = True) -> dict:
+          answer_only: bool = True, pin_heap: bool = True, fused_optimizer: bool = True,
+          loss_chunk: int | None = LOSS_CHUNK_TOKENS) -> dict:
     """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`.
 
     The folder appears only when complete (written beside it, then renamed). Every
@@ -184,7 +212,8 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     trains on its share of every batch (see toolkit/training/dist.py). Returns statistics: steps, tokens
     seen, loss curve, seconds, and `resumed_from_step` when it resumed. `answer_only=False` computes
     the logits at every position, the old path; `pin_heap=False` leaves glibc's malloc as it was;
-    `fused_optimizer=False` takes AdamW's foreach path (bench/memory.py compares them).
+    `fused_optimizer=False` takes AdamW's foreach path; `loss_chunk=None` runs the LM head over all answer
+    tokens at once (bench/memory.py compares them).
     """
     rank, world = dist.setup()
     device = dist.device()
@@ -247,7 +276,7 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
             for chunk in micro_batches(mine, cfg.micro_batch_size):
                 t = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss_sum = batch_loss(model, t, answer_only)
+                    loss_sum = batch_loss(model, t, answer_only, loss_chunk)
                 (loss_sum / max(1, n_tokens)).backward()
                 step_loss += loss_sum.detach().double().cpu()
                 step_tokens += sum(len(e.input_ids) for b in chunk for e in b)  # real tokens, not padding
