@@ -14,7 +14,7 @@ Variants (VARIANTS below): "old" = logits at every position, no activation check
 batch in one pass, fp32, AdamW's foreach path, glibc malloc as it comes, nothing released between
 stages (the engine before issue 19); "answer+gc" = logits at answer positions only, checkpointing, heap
 pinned in training and freed between stages (the session-6 default); then fused AdamW, one sequence per
-pass (micro-batch 1), the LM head's loss in recomputed chunks of 256 answer tokens and bf16 autocast added
+pass (micro-batch 1), the LM head's loss in recomputed chunks of 128 answer tokens and bf16 autocast added
 one by one, and without checkpointing. `--variants` picks a subset.
 """
 from __future__ import annotations
@@ -46,8 +46,8 @@ VARIANTS = {
     "answer": {**_OLD, "answer": True, "release": True},
     "answer+gc": {**_OLD, "answer": True, "gc": True, "release": True},
     "answer+gc+fused": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True},
-    "answer+gc+fused+chunk": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "chunk": 256},
-    "answer+fused+chunk": {**_OLD, "answer": True, "release": True, "fused": True, "chunk": 256},
+    "answer+gc+fused+chunk": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "chunk": 128},
+    "answer+fused+chunk": {**_OLD, "answer": True, "release": True, "fused": True, "chunk": 128},
     "answer+gc+fused+micro1": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "micro": 1},
     "answer+fused+micro1": {**_OLD, "answer": True, "release": True, "fused": True, "micro": 1},
     "bf16+gc": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "micro": 1, "precision": "bf16"},
