@@ -27,6 +27,7 @@ from pathlib import Path
 
 from _common import emit, machine
 
+from toolkit.core.errors import ToolkitError
 from toolkit.core.recipe import TeacherConfig
 from toolkit.core.stats import wilson_interval
 from toolkit.data.answers import answers_match
@@ -117,7 +118,10 @@ def main() -> None:
     cfg = TeacherConfig(model=args.teacher, backend="llama.cpp", temperature=args.temperature,
                         max_tokens=args.max_tokens, threads=args.threads)
     start = time.perf_counter()
-    cot, pot = solve(cfg, probs, args.cache, args.seed)
+    try:
+        cot, pot = solve(cfg, probs, args.cache, args.seed)
+    except ToolkitError as e:  # a teacher package not installed, a server that did not start: one line
+        sys.exit(f"label_precision: {e}")
     rows = score(probs, cot, pot)
     print(markdown(rows), file=sys.stderr)
     emit({"bench": "label_precision", "teacher": args.teacher, "suites": args.suites, "seed": args.seed,
