@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 #   "exception"    it raised (error = "Type: message"); syntax errors included
 #   "forbidden"    it tried something the sandbox refuses: it ended on an OSError by which the kernel said no
 #                  (EPERM, EACCES, EROFS, ENETUNREACH, ECONNREFUSED, EAGAIN, EMFILE: seccomp, the namespaces,
-#                  read-only mounts, the process limit, the open-file limit), or the audit-hook tripwire refused it (answer is then None
-#                  even if the program caught the refusal)
+#                  read-only mounts, the process limit, the open-file limit), or the audit-hook tripwire
+#                  refused it (answer is then None even if the program caught the refusal)
 #   "memory"       MemoryError under the address-space limit
 #   "timeout"      the wall-clock timeout or the CPU-time limit; the whole sandbox was killed
 #   "output_limit" it printed more than OUTPUT_KILL_BYTES and was killed

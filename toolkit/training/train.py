@@ -147,9 +147,9 @@ def _chunked_head_loss(head, hidden: torch.Tensor, target: torch.Tensor, chunk: 
 
     Each chunk's logits are recomputed in the backward pass instead of kept (activation checkpointing
     of the head): in one pass, the logits, their log-softmax and its gradient for every answer token of
-    a batch (4 x 512-token sequences: about 1,200 answer tokens x 49,152 x 4 bytes = 0.24 GB each) were
-    the largest thing training held besides the weights and AdamW's state. The recompute costs one
-    more forward of the head per chunk. None: one pass, nothing recomputed.
+    a batch are held at once (SmolLM2, 1,000 answer tokens: 49,152 x 4 bytes each = 0.2 GB per tensor).
+    Chunks of 256 took the training peak from 2.87 to 2.75 GB (bench/README.md, Memory). The recompute
+    costs one more forward of the head per chunk. None: one pass, nothing recomputed.
     """
     if chunk is None or hidden.size(0) <= chunk:
         return _head_loss(head, hidden, target)
