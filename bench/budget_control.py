@@ -27,7 +27,7 @@ from pathlib import Path
 
 from toolkit.core.jsonio import atomic_write_json, atomic_write_text, read_jsonl
 from toolkit.core.stats import wilson_of_rate
-from toolkit.eval.rounds_report import SAMPLES, compare, difference_text
+from toolkit.eval.rounds_report import SAMPLES, compare, difference_text, eval_dir, run_scores
 
 
 def _manifest(run: Path) -> dict:
@@ -61,17 +61,6 @@ def control_size(manifest: dict) -> int:
     return round(teacher_spend(manifest)["requests"] / per_problem)
 
 
-def _eval_dir(run: Path, model: str) -> Path:
-    return run / "eval-base" if model == "base" else run / model / "eval"
-
-
-def _scores(run: Path, model: str) -> dict[str, bool] | str:
-    path = _eval_dir(run, model) / SAMPLES
-    if not path.is_file():
-        return f"no per-sample file {path}"
-    return {str(r["id"]): bool(r["strict_match"]) for r in read_jsonl(path)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -100,14 +89,14 @@ def main() -> None:
             if name == "control" and model == "base":
                 continue  # the same base student on the same problems as the FDD run's
             key = f"{name}/{model}"
-            scores[key] = _scores(run, model)
+            scores[key] = run_scores(run, model)
             lo, hi = wilson_of_rate(r["strict_match"], r["n"])
             spend = teacher_spend(manifest, _round_of(model) if model != "base" else -1)
             models.append({"model": key, "n": r["n"], "strict_match": r["strict_match"], "ci95": [lo, hi],
                            "training_rows": r.get("rationales", 0), "training_problems": r.get("problems", 0),
                            "teacher_requests": spend["requests"],
                            "teacher_completion_tokens": spend["completion_tokens_sent"]})
-            samples = _eval_dir(run, model) / SAMPLES
+            samples = eval_dir(run, model) / SAMPLES
             if samples.is_file():
                 # mtime 0: the same answers give the same bytes, so a rerun leaves git nothing to commit
                 with gzip.GzipFile(out / "samples" / f"{name}--{model}.jsonl.gz", "wb", mtime=0) as f:

@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from toolkit.core.jsonio import atomic_write_text, read_jsonl
+from toolkit.core.jsonio import atomic_write_text
 from toolkit.core.stats import paired, wilson_of_rate
-
-
-def _eval_folder(run: Path, model: str) -> Path:
-    return run / "eval-base" if model == "base" else run / model / "eval"
-
-
-def correct_by_id(run: Path, model: str) -> dict[str, bool]:
-    """Strict-match correctness per held-out problem id of one evaluated model of a run."""
-    return {r["id"]: r["strict_match"] for r in read_jsonl(_eval_folder(run, model) / "samples_heldout.jsonl")}
+from toolkit.eval.rounds_report import run_scores
 
 
 def main() -> None:
@@ -45,7 +38,11 @@ def main() -> None:
             lines.append(f"| {run.name} | {model} | {r['n']} | {r['strict_match']:.1%} ({lo:.1%}–{hi:.1%}) | "
                          f"{requests} | {r.get('rationales', 0)} |")
         finals[run] = list(manifest["summary"]["rounds"])[-1]
-    p = paired(correct_by_id(args.run_a, finals[args.run_a]), correct_by_id(args.run_b, finals[args.run_b]))
+    scores = [run_scores(run, finals[run]) for run in (args.run_a, args.run_b)]
+    for run, s in zip((args.run_a, args.run_b), scores):
+        if isinstance(s, str):
+            sys.exit(f"{run}: {s}")
+    p = paired(*scores)
     lines += ["", f"Paired on the same {p['n']} held-out problems, {args.run_b.name}/{finals[args.run_b]} minus "
               f"{args.run_a.name}/{finals[args.run_a]}: {p['difference']:+.1%} (95% bootstrap interval "
               f"{p['ci95'][0]:+.1%} to {p['ci95'][1]:+.1%}); solved only by the first {p['only_a']}, only by the "

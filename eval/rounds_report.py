@@ -51,12 +51,13 @@ def _strict_no_calculator(row: dict) -> str:
     return f"{row['strict_match_no_calculator']:.1%} ({lo:.1%}–{hi:.1%})"
 
 
-def strict_scores(rec: dict, key: str = "results") -> dict[str, bool] | str:
-    """Strict score per held-out id from the per-sample file beside the eval's results.json (`key`: the record's
-    path to it; results_no_calculator for the eval without the calculator), or why there is none."""
-    if not rec.get(key):
-        return "no per-sample file recorded"
-    path = Path(rec[key]).parent / SAMPLES
+def eval_dir(run: Path, model: str) -> Path:
+    """Where a run folder keeps one model's held-out eval: eval-base/ for the base student, <round>/eval/ else."""
+    return run / "eval-base" if model == "base" else run / model / "eval"
+
+
+def scores_at(path: Path) -> dict[str, bool] | str:
+    """Strict score per held-out id from one per-sample file, or why it cannot be paired."""
     if not path.is_file():
         return f"no per-sample file {path}"
     rows = read_jsonl(path)
@@ -66,6 +67,20 @@ def strict_scores(rec: dict, key: str = "results") -> dict[str, bool] | str:
     if len(scores) != len(rows):
         return f"{path} repeats held-out ids"
     return scores
+
+
+def strict_scores(rec: dict, key: str = "results") -> dict[str, bool] | str:
+    """Strict score per held-out id from the per-sample file beside the eval's results.json (`key`: the record's
+    path to it; results_no_calculator for the eval without the calculator), or why there is none."""
+    if not rec.get(key):
+        return "no per-sample file recorded"
+    return scores_at(Path(rec[key]).parent / SAMPLES)
+
+
+def run_scores(run: Path, model: str) -> dict[str, bool] | str:
+    """strict_scores for one model of a run folder found by its layout, wherever the folder now lies (the
+    manifest's recorded paths are relative to where the run was made)."""
+    return scores_at(eval_dir(run, model) / SAMPLES)
 
 
 def compare(model: str, scores: dict[str, bool] | str, against: str, other: dict[str, bool] | str) -> dict:
