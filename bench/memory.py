@@ -14,8 +14,8 @@ Variants (VARIANTS below): "old" = logits at every position, no activation check
 batch in one pass, fp32, AdamW's foreach path, glibc malloc as it comes, nothing released between
 stages (the engine before issue 19); "answer+gc" = logits at answer positions only, checkpointing, heap
 pinned in training and freed between stages (the session-6 default); then fused AdamW, one sequence per
-pass (micro-batch 1), the LM head's loss in recomputed chunks of 128 answer tokens and bf16 autocast added
-one by one, and without checkpointing. `--variants` picks a subset.
+pass (micro-batch 1), the LM head's loss in recomputed chunks of 128 answer tokens, the tied embedding's
+gradient added in place and bf16 autocast added one by one, and without checkpointing. `--variants` picks a subset.
 """
 from __future__ import annotations
 
@@ -37,8 +37,10 @@ DATA = ROOT.parent / "shared" / "data"
 # name: settings. answer: logits at answer positions only; gc: gradient checkpointing; release: pin glibc's
 # mmap threshold in training and free memory between stages (toolkit/core/memory.py); micro: sequences per
 # forward/backward pass (None: the whole batch); precision: train.precision; fused: fused AdamW; chunk: answer
-# tokens per pass of the LM head and its loss, recomputed in the backward pass (None: all in one pass).
-_OLD = dict(answer=False, gc=False, release=False, micro=None, precision="fp32", fused=False, chunk=None)
+# tokens per pass of the LM head and its loss, recomputed in the backward pass (None: all in one pass); embed:
+# the tied embedding's gradient added in place after the backward pass (toolkit.training.train.EmbeddingGrad).
+_OLD = dict(answer=False, gc=False, release=False, micro=None, precision="fp32", fused=False, chunk=None,
+            embed=False)
 VARIANTS = {
     "old": _OLD,
     "old+release": {**_OLD, "release": True},
@@ -47,6 +49,8 @@ VARIANTS = {
     "answer+gc": {**_OLD, "answer": True, "gc": True, "release": True},
     "answer+gc+fused": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True},
     "answer+gc+fused+chunk": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "chunk": 128},
+    "answer+gc+fused+chunk+embed": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True,
+                                    "chunk": 128, "embed": True},
     "answer+fused+chunk": {**_OLD, "answer": True, "release": True, "fused": True, "chunk": 128},
     "answer+gc+fused+micro1": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "micro": 1},
     "answer+fused+micro1": {**_OLD, "answer": True, "release": True, "fused": True, "micro": 1},
@@ -128,7 +132,7 @@ def one(variant: str, args) -> dict:
         with stage("train"):
             stats = train(model, tok, examples, cfg, Path(tmp) / "student", seed=args.seed,
                           answer_only=answer_only, pin_heap=release, fused_optimizer=v["fused"],
-                          loss_chunk=v["chunk"])
+                          loss_chunk=v["chunk"], embedding_grad=v["embed"])
         stages["train"].update(tokens_per_s=stats["tokens_per_s"], tokens=stats["tokens"],
                                final_loss=stats["final_loss"], first_loss=stats["first_loss"])
         if release:

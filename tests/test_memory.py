@@ -222,3 +222,61 @@ def test_adamw_is_fused(tiny_model_dir, tmp_path, monkeypatch):
         cfg = TrainConfig(max_steps=1, batch_size=2, seq_len=64, threads=1, checkpoint_every=0)
         train(model, tok, examples, cfg, tmp_path / f"fused-{fused}", seed=0, fused_optimizer=fused)
     assert made == [True, False]
+
+
+def test_tied_embedding_gradient_is_added_in_place_and_trains_the_same_weights(tiny_model_dir, tmp_path):
+    """The tiny llama ties its embedding to the LM head: the lookup runs outside autograd (so autograd never
+    makes the embedding's dense gradient, 113 MB for SmolLM2) and its gradient is added to the head's in
+    place; losses and saved weights equal autograd's path to float rounding."""
+    from transformers import AutoModelForCausalLM
+
+    curves, weights = {}, {}
+    for in_place in (False, True):
+        model, tok, examples = _tiny(tiny_model_dir)
+        grad_mode = []
+        model.get_input_embeddings().register_forward_hook(lambda m, a, o: grad_mode.append(torch.is_grad_enabled()))
+        cfg = TrainConfig(max_steps=3, batch_size=2, seq_len=64, threads=1, checkpoint_every=0)
+        stats = train(model, tok, examples, cfg, tmp_path / f"in-place-{in_place}", seed=0, embedding_grad=in_place)
+        assert grad_mode and set(grad_mode) == {not in_place}
+        curves[in_place] = [r["loss"] for r in stats["curve"]]
+        weights[in_place] = AutoModelForCausalLM.from_pretrained(tmp_path / f"in-place-{in_place}").state_dict()
+    assert curves[True] == pytest.approx(curves[False], rel=1e-5)
+    for name, w in weights[False].items():
+        torch.testing.assert_close(weights[True][name], w, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_embedding_grad_skips_padding_idx_as_autograd_does():
+    from toolkit.training.train import EmbeddingGrad
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 4, padding_idx=3)
+    ids = torch.tensor([[3, 1, 3, 5], [1, 1, 9, 3]])  # the padding id at real positions, repeated ids
+    upstream = torch.randn(2, 4, 4)
+    (emb(ids) * upstream).sum().backward()
+    expected = emb.weight.grad.clone()
+    emb.weight.grad = torch.zeros_like(emb.weight)  # the head's gradient stands here in training
+    embeds = EmbeddingGrad(emb).lookup(ids)
+    (embeds * upstream).sum().backward()
+    EmbeddingGrad(emb).add_grad(ids, embeds)
+    torch.testing.assert_close(emb.weight.grad, expected)
+    assert not emb.weight.grad[3].any()
+
+
+def test_embedding_grad_only_where_the_head_shares_a_trained_plain_embedding(tiny_model_dir):
+    """Untied (no head gradient to add to), frozen (LoRA) or transformed (Gemma 3's scaled) embeddings are
+    left to autograd."""
+    from toolkit.training.train import EmbeddingGrad
+
+    untied, _ = _qwen2(tiny_model_dir)
+    assert EmbeddingGrad.of(untied) is None
+    frozen, _, _ = _tiny(tiny_model_dir)
+    frozen.get_input_embeddings().weight.requires_grad_(False)
+    assert EmbeddingGrad.of(frozen) is None
+    scaled, _, _ = _tiny(tiny_model_dir)
+    plain = scaled.get_input_embeddings()
+    subclass = type("ScaledEmbedding", (torch.nn.Embedding,), {})(plain.num_embeddings, plain.embedding_dim)
+    subclass.weight = plain.weight
+    scaled.set_input_embeddings(subclass)
+    assert EmbeddingGrad.of(scaled) is None
+    tied, _, _ = _tiny(tiny_model_dir)
+    assert EmbeddingGrad.of(tied).emb is tied.get_input_embeddings()

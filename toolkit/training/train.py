@@ -160,7 +160,7 @@ def _chunked_head_loss(head, hidden: torch.Tensor, target: torch.Tensor, chunk: 
 
 
 def batch_loss(model, t: dict[str, torch.Tensor], answer_only: bool = True,
-               loss_chunk: int | None = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+               loss_chunk: int | None = LOSS_CHUNK_TOKENS, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of next-token cross-entropies over the answer tokens of a collated batch.
 
     answer_only: run the LM head only at the positions whose next token carries a label, instead of
@@ -169,18 +169,62 @@ def batch_loss(model, t: dict[str, torch.Tensor], answer_only: bool = True,
     that predicts token i+1 is i: hidden[:, :-1] pairs with labels[:, 1:]. Same sum as the full path,
     to float rounding (tests/test_train.py). False: the model's own forward over every position.
     loss_chunk: answer tokens per pass of the head (_chunked_head_loss); None: all in one pass.
+    inputs_embeds: the batch's embeddings, looked up by the caller (EmbeddingGrad), instead of the input ids.
     """
+    tokens = {"input_ids": t["input_ids"]} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
     parts = _body_and_head(model) if answer_only else None
     if parts is None:
-        logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"],
-                       position_ids=t["position_ids"], use_cache=False).logits
+        logits = model(**tokens, attention_mask=t["attention_mask"], position_ids=t["position_ids"],
+                       use_cache=False).logits
         return _shifted_loss(logits, t["labels"])
     body, head = parts
-    hidden = body(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
+    hidden = body(**tokens, attention_mask=t["attention_mask"], position_ids=t["position_ids"],
                   use_cache=False).last_hidden_state
     target = t["labels"][:, 1:]
     keep = target != IGNORE
     return _chunked_head_loss(head, hidden[:, :-1][keep], target[keep], loss_chunk)  # (answer tokens, hidden)
+
+
+class EmbeddingGrad:
+    """The input embedding's gradient added in place, when its weight is the trained LM head's.
+
+    With tied weights the head's gradient (49,152 x 576 fp32 = 113 MB for SmolLM2) is made first in the
+    backward pass and held to its end; autograd then makes the embedding's own dense gradient, a second
+    113 MB tensor, when every other gradient is already held, only to add it to the first. In the
+    quickstart's distill process that was the training peak (bench/README.md, Memory). Here the batch's
+    embeddings are looked up outside autograd as a leaf (batch x seq x hidden), and after the backward
+    pass its gradient is added to the weight's rows in place (index_add_), skipping `padding_idx` as
+    nn.Embedding's backward does. Same sums, in another order: equal to float rounding.
+    `of(model)` is None, and training unchanged, for untied or frozen embeddings (LoRA) and for embedding
+    subclasses that transform the lookup (Gemma 3 scales it).
+    """
+
+    def __init__(self, emb: torch.nn.Embedding):
+        self.emb = emb
+
+    @classmethod
+    def of(cls, model) -> EmbeddingGrad | None:
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        emb = inner.get_input_embeddings() if hasattr(inner, "get_input_embeddings") else None
+        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        if (type(emb) is not torch.nn.Embedding or head is None or head.weight is not emb.weight
+                or not emb.weight.requires_grad or emb.max_norm is not None or emb.sparse):
+            return None
+        return cls(emb)
+
+    def lookup(self, input_ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.emb(input_ids).requires_grad_()
+
+    def add_grad(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> None:
+        """After the backward pass: the leaf's gradient into the weight's, row by token id."""
+        weight, ids, grad = self.emb.weight, input_ids.reshape(-1), embeds.grad.reshape(-1, embeds.size(-1))
+        if self.emb.padding_idx is not None:
+            keep = ids != self.emb.padding_idx
+            ids, grad = ids[keep], grad[keep]
+        if weight.grad is None:  # no loss reached the head (cannot happen with answer tokens)
+            weight.grad = torch.zeros_like(weight)
+        weight.grad.index_add_(0, ids, grad.to(weight.grad.dtype))
 
 
 def use_gradient_checkpointing(setting, device: torch.device) -> bool:
@@ -203,7 +247,7 @@ def micro_batches(share: list, size: int | None) -> list[list]:
 def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
           log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None,
           answer_only: bool = True, pin_heap: bool = True, fused_optimizer: bool = True,
-          loss_chunk: int | None = LOSS_CHUNK_TOKENS) -> dict:
+          loss_chunk: int | None = LOSS_CHUNK_TOKENS, embedding_grad: bool = True) -> dict:
     """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`.
 
     The folder appears only when complete (written beside it, then renamed). Every
@@ -214,7 +258,8 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
     seen, loss curve, seconds, and `resumed_from_step` when it resumed. `answer_only=False` computes
     the logits at every position, the old path; `pin_heap=False` leaves glibc's malloc as it was;
     `fused_optimizer=False` takes AdamW's foreach path; `loss_chunk=None` runs the LM head over all answer
-    tokens at once (bench/memory.py compares them).
+    tokens at once; `embedding_grad=False` leaves a tied embedding's gradient to autograd (EmbeddingGrad;
+    bench/memory.py compares them).
     """
     rank, world = dist.setup()
     device = dist.device()
@@ -236,6 +281,7 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
         # works with frozen embeddings under LoRA, no input that needs a gradient).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
+    embedding = EmbeddingGrad.of(model) if embedding_grad else None
     bins = pack(examples, cfg.seq_len, seed)
     steps = planned_steps(len(bins), cfg)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -276,9 +322,13 @@ def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: 
             mine = batch[rank::world]  # this process's share of the global batch
             for chunk in micro_batches(mine, cfg.micro_batch_size):
                 t = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+                embeds = embedding.lookup(t["input_ids"]) if embedding is not None else None
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss_sum = batch_loss(model, t, answer_only, loss_chunk)
+                    loss_sum = batch_loss(model, t, answer_only, loss_chunk, embeds)
                 (loss_sum / max(1, n_tokens)).backward()
+                if embedding is not None:
+                    embedding.add_grad(t["input_ids"], embeds)
+                    del embeds
                 step_loss += loss_sum.detach().double().cpu()
                 step_tokens += sum(len(e.input_ids) for b in chunk for e in b)  # real tokens, not padding
         if world > 1:
