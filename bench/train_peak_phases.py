@@ -61,6 +61,7 @@ def main() -> None:
 
     import toolkit.training.train as train_module
     from toolkit.cli import main as toolkit_main
+    from toolkit.core import memory
     from toolkit.core.memory import rss_bytes
 
     sampler = PhaseSampler()
@@ -75,7 +76,7 @@ def main() -> None:
             sampler.in_backward, sampler.phase = False, "optimizer step and the rest"
 
     def train(model, *a, **k):
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner = train_module._unwrapped(model)
         layers = getattr(getattr(inner, inner.base_model_prefix), "layers")
         for i, layer in enumerate(layers):
             layer.register_forward_pre_hook(functools.partial(_mark_layer, sampler, i))
@@ -84,8 +85,7 @@ def main() -> None:
         if args.autograd_embedding:
             k["embedding_grad"] = False
         real_train(model, *a, **k)
-        with open("/proc/self/status") as f:
-            hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+        hwm = memory._status_kb("VmHWM") * 1024
         top = sorted(sampler.peaks.items(), key=lambda kv: -kv[1])[: args.top]
         emit({"command": command, "recipe": str(args.recipe),
               "embedding_grad": not args.autograd_embedding, "train_start_rss_bytes": start,

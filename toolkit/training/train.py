@@ -121,12 +121,23 @@ def _shifted_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
+def _unwrapped(model):
+    """The causal LM itself: a peft wrapper's LoRA-injected model, or the model as given."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _embedding(model, which: str):
+    """The model's `get_input_embeddings()` / `get_output_embeddings()` ("input" / "output"), or None."""
+    getter = getattr(model, f"get_{which}_embeddings", None)
+    return getter() if getter is not None else None
+
+
 def _body_and_head(model):
     """(decoder, lm_head) of a causal LM (peft-wrapped or not), or None when the head cannot be run apart."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft: the LoRA-injected model
+    inner = _unwrapped(model)
     prefix = getattr(inner, "base_model_prefix", "")
     body = getattr(inner, prefix, None) if prefix else None
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    head = _embedding(inner, "output")
     if body is None or head is None or any(getattr(inner.config, k, None) for k in _LOGIT_TRANSFORMS):
         return None
     return body, head
@@ -204,9 +215,8 @@ class EmbeddingGrad:
 
     @classmethod
     def of(cls, model) -> EmbeddingGrad | None:
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        emb = inner.get_input_embeddings() if hasattr(inner, "get_input_embeddings") else None
-        head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+        inner = _unwrapped(model)
+        emb, head = _embedding(inner, "input"), _embedding(inner, "output")
         if (type(emb) is not torch.nn.Embedding or head is None or head.weight is not emb.weight
                 or not emb.weight.requires_grad or emb.max_norm is not None or emb.sparse):
             return None
