@@ -13,6 +13,7 @@ from pathlib import Path
 
 from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError
+from toolkit.core.lifetime import ends_with_this_process
 from toolkit.teacher.llama_tools import require_tool
 
 
@@ -62,8 +63,9 @@ class LlamaServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self._command()
         log = open(self.log_path, "ab")
-        # A session of its own: stop() signals the whole group, so no worker outlives the server.
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        # A session of its own: stop() signals the whole group, so no worker outlives the server. And it ends
+        # when this process is killed outright (toolkit/core/lifetime.py), which stop() cannot see.
+        self.proc = subprocess.Popen(ends_with_this_process(cmd), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from toolkit.core.errors import ToolkitError
 from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl, read_jsonl
+from toolkit.core.lifetime import ends_with_this_process
 from toolkit.core.models import resolve_model
 from toolkit.core.recipe import TrainConfig
 from toolkit.training.loading import load_model_and_tokenizer
@@ -140,7 +141,7 @@ def launch(job: TrainJob, threads: int | None, on_step=None, log_path: Path | No
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
         env.setdefault("NCCL_SOCKET_IFNAME", "lo")
     log = open(log_path or job.path.with_name("train-processes.log"), "ab")
-    proc = subprocess.Popen(launch_cmd(job.path, cfg), stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(ends_with_this_process(launch_cmd(job.path, cfg)), stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
     seen = 0
     while proc.poll() is None:
