@@ -13,6 +13,7 @@ writes, into --out:
 - the FDD run's rounds.md, leakage histogram and manifests of both runs.
 
     .venv/bin/python bench/budget_control.py size runs/fdd-cpu-powered
+    # the control, with that train_size and eval.base=false (the FDD run scored the same base): see the recipe
     .venv/bin/python bench/budget_control.py compare runs/fdd-cpu-powered runs/fdd-cpu-powered-control \\
         --out bench/results/fdd-cpu-powered
 """

@@ -76,3 +76,27 @@ def test_refuses_runs_with_different_held_out_problems(tmp_path):
     r = _bc("compare", str(fdd), str(other), "--out", str(tmp_path / "result"))
     assert r.returncode != 0 and "same held-out problems" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "result").exists()
+
+
+def test_a_run_without_the_base_eval(tmp_path, tiny_model_dir):
+    """eval.base false (the control's setting): no base eval stage or folder, round 0 alone in the summary and
+    rounds.md, the dry run says so; the option changes the digest only when set, so older runs still resume."""
+    from tests.conftest import DATA, toolkit, write_tiny_recipe
+    from tests.fault_teacher import FaultTeacher
+    from toolkit.core.recipe import load_recipe
+
+    with FaultTeacher(tmp_path / "server.jsonl") as srv:
+        recipe = write_tiny_recipe(tmp_path, tiny_model_dir, srv.base_url)
+        plan = toolkit("distill", str(recipe), f"data.root={DATA}", "eval.base=false", "--dry-run", cwd=tmp_path)
+        assert plan.returncode == 0, plan.stderr
+        assert "distilled (not the base) student" in plan.stdout
+        r = toolkit("distill", str(recipe), f"data.root={DATA}", "eval.base=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "tiny"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert list(manifest["summary"]["rounds"]) == ["round-0"]
+    assert "eval/base" not in manifest["stages"] and "round-0/eval" in manifest["stages"]
+    assert not (run / "eval-base").exists()
+    assert "| round-0 |" in (run / "rounds.md").read_text() and "| base |" not in (run / "rounds.md").read_text()
+    default = load_recipe(recipe).digest()
+    assert load_recipe(recipe, ["eval.base=true"]).digest() == default != load_recipe(recipe, ["eval.base=false"]).digest()

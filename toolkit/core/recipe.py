@@ -482,12 +482,17 @@ class EvalConfig(_Section):
       where prompts repeat (feedback_samples > 1). torch stays the default.
       `auto`: genai on a CPU machine, torch on a GPU (torch when the export fails, noted in the stage).
       Not genai with student.sampler vllm (vLLM is the sampler there).
+    base: evaluate the base student as well (the first row of every round table). false: skip it, for a run
+      paired with another that already scored the same base student on the same held-out problems (the
+      equal-budget control of bench/budget_control.py: a 500-problem eval with the calculator is ~17 min on
+      2 cores); its rounds are then compared with round 0 and with each other only.
     """
 
     max_new_tokens: int = Field(256, ge=8)
     batch_size: int = Field(16, ge=1)
     calculator: bool | Literal["both"] = False
     backend: Literal["torch", "genai", "auto"] = "torch"
+    base: bool = True
 
     @field_validator("calculator", mode="wrap")
     @classmethod
@@ -564,7 +569,8 @@ class DeployConfig(_Section):
 # recipe's digest and a resume refuses a different one (RunDir.open), so such a field left at its default is
 # dropped from the digest: runs made before it existed still resume, and setting it changes the digest.
 LATE_FIELDS: tuple[tuple[str, str], ...] = (("eval", "backend"), ("train", "micro_batch_size"),
-                                            ("train", "precision"), ("distill", "label_check"))
+                                            ("train", "precision"), ("distill", "label_check"),
+                                            ("eval", "base"))
 
 
 class Recipe(_Section):

@@ -118,9 +118,11 @@ def run_all(ctx: RunContext) -> dict:
     torch.set_num_threads(ctx.threads)
     seeds, heldout = data(ctx)
     rows = rationales(ctx, 0, seeds)  # the teacher server stops before torch starts
-    rounds = {"base": evaluate_student(ctx, "eval/base", "eval: base student on held-out problems",
-                                       ctx.base_student, heldout, ctx.run.root / "eval-base" / "results.json")}
-    rounds["base"].update(problems=0, rationales=0)
+    rounds = {}
+    if ctx.recipe.eval.base:
+        rounds["base"] = evaluate_student(ctx, "eval/base", "eval: base student on held-out problems",
+                                          ctx.base_student, heldout, ctx.run.root / "eval-base" / "results.json")
+        rounds["base"].update(problems=0, rationales=0)
     problems = seeds  # the labelled training problems; grows by the accepted new ones each round
     student_dir = None
     leakage = None
@@ -204,7 +206,8 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
         ("training", (f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs")
          + f", batch {t.batch_size} × {t.seq_len} packed tokens, lr {t.lr}"
          + (f", LoRA r={t.lora}" if t.lora else "")),
-        ("evaluation", f"base and distilled student, greedy, {len(heldout)} problems, "
+        ("evaluation", f"{'base and distilled' if recipe.eval.base else 'distilled (not the base)'} student, "
+                       f"greedy, {len(heldout)} problems, "
                        f"max {recipe.eval.max_new_tokens} new tokens"),
         ("deploy", _describe_deploy(recipe)),
         ("run folder", str(run.resolve())),
