@@ -105,3 +105,35 @@ def test_overlap_is_the_longest_shared_word_run_and_matches_the_drop_rule(leakag
 def test_a_bad_generate_value_is_one_line(tmp_path, tiny_model_dir, value, needle):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, DEAD)
     one_line_error(toolkit("distill", str(recipe), f"distill.generate={value}", cwd=tmp_path, timeout=120), needle)
+
+
+def test_the_leakage_index_is_not_held_while_a_round_trains(tmp_path, tiny_model_dir, monkeypatch):
+    """Issue 19: the evaluation suites' n-gram index (0.14 GB once used) is built for each question stage and freed before
+    that round's training, where the distill process peaks; three rounds through the real run_all."""
+    import gc
+    import weakref
+
+    from toolkit.pipeline import distill
+
+    built, alive_at_training = [], []
+    real_from_suites, real_train = LeakageIndex.from_suites, distill.train_student
+
+    def from_suites(cls, *args, **kwargs):
+        index = real_from_suites(*args, **kwargs)
+        built.append(weakref.ref(index))
+        return index
+
+    def train_student(ctx, folder, rows):
+        gc.collect()
+        alive_at_training.append((folder, sum(ref() is not None for ref in built)))
+        return real_train(ctx, folder, rows)
+
+    monkeypatch.setattr(LeakageIndex, "from_suites", classmethod(from_suites))
+    monkeypatch.setattr(distill, "train_student", train_student)
+    with FaultTeacher(tmp_path / "server.jsonl") as srv:
+        recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, srv.base_url),
+                             [f"data.root={DATA}", "distill.rounds=3", "distill.new_per_problem=1"])
+        distill.run_all(RunContext(recipe, Console(quiet=True)))
+    assert [folder for folder, _ in alive_at_training] == ["round-0", "round-1", "round-2"]
+    assert [alive for _, alive in alive_at_training] == [0, 0, 0]
+    assert len(built) == 2  # one index per question stage
