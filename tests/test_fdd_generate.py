@@ -108,8 +108,8 @@ def test_a_bad_generate_value_is_one_line(tmp_path, tiny_model_dir, value, needl
 
 
 def test_the_leakage_index_is_not_held_while_a_round_trains(tmp_path, tiny_model_dir, monkeypatch):
-    """Issue 19: the evaluation suites' n-gram index (0.14 GB once used) is built for each question stage and freed before
-    that round's training, where the distill process peaks; three rounds through the real run_all."""
+    """Issue 19: the evaluation suites' n-gram index (0.14 GB once used) is built for each question stage and freed
+    before that round's training, where the distill process peaks; three rounds through the real run_all."""
     import gc
     import weakref
 

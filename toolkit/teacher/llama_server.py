@@ -65,7 +65,8 @@ class LlamaServer:
         log = open(self.log_path, "ab")
         # A session of its own: stop() signals the whole group, so no worker outlives the server. And it ends
         # when this process is killed outright (toolkit/core/lifetime.py), which stop() cannot see.
-        self.proc = subprocess.Popen(ends_with_this_process(cmd), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(ends_with_this_process(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
