@@ -61,8 +61,7 @@ def main() -> None:
 
     import toolkit.training.train as train_module
     from toolkit.cli import main as toolkit_main
-    from toolkit.core import memory
-    from toolkit.core.memory import rss_bytes
+    from toolkit.core.memory import hwm_bytes, rss_bytes
 
     sampler = PhaseSampler()
     threading.Thread(target=sampler.run, daemon=True).start()
@@ -85,7 +84,7 @@ def main() -> None:
         if args.autograd_embedding:
             k["embedding_grad"] = False
         real_train(model, *a, **k)
-        hwm = memory._status_kb("VmHWM") * 1024
+        hwm = hwm_bytes()
         top = sorted(sampler.peaks.items(), key=lambda kv: -kv[1])[: args.top]
         emit({"command": command, "recipe": str(args.recipe),
               "embedding_grad": not args.autograd_embedding, "train_start_rss_bytes": start,

@@ -25,7 +25,14 @@ def _status_kb(field: str) -> int | None:
 
 
 def rss_bytes() -> int | None:
+    """This process's resident memory now (bytes), or None off Linux."""
     kb = _status_kb("VmRSS")
+    return None if kb is None else kb * 1024
+
+
+def hwm_bytes() -> int | None:
+    """This process's resident high-water mark (VmHWM, bytes) since start or the last reset, None off Linux."""
+    kb = _status_kb("VmHWM")
     return None if kb is None else kb * 1024
 
 
@@ -103,8 +110,7 @@ class PeakRSS:
             self._thread.join()
             self.peak_bytes = max(self._sampled, rss_bytes() or 0) or None
         else:
-            hwm = _status_kb("VmHWM")
-            self.peak_bytes = None if hwm is None else hwm * 1024
+            self.peak_bytes = hwm_bytes()
         if self.peak_bytes:
             _process_peak = max(_process_peak, self.peak_bytes)
         after = children_maxrss_bytes()
@@ -120,8 +126,8 @@ class PeakRSS:
 
 def process_peak_bytes() -> int | None:
     """The most this process has held since it started (bytes), across the blocks that reset VmHWM."""
-    hwm = _status_kb("VmHWM")
-    return max(_process_peak, hwm * 1024) if hwm is not None else (_process_peak or None)
+    hwm = hwm_bytes()
+    return max(_process_peak, hwm) if hwm is not None else (_process_peak or None)
 
 
 def release_memory() -> None:
