@@ -15,6 +15,7 @@ from toolkit.training.loading import fix_special_tokens, load_model_and_tokenize
 from toolkit.eval.backend import BatchAnswers, Generator, length_sorted_batches, llama_prompt
 from toolkit.eval.calc_decode import LlamaCppCalculator, TorchCalculator, assistant_prefix, hf_sequence
 from toolkit.eval.genai_backend import GenaiGenerator
+from toolkit.eval.gqa_attention import grouped_sdpa
 from toolkit.eval.openai_backend import LlamaServerGenerator, OpenAIGenerator
 from toolkit.eval.prompts import PLAIN_STOP, plain_text, render
 
@@ -24,6 +25,9 @@ class TorchGenerator:
 
     name = "torch"
     calculator = False
+    # Grouped key/value heads go to SDPA as they are, not copied per query head (eval/gqa_attention.py: the same
+    # answers, faster); False keeps transformers' own attention, for comparing the two.
+    grouped_attention = True
 
     def __init__(self, model, tokenizer, batch_size: int = 16, threads: int | None = None, seed: int = 0):
         # heavy optional runtime, imported on first use
@@ -66,7 +70,7 @@ class TorchGenerator:
 
                 seqs = [hf_sequence(self.tok, assistant_prefix(prompts[i])) for i in idx]
                 kwargs["logits_processor"] = LogitsProcessorList([TorchCalculator(seqs, enc["input_ids"].shape[1])])
-            with torch.inference_mode():
+            with torch.inference_mode(), grouped_sdpa(self.model, self.grouped_attention):
                 gen = self.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                           **kwargs)
             width = enc["input_ids"].shape[1]
