@@ -15,7 +15,8 @@ batch in one pass, fp32, AdamW's foreach path, glibc malloc as it comes, nothing
 stages (the engine before issue 19); "answer+gc" = logits at answer positions only, checkpointing, heap
 pinned in training and freed between stages (the session-6 default); then fused AdamW, one sequence per
 pass (micro-batch 1), the LM head's loss in recomputed chunks of 128 answer tokens, the tied embedding's
-gradient added in place and bf16 autocast added one by one, and without checkpointing. `--variants` picks a subset.
+gradient added in place, grouped key/value heads handed to SDPA as they are, and bf16 autocast added one by one,
+and without checkpointing. `--variants` picks a subset.
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ DATA = ROOT.parent / "shared" / "data"
 # mmap threshold in training and free memory between stages (toolkit/core/memory.py); micro: sequences per
 # forward/backward pass (None: the whole batch); precision: train.precision; fused: fused AdamW; chunk: answer
 # tokens per pass of the LM head and its loss, recomputed in the backward pass (None: all in one pass); embed:
-# the tied embedding's gradient added in place after the backward pass (toolkit.training.train.EmbeddingGrad).
+# the tied embedding's gradient added in place after the backward pass (toolkit.training.train.EmbeddingGrad);
+# gqa: grouped key/value heads handed to SDPA as they are, in training and eval (toolkit/eval/gqa_attention.py).
 _OLD = dict(answer=False, gc=False, release=False, micro=None, precision="fp32", fused=False, chunk=None,
-            embed=False)
+            embed=False, gqa=False)
 VARIANTS = {
     "old": _OLD,
     "old+release": {**_OLD, "release": True},
@@ -51,6 +53,8 @@ VARIANTS = {
     "answer+gc+fused+chunk": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "chunk": 128},
     "answer+gc+fused+chunk+embed": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True,
                                     "chunk": 128, "embed": True},
+    "answer+gc+fused+chunk+embed+gqa": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True,
+                                        "chunk": 128, "embed": True, "gqa": True},
     "answer+fused+chunk": {**_OLD, "answer": True, "release": True, "fused": True, "chunk": 128},
     "answer+gc+fused+micro1": {**_OLD, "answer": True, "gc": True, "release": True, "fused": True, "micro": 1},
     "answer+fused+micro1": {**_OLD, "answer": True, "release": True, "fused": True, "micro": 1},
@@ -93,6 +97,7 @@ def one(variant: str, args) -> dict:
 
     from toolkit.pipeline.student import load_student
     from toolkit.eval.generate import TorchGenerator
+    from toolkit.eval.gqa_attention import grouped_sdpa
     from toolkit.training.loading import load_model_and_tokenizer
     from toolkit.core.memory import PeakRSS, release_memory, rss_bytes
     from toolkit.core.models import resolve_model
@@ -129,7 +134,7 @@ def one(variant: str, args) -> dict:
         cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=1e-4,
                           threads=args.threads, checkpoint_every=0, gradient_checkpointing=checkpointing,
                           micro_batch_size=v["micro"] or args.batch, precision=v["precision"])
-        with stage("train"):
+        with stage("train"), grouped_sdpa(model, v["gqa"]):
             stats = train(model, tok, examples, cfg, Path(tmp) / "student", seed=args.seed,
                           answer_only=answer_only, pin_heap=release, fused_optimizer=v["fused"],
                           loss_chunk=v["chunk"], embedding_grad=v["embed"])
@@ -144,6 +149,7 @@ def one(variant: str, args) -> dict:
         with stage("eval"):
             smodel, stok = load_student(Path(tmp) / "student")
             gen = TorchGenerator(smodel, stok, batch_size=20, threads=args.threads)
+            gen.grouped_attention = v["gqa"]
             heldout = load_suite("multiarith", DATA)[: args.eval_problems]
             outs = gen.generate([training_prompt(p.question, ["cot"]) for p in heldout],
                                 max_new_tokens=args.max_new_tokens)
