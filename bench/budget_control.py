@@ -10,7 +10,8 @@ writes, into --out:
   tokens, training rows per model; paired differences (95% bootstrap interval, exact McNemar p) of FDD's
   last round against its round 0, and of each FDD round against the control;
 - samples/<run>--<model>.jsonl.gz: every model's per-problem answers, to recompute any pairing;
-- the FDD run's rounds.md, leakage histogram and manifests of both runs.
+- rounds.md: the FDD run's rounds.md with the comparison appended; the leakage histogram and manifests of both
+  runs.
 
     .venv/bin/python bench/budget_control.py size runs/fdd-cpu-powered
     # the control, with that train_size and eval.base=false (the FDD run scored the same base): see the recipe
@@ -124,7 +125,15 @@ def main() -> None:
     atomic_write_json(out / "comparison.json", {"models": models, "paired": paired,
                                                 "control_train_size": control["recipe"]["data"]["train_size"],
                                                 "control_size_rule": control_size(fdd)})
-    for src, dst in ((args.fdd_run / "rounds.md", "rounds.md"), (args.fdd_run / "manifest.json", "manifest.json"),
+    # rounds.md: the FDD run's own table (base and every round, each paired against round 0 and the round
+    # before), then the control beside them, so one file holds every model of the experiment.
+    fdd_rounds = args.fdd_run / "rounds.md"
+    head = fdd_rounds.read_text().rstrip("\n") + "\n\n" if fdd_rounds.is_file() else ""
+    atomic_write_text(out / "rounds.md", head + "## Against the equal-teacher-budget control\n\n"
+                      f"The control: round 0 alone on {control['recipe']['data']['train_size']} original problems, "
+                      "the FDD run's teacher requests spent on them (bench/budget_control.py).\n\n"
+                      + "\n".join(lines) + "\n")
+    for src, dst in ((args.fdd_run / "manifest.json", "manifest.json"),
                      (args.control_run / "manifest.json", "manifest-control.json")):
         if src.is_file():
             shutil.copyfile(src, out / dst)

@@ -31,6 +31,7 @@ def _run(root: Path, name: str, stages: dict, right: dict[str, list[bool]], held
     recipe = {"distill": {"paths_per_problem": 2}, "data": {"train_size": 6}}
     (run / "manifest.json").write_text(json.dumps({"recipe": recipe, "stages": stages,
                                                    "summary": {"rounds": rounds}}))
+    (run / "rounds.md").write_text(f"| model | held-out n |\n|---|---:|\n| {name} rounds |\n")
     return run
 
 
@@ -66,6 +67,8 @@ def test_control_size_and_pairing(tmp_path):
     assert (vs_control["only_model"], vs_control["only_against"]) == (2, 0)
     assert vs_control["difference"] == 0.2
     assert "fdd/round-1 | control/round-0 | +20.0" in (out / "comparison.md").read_text()
+    rounds = (out / "rounds.md").read_text()  # the FDD run's own table, then every model against the control
+    assert rounds.startswith((fdd / "rounds.md").read_text()) and "| control/round-0 | 10 | 40.0%" in rounds
     with gzip.open(out / "samples" / "control--round-0.jsonl.gz", "rt") as f:
         assert [json.loads(line)["id"] for line in f] == IDS
 
