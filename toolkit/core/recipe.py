@@ -328,6 +328,21 @@ class DistillConfig(_Section):
         passed the vote, at teacher.temperature. PoT rows enter training only when pot is a strategy.
         round-K/votes.jsonl records each problem's PoT answers and the check's verdict, the labels stage
         how many problems the check rejected.
+    question_check: how new questions are written. `none`: the teacher writes questions only (the vote
+        alone labels them). `program` (answerable by construction): the teacher writes each new question
+        together with a short Python program that computes its answer from the numbers the question
+        states, in one request; a question is kept only when the program runs in the sandbox and yields
+        a number, every number the program uses appears in the question, and the CoT label vote agrees
+        with the program's result. round-K/questions.jsonl keeps each question's program and result; the
+        questions stage counts what each test dropped.
+    round_source: where a round after round 0 finds its new training problems. `generated`: FDD's
+        teacher-written questions (harder / similar, above). `originals`: unused original problems of the
+        training source (gold answers known), the ones the previous student gets wrong first (feedback-
+        driven selection; student compute only), then the rest in seeded order. `auto`: `originals` while
+        unused originals remain, `generated` once they have run out (bench/results/fdd-cpu-powered: while
+        originals remain, a generated round is the worse use of a teacher request).
+    originals_per_round: with round_source originals / auto, how many unused original problems a round
+        adds (default: new_per_problem per training problem, the count a generated round would ask for).
     dedup_ngram / dedup_threshold: word n-gram Jaccard similarity at which two problems are
         near-duplicates (only the first is kept).
     leakage_ngram: a generated problem sharing a word n-gram of this length with any evaluation
@@ -360,6 +375,9 @@ class DistillConfig(_Section):
     vote_fraction: float = Field(0.5, gt=0, le=1)
     vote_min: int = Field(2, ge=1)
     label_check: Literal["none", "pot"] = "none"
+    question_check: Literal["none", "program"] = "none"
+    round_source: Literal["generated", "originals", "auto"] = "generated"
+    originals_per_round: int | None = Field(None, ge=1)
     dedup_ngram: int = Field(3, ge=1)
     dedup_threshold: float = Field(0.7, gt=0, le=1)
     leakage_ngram: int = Field(13, ge=4)
@@ -570,7 +588,8 @@ class DeployConfig(_Section):
 # dropped from the digest: runs made before it existed still resume, and setting it changes the digest.
 LATE_FIELDS: tuple[tuple[str, str], ...] = (("eval", "backend"), ("train", "micro_batch_size"),
                                             ("train", "precision"), ("distill", "label_check"),
-                                            ("eval", "base"))
+                                            ("eval", "base"), ("distill", "question_check"),
+                                            ("distill", "round_source"), ("distill", "originals_per_round"))
 
 
 class Recipe(_Section):

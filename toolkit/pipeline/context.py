@@ -77,10 +77,11 @@ class RunContext:
         self._ledger: Ledger | None = None  # the teacher requests of the stage that is running
 
     def _check_sandbox(self) -> dict | None:
-        """With PoT (a strategy, or distill.label_check pot), fail before any teacher call when its programs
-        cannot run confined and the recipe did not choose `sandbox: unsafe` (one line naming the fix); returns
-        what the manifest records."""
-        if "pot" not in self.recipe.distill.strategies and self.recipe.distill.label_check != "pot":
+        """With PoT (a strategy, or distill.label_check pot) or question_check program, fail before any teacher
+        call when its programs cannot run confined and the recipe did not choose `sandbox: unsafe` (one line
+        naming the fix); returns what the manifest records."""
+        dc = self.recipe.distill
+        if "pot" not in dc.strategies and dc.label_check != "pot" and dc.question_check != "program":
             return None
         mode = self.recipe.distill.sandbox
         confined = prepare(mode)
