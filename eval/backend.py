@@ -57,9 +57,10 @@ class BatchAnswers:
     def put_batch(self, idx: list[int], texts: list[str], seqs: list[Sequence],
                   on_done: Callable[[int], None] | None) -> None:
         """The generated texts of the prompts `idx`, row by row; `seqs`: their calculator sequences (empty
-        when the calculator is off); `on_done(n)` hears that n more prompts are answered."""
+        when the calculator is off); `on_done(n)` hears that n more prompts are answered. A forced result that
+        the token limit cut off is written whole (as the server loop does): a cut `13969` would read as an answer."""
         for row, i in enumerate(idx):
-            self.texts[i] = cut_at_stop(texts[row], self.stops[i])
+            self.texts[i] = cut_at_stop(texts[row] + (seqs[row].unwritten() if seqs else ""), self.stops[i])
             if seqs:
                 self.calc_counts[i] = (seqs[row].forced, seqs[row].changed)
         if on_done:

@@ -2,7 +2,8 @@
 
 Token-level backends (torch and optimum ONNX through a LogitsProcessor, onnxruntime-genai through
 get/set_logits, llama.cpp in process through its logits_processor) pick every next token themselves:
-one `calculator.Sequence` per row forces the result's tokens and then keeps digits off the next token.
+one `calculator.Sequence` per row forces the result's tokens and then keeps the next tokens from extending
+its number (`36` + `5`, `.5`).
 A served model is text in, text out: `stream_with_calculator` reads the server's token stream, and
 where the model's own text leaves the calculator's result it stops the stream and asks again with the
 result appended to the prompt (a raw completion; see openai_backend.LlamaServerGenerator).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from toolkit.data.calculator import RANKED, Sequence, result_for, steer
+from toolkit.data.calculator import CONTINUES, MAY_CONTINUE, RANKED, Sequence, result_for, steer
 
 
 def hf_sequence(tokenizer, prefix: str = "") -> Sequence:
@@ -40,9 +41,10 @@ class TorchCalculator:
                 seq.push(tok)
             tok = seq.choose(lambda: iter(torch.topk(scores[row], min(RANKED, scores.shape[-1])).indices.tolist()))
             if tok is not None:
-                keep = scores[row, tok].clone()
+                # A finite score, whatever an earlier processor made of it: a row of -inf alone would make
+                # greedy take token 0 and sampling fail on NaN.
                 scores[row] = -torch.inf
-                scores[row, tok] = keep
+                scores[row, tok] = 0.0
         return scores
 
 
@@ -65,8 +67,8 @@ class End:
         self.by_model = by_model
 
 
-# A stream opener for the text loop: (text generated so far, token budget, keep digits off the first
-# token) -> the model's next pieces (str, about one per token), then one End.
+# A stream opener for the text loop: (text generated so far, token budget, keep the first tokens from
+# extending the number the text ends with) -> the model's next pieces (str, about one per token), then one End.
 Opener = Callable[[str, int, bool], Iterator["str | End"]]
 
 
@@ -75,8 +77,8 @@ def stream_with_calculator(open_stream: Opener, prefix: str, max_tokens: int) ->
 
     After `expr =` the model's pieces are compared with the result's text: while they agree the stream
     goes on untouched; when they leave it (another number, the same digits continued, or the end of the
-    answer), the stream is closed and reopened from the text with the result appended, its first token
-    kept off digits. `max_tokens` counts the model's tokens, including those dropped at a changed result.
+    answer), the stream is closed and reopened from the text with the result appended, its first tokens
+    kept from extending the number (calculator.CONTINUES). `max_tokens` counts the model's tokens, including those dropped at a changed result.
     """
     gen, used, changed, guard = "", 0, 0, False
     pending = result_for(prefix)  # a result the model's next pieces are being compared with
@@ -95,10 +97,13 @@ def stream_with_calculator(open_stream: Opener, prefix: str, max_tokens: int) ->
                     seen += piece
                     want = pending.text
                     if len(seen) <= len(want) and want.startswith(seen):
-                        continue  # agrees so far (when complete, the next piece must not be a digit)
-                    if not seen.startswith(want) or seen[len(want)].isdigit():
+                        continue  # agrees so far (when complete, the next pieces must not extend it)
+                    rest = seen[len(want):] if seen.startswith(want) else None
+                    if rest is None or CONTINUES.match(rest):
                         diverged = True
                         break
+                    if rest in MAY_CONTINUE:
+                        continue  # `36.`: the next piece says whether it is 36.5
                     piece, pending, seen = seen, None, ""
                 gen += piece
                 if gen.endswith(("=", "= ")):
@@ -108,7 +113,7 @@ def stream_with_calculator(open_stream: Opener, prefix: str, max_tokens: int) ->
             stream.close()
         if pending is None:
             break
-        if seen == pending.text and not diverged:  # the model wrote the result itself, then ended
+        if not diverged and seen.startswith(pending.text):  # the model wrote the result itself, then ended
             gen, pending = gen + seen, None
             break
         gen, pending, seen = gen + pending.text, None, ""

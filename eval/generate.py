@@ -171,7 +171,7 @@ class LlamaCppGenerator:
                            lambda t: self.llm.tokenize(t.encode(), add_bos=False, special=False), assistant_prefix(p))
             resp = self.llm.create_completion(ids, max_tokens=max_new_tokens, temperature=temperature, seed=self.seed,
                                               stop=stops, logits_processor=[LlamaCppCalculator(seq, len(ids))])
-            out.append(resp["choices"][0]["text"] or "")
+            out.append((resp["choices"][0]["text"] or "") + seq.unwritten())  # a result cut by max_tokens, whole
             self.calc_counts.append((seq.forced, seq.changed))
             if on_done:
                 on_done(1)

@@ -10,6 +10,7 @@ import openai
 
 from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError, redact
+from toolkit.data.calculator import CONTINUES, MAY_CONTINUE
 from toolkit.teacher.llama_server import LlamaServer
 
 from toolkit.eval.backend import llama_prompt
@@ -116,9 +117,11 @@ class LlamaServerGenerator(OpenAIGenerator):
             from llama_cpp import Llama
 
             self._vocab = Llama(str(self.path), vocab_only=True, verbose=False)
-            # logit_bias that keeps digits off the token after a forced result ("36" + "5")
-            self._no_digits = {str(t): -100 for t in range(self._vocab.n_vocab())
-                               if self._vocab.detokenize([t])[:1].isdigit()}
+            # logit_bias that keeps a forced result's number from being extended: right after it no digit and
+            # no `.5` or `,000` (self._no_extension); after a lone `.` or `,` no digit (self._no_digits)
+            texts = [self._vocab.detokenize([t]).decode(errors="replace") for t in range(self._vocab.n_vocab())]
+            self._no_extension = {str(t): -100 for t, text in enumerate(texts) if CONTINUES.match(text)}
+            self._no_digits = {str(t): -100 for t, text in enumerate(texts) if text[:1].isdigit()}
         out, self.calc_counts = [], []
         for p in prompts:
             prompt, stops = llama_prompt(self._vocab, p)
@@ -132,11 +135,13 @@ class LlamaServerGenerator(OpenAIGenerator):
 
     def _stream(self, prompt: str, max_tokens: int, stops: list[str], temperature: float, guard: bool):
         """The server's raw completion of `prompt`, one piece per token, then an End; with `guard` the
-        first token comes from a one-token request that keeps digits off it."""
+        first tokens come from one-token requests that keep them from extending the number `prompt` ends with."""
         args = dict(model=self.model, temperature=temperature, seed=self.seed, stop=stops)
         try:
-            if guard:
-                first = self.client.completions.create(prompt=prompt, max_tokens=1, logit_bias=self._no_digits, **args)
+            after = "" if guard else None  # the text since the forced result while it could still be extended
+            while after is not None:
+                bias = self._no_digits if after else self._no_extension
+                first = self.client.completions.create(prompt=prompt, max_tokens=1, logit_bias=bias, **args)
                 choice = first.choices[0]
                 if choice.text:
                     yield choice.text
@@ -144,6 +149,7 @@ class LlamaServerGenerator(OpenAIGenerator):
                 if choice.finish_reason == "stop" or max_tokens <= 0:
                     yield End(choice.finish_reason == "stop")
                     return
+                after = after + choice.text if choice.text and after + choice.text in MAY_CONTINUE else None
             stream = self.client.completions.create(prompt=prompt, max_tokens=max_tokens, stream=True, **args)
             try:
                 for chunk in stream:

@@ -1,6 +1,7 @@
 """The calculator: what it accepts and how it prints, what it refuses, and its per-sequence decoding state."""
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import pytest
@@ -40,6 +41,9 @@ def test_tiny_results_are_refused_not_printed_as_zero():
     ("answer = a * b", None), ("x = 5", None), ("answer =", None), ("apples + 5 =", None), ("12 * 3 = 36 =", None),
     ("2**10 =", None), ("20% of 50 =", None), ("He has 12 * 3", None), ("12 * 3 =  ", None), ("-5 =", None),
     ("box x 3 =", None), ("(" * 12 + "1+1" + ")" * 12 + " =", None),
+    # after sentence punctuation (a `.` or `,` and a space), the expression starts afresh
+    ("He has 3 bags. 3 * 4 =", " 12"), ("So, 3 * 4 =", " 12"), ("5 - 2 = 3. 3 * 4 =", " 12"),
+    ("1. 5 + 3 = ", "8"), ("I have 3, 4 * 2 =", " 8"), ("It costs 1,200. 2 * 3 =", " 6"),
 ])
 def test_the_trigger_fires_only_on_arithmetic_before_equals(text, forced):
     found = result_for(text)
@@ -47,7 +51,7 @@ def test_the_trigger_fires_only_on_arithmetic_before_equals(text, forced):
 
 
 # A word-level "tokenizer" for the decoding state: one token per whitespace-separated piece.
-VOCAB = [" ", "=", " =", "3", "6", "5", " apples", ".", "12", " *", " 3", "<end>", " 36", " 365"]
+VOCAB = [" ", "=", " =", "3", "6", "5", " apples", ".", "12", " *", " 3", "<end>", " 36", " 365", ".5", ",000", ","]
 
 
 def _tok():
@@ -132,3 +136,76 @@ def test_the_server_loop_rejects_digits_continuing_the_result():
     opener, calls = _opener([[" 3", "6", "5", " apples"], [" apples"]])
     text, forced, changed = stream_with_calculator(opener, "12 * 3 =", 64)
     assert text == " 36 apples" and (forced, changed) == (1, 1)
+
+
+@pytest.mark.parametrize("model_writes", [(".5",), (".", "5"), (",000",), (",", "5")])
+def test_a_forced_result_cannot_be_extended_by_a_decimal_or_thousands_part(model_writes):
+    # the model agrees on " 36" and then wants 36.5 (or 36,000): in one token or two
+    script = [VOCAB.index(t) for t in ("12", " *", " 3", " =", " 36", *model_writes, " apples", " apples")]
+    text, seq = _decode_with(script, "")
+    assert text.startswith("12 * 3 = 36") and not re.match(r"[.,]?\d", text[len("12 * 3 = 36"):]), text
+    assert (seq.forced, seq.changed) == (1, 1)  # the model's own number was not the result: counted as changed
+
+
+def test_sentence_punctuation_after_a_forced_result_is_allowed_and_not_a_change():
+    script = [VOCAB.index(t) for t in ("12", " *", " 3", " =", " 36", ".", " apples")]
+    text, seq = _decode_with(script, "")
+    assert text == "12 * 3 = 36. apples" and (seq.forced, seq.changed) == (1, 0)
+
+
+def test_a_result_cut_by_the_token_limit_is_kept_for_writing_whole():
+    decode, encode = _tok()
+    seq = Sequence(decode, lambda t: [VOCAB.index(" "), VOCAB.index("3"), VOCAB.index("6")], "12 * 3 =")
+    tok = seq.choose(lambda: iter(range(len(VOCAB))))  # the limit allows one token
+    seq.push(tok)
+    assert decode(seq.ids) + seq.unwritten() == " 36"
+    assert Sequence(decode, encode, "no arithmetic").unwritten() == ""
+
+
+def _forced_token(tok, prefix: str) -> int:
+    return tok(result_for(prefix).text, add_special_tokens=False)["input_ids"][0]
+
+
+def test_torch_calculator_forces_a_token_an_earlier_processor_ruled_out(tiny_model_dir):
+    """An earlier processor (a ban list, a grammar) set the forced token to -inf: greedy still takes it and
+    sampling sees a finite row, never NaN."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+    from toolkit.eval.calc_decode import TorchCalculator, hf_sequence
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prefix = "He has 12 * 3 ="
+    forced = _forced_token(tok, prefix)
+
+    class Ban(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores[:, forced] = -torch.inf
+            return scores
+
+    ban = Ban()
+    scores = ban(None, torch.randn(1, len(tok)))
+    out = TorchCalculator([hf_sequence(tok, prefix)], 4)(torch.zeros(1, 4, dtype=torch.long), scores)
+    assert int(out[0].argmax()) == forced and torch.isfinite(out[0, forced])
+    assert not torch.softmax(out[0], -1).isnan().any()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = tok("Tom has", return_tensors="pt", add_special_tokens=False)["input_ids"]
+    for sample in (False, True):
+        procs = LogitsProcessorList([ban, TorchCalculator([hf_sequence(tok, prefix)], ids.shape[1])])
+        gen = model.generate(ids, max_new_tokens=4, do_sample=sample, logits_processor=procs,
+                             pad_token_id=tok.pad_token_id, temperature=0.7 if sample else None, top_p=None,
+                             top_k=None)
+        assert tok.decode(gen[0, ids.shape[1]:]).startswith(" 36"), sample
+
+
+def test_torch_backend_writes_a_result_cut_by_the_token_limit_whole(tiny_model_dir):
+    from toolkit.eval.generate import open_generator
+    from toolkit.eval.prompts import build_messages
+
+    prompt = build_messages("What is 4817 * 29?") + [{"role": "assistant", "content": "So 4817 * 29 = "}]
+    gen = open_generator(str(tiny_model_dir), "torch", batch_size=1, threads=1, calculator=True)
+    try:
+        out = gen.generate([prompt], max_new_tokens=1)
+    finally:
+        gen.close()
+    assert out == ["139693"] and gen.calc_counts[0][0] == 1  # the limit allowed one of its tokens

@@ -31,6 +31,11 @@ _TOKEN = re.compile(r"\s*(?:(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\
 _OPS = {"x": "*", "×": "*", "÷": "/", "−": "-"}
 # Characters an expression may span when it is read back from the end of a text.
 _RUN_CHARS = set("0123456789.,+-*/()%x×÷− ")
+# Text after a forced result that would extend its number: `36` + `5`, `.5` or `,000` (36.5, 36,000).
+CONTINUES = re.compile(r"[.,]?\d")
+# Text after a forced result that the next token could still turn into an extension (`36.` + `5`; an
+# empty-text token such as an end token changes nothing).
+MAY_CONTINUE = frozenset({"", ".", ","})
 
 
 class CalcError(ValueError):
@@ -185,7 +190,8 @@ def result_for(text: str) -> Forced | None:
 
     The expression must hold at least one binary operator, so `x = 5`, `answer = a * b` and `= 7` never
     fire. It is the longest run of arithmetic characters before the `=` that parses, read from the
-    run's start or from just after one of its opening parentheses (`(so 3 * 4 =` reads `3 * 4`).
+    run's start, from just after one of its opening parentheses (`(so 3 * 4 =` reads `3 * 4`), or from
+    just after sentence punctuation: a `.` or `,` followed by a space (`bags. 3 * 4 =`, `So, 3 * 4 =`).
     """
     body = text[:-1] if text.endswith("= ") else text
     if not body.endswith("="):
@@ -195,7 +201,8 @@ def result_for(text: str) -> Forced | None:
     if end - start > MAX_CHARS:  # only the tail can matter; the parser refuses anything longer
         start = end - MAX_CHARS
     run = body[start:end]
-    starts = [0] + [k + 1 for k, c in enumerate(run) if c == "("]
+    starts = [0] + [k + 1 for k, c in enumerate(run)
+                    if c == "(" or (c in ".," and run[k + 1:k + 2].isspace())]
     for k in starts:
         expr = run[k:]
         try:
@@ -219,11 +226,12 @@ class Sequence:
     assistant text already in the prompt (it may itself end in `12 * 3 =`). Each step the runtime calls
     `choose(ranked)`, where `ranked()` yields the model's candidate tokens best first: it returns the
     token the step must take, or None when the model is free; then `push(token)` with what was taken.
-    After a forced result the next token is the model's best that does not begin with a digit, so the
-    model cannot append digits to the calculator's number (`36` + `5`).
+    After a forced result each next token is the model's best that does not extend the calculator's
+    number: no digit (`36` + `5`), no `.` or `,` with a digit after it (`.5`, `,000`), and after a lone
+    `.` or `,` the step after that is guarded too (`36.` + `5`), so the number written stays the result.
 
     `forced` counts results forced; `changed` those where the model's own best tokens would have
-    differed (another number, or the same digits continued).
+    differed (another number, or the same number continued). `unwritten()` is what a token limit cut off.
     """
 
     WINDOW = 96  # tokens decoded from the end to read an expression back (more when the expression is longer)
@@ -232,7 +240,7 @@ class Sequence:
         self.decode, self.encode, self.prefix = decode, encode, prefix
         self.ids: list[int] = []
         self.queue: list[int] = []
-        self.guard = False  # the step after a forced result: no digit may follow
+        self.guard: str | None = None  # text since a forced result while the next token could extend it
         self.agree = True
         self.forced = self.changed = 0
         self.ended = False  # for the runtime: the row has ended (its later tokens are padding)
@@ -264,11 +272,15 @@ class Sequence:
     @property
     def pending(self) -> bool:
         """Whether the next step is the calculator's (a result token, or the guard after one)."""
-        return bool(self.queue) or self.guard
+        return bool(self.queue) or self.guard is not None
+
+    def unwritten(self) -> str:
+        """The text of a forced result's tokens that were not generated (the token limit came first), else ''."""
+        return self.decode(self.queue) if self.queue else ""
 
     def push(self, tok: int) -> None:
         self.ids.append(tok)
-        if self.queue or self.guard:
+        if self.queue or self.guard is not None:
             return
         last = self._text(tok)
         near_eq = "=" in last or (last.isspace() and len(self.ids) > 1 and "=" in self._text(self.ids[-2]))
@@ -280,17 +292,19 @@ class Sequence:
             tok = self.queue.pop(0)
             if self.agree and next(iter(ranked())) != tok:
                 self._disagree()
-            self.guard = not self.queue
+            self.guard = None if self.queue else ""
             return tok
-        if not self.guard:
+        if self.guard is None:
             return None
-        self.guard = False
+        after, self.guard = self.guard, None
         best = chosen = None
         for cand in ranked():
             best = cand if best is None else best
-            if not self._text(cand)[:1].isdigit():
+            if not CONTINUES.match(after + self._text(cand)):
                 chosen = cand
                 break
+        if chosen is not None and after + self._text(chosen) in MAY_CONTINUE:
+            self.guard = after + self._text(chosen)  # `36.` may still become 36.5: the next step is guarded too
         if self.agree and best != chosen:
             self._disagree()
         return chosen
@@ -300,7 +314,7 @@ class Sequence:
         self.changed += 1
 
 
-RANKED = 64  # candidates offered at a guarded step; one without a leading digit is always among them in practice
+RANKED = 64  # candidates offered at a guarded step; one that extends no number is always among them in practice
 
 
 def steer(seq: Sequence, scores):
