@@ -2,6 +2,7 @@
 and a seed-fixed golden loss curve."""
 from __future__ import annotations
 
+import ctypes
 import json
 
 import pytest
@@ -109,3 +110,47 @@ def test_golden_loss_curve(tiny_model_dir, tmp_path):
     stats = train(model, tok, examples, GOLDEN_CFG, tmp_path / "student", seed=0)
     assert stats["packed_sequences"] == 4
     assert [row["loss"] for row in stats["curve"]] == pytest.approx(GOLDEN_CURVE, rel=GOLDEN_RTOL)
+
+
+class _MallInfo2(ctypes.Structure):
+    # glibc's struct mallinfo2 (malloc.h, glibc >= 2.33): ten size_t counters
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _served_by_mmap(nbytes: int) -> bool:
+    """Whether glibc serves a block of `nbytes` with its own mmap now (the pinned threshold) or from the heap."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype, libc.malloc.restype = _MallInfo2, ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(nbytes)
+    try:
+        return libc.mallinfo2().hblks > before
+    finally:
+        libc.free(block)
+
+
+class _Stop(RuntimeError):
+    pass
+
+
+def test_a_train_that_raises_undoes_the_malloc_pin_and_gradient_checkpointing(tiny_model_dir, tmp_path):
+    """A library caller whose training raises mid-way (here its own log callback, after setup and one step)
+    gets its model back without gradient checkpointing and its process's malloc without the pin."""
+    model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
+    examples = [tokenize_example(tok, MESSAGES, "3 + 5 = 8. The answer is 8.", 64)] * 4
+    cfg = TrainConfig(max_steps=3, batch_size=2, seq_len=64, threads=1, checkpoint_every=0,
+                      gradient_checkpointing=True)
+    seen = []
+
+    def log(row: dict) -> None:
+        seen.append((model.is_gradient_checkpointing, _served_by_mmap(1 << 20)))
+        raise _Stop("a callback that fails")
+
+    with pytest.raises(_Stop):
+        train(model, tok, examples, cfg, tmp_path / "student", seed=0, log=log)
+    assert seen == [(True, True)]  # during training: checkpointing on, a 1 MiB block gets its own mmap
+    assert not model.is_gradient_checkpointing
+    assert not _served_by_mmap(1 << 20)  # the pin is undone: 1 MiB comes from the heap again
+    assert not (tmp_path / "student").exists()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from toolkit.core import untrusted_json
 from toolkit.core.errors import ToolkitError
 from toolkit.core.memory import pin_mmap_threshold, release_memory, unpin_mmap_threshold
 from toolkit.core.recipe import TrainConfig
@@ -254,10 +255,25 @@ def micro_batches(share: list, size: int | None) -> list[list]:
     return [share[i:i + size] for i in range(0, len(share), size)]
 
 
-def train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
-          log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None,
-          answer_only: bool = True, pin_heap: bool = True, fused_optimizer: bool = True,
-          loss_chunk: int | None = LOSS_CHUNK_TOKENS, embedding_grad: bool = True) -> dict:
+def train(model, *args, pin_heap: bool = True, **kwargs) -> dict:
+    """`_train` (same arguments), and whichever way it ends, the process's malloc pin and the model's gradient
+    checkpointing are undone: after an exception a library caller's later generation would otherwise run
+    2.2x slower (bench/memory.py) and with checkpointing still on."""
+    checkpointing_before = bool(getattr(model, "is_gradient_checkpointing", False))
+    try:
+        return _train(model, *args, pin_heap=pin_heap, **kwargs)
+    finally:
+        # On success `_train` has done both already; these repeat it harmlessly (one mallopt call).
+        if getattr(model, "is_gradient_checkpointing", False) and not checkpointing_before:
+            model.gradient_checkpointing_disable()  # LoRA enables it on this same base model, through peft
+        if pin_heap:
+            unpin_mmap_threshold()
+
+
+def _train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
+           log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None,
+           answer_only: bool = True, pin_heap: bool = True, fused_optimizer: bool = True,
+           loss_chunk: int | None = LOSS_CHUNK_TOKENS, embedding_grad: bool = True) -> dict:
     """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`.
 
     The folder appears only when complete (written beside it, then renamed). Every
@@ -439,10 +455,10 @@ class Checkpoint:
         if not self.file.is_file():
             return None
         try:
-            meta = json.loads(self.meta.read_text())
-        except (OSError, ValueError):
+            meta = untrusted_json.load(self.meta, max_bytes=1 << 20)  # ours is ~100 bytes; a copy may be hostile
+        except (OSError, untrusted_json.UntrustedJSONError):
             return None  # no fingerprint beside it: never unpickled
-        if not isinstance(meta, dict) or meta.get("kind") != self.KIND or meta.get("fingerprint") != self.fingerprint:
+        if meta.get("kind") != self.KIND or meta.get("fingerprint") != self.fingerprint:
             return None
         try:
             state = torch.load(self.file, map_location="cpu", weights_only=True)
