@@ -86,6 +86,16 @@ def _new_questions(m: int, harder: bool, rng: random.Random) -> list[str]:
     return out
 
 
+def _program(question: str) -> str:
+    """A program that computes solve(question) from the question's own numbers."""
+    nums = re.findall(r"\d+", question) or ["0"]
+    if re.search(r"\btimes\b|\beach\b", question):
+        return "answer = " + " * ".join(nums)
+    if re.search(r"\bminus\b|gives away|\bleft\b", question):
+        return "answer = " + " - ".join(nums)
+    return "answer = " + " + ".join(nums)
+
+
 def strategy_of(body: dict) -> str:
     """Which strategy a solve request asks for, read from its system prompt (toolkit/data/strategies.py)."""
     system = next((m["content"] for m in body.get("messages", []) if m.get("role") == "system"), "")
@@ -114,6 +124,8 @@ def answer(body: dict, script: list[dict] | None = None, pot_programs: bool = Fa
     ask = re.match(r"Write (\d+) (harder|new)", user)
     if ask:
         qs = _new_questions(int(ask.group(1)), ask.group(2) == "harder", rng)
+        if "variable named answer" in user:  # distill.question_check program: each question with its program
+            return "\n".join(f"Problem {i + 1}: {q}\n```python\n{_program(q)}\n```" for i, q in enumerate(qs))
         return "\n".join(f"{i + 1}. {q}" for i, q in enumerate(qs))
     right = solve(user)
     wrong = int(body.get("seed", 0)) % 4 == 3  # one sample index in four answers wrong

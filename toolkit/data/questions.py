@@ -148,7 +148,7 @@ def _text_items(lines: list[str]) -> list[str]:
         elif current is not None and (in_solution or not blank or line[:1].isspace() or not has_body
                                       or _SOLUTION_START.match(line)):
             # A continuation: no blank line before it, an indented paragraph, the body under a
-            # bare "Problem 1:" label, or solution text (which _clean cuts off).
+            # bare "Problem 1:" label, or solution text (which clean_question cuts off).
             current.append(line)
             has_body = True
         elif marker is None:
@@ -163,7 +163,8 @@ def _text_items(lines: list[str]) -> list[str]:
     return [" ".join(item) for item in items]
 
 
-def _clean(text: str) -> str:
+def clean_question(text: str) -> str:
+    """A question item as kept: any solution after it cut, markup and a leading label dropped."""
     cut = _SOLUTION.search(text)
     if cut:
         text = text[:cut.start()].rstrip(" \t\n*_#([")  # with the markup that opened it: "**Answer:**"
@@ -173,7 +174,8 @@ def _clean(text: str) -> str:
     return _LEAD_LABEL.sub("", text).strip(" \"'“”*-")
 
 
-def _well_formed(question: str) -> bool:
+def well_formed(question: str) -> bool:
+    """A digit, something asked, and 6 to 120 words."""
     words = len(question.split())
     return (_MIN_WORDS <= words <= _MAX_WORDS and any(c.isdigit() for c in question)
             and ("?" in question or _ASKS.search(question) is not None))
@@ -194,8 +196,8 @@ def parse_questions(text: str, m: int) -> tuple[list[str], int]:
     items = [_json_text(x) for x in raw] if raw is not None else _text_items(text.splitlines())
     questions, malformed = [], 0
     for item in items:
-        question = _clean(item)
-        if _well_formed(question):
+        question = clean_question(item)
+        if well_formed(question):
             questions.append(question)
         else:
             malformed += 1

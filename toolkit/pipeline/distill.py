@@ -37,19 +37,35 @@ def _load_source(src: DataSource, recipe: Recipe) -> list[Problem]:
     return load_hf(src.hf, src.hf_config, src.hf_split, src.question_field, src.answer_field)
 
 
-def select_problems(recipe: Recipe) -> tuple[list[Problem], list[Problem]]:
-    """(train, heldout) problems: seeded, disjoint, of the recipe's sizes."""
+def _split(recipe: Recipe) -> dict[str, list[Problem]]:
+    """The training source's problems split, seeded and disjoint, into heldout, train (the recipe's sizes) and
+    unused (the rest, in the same seeded order: a larger train_size takes its extra problems from its front)."""
     d = recipe.data
     train_pool = _load_source(d.train, recipe)
     if d.heldout is None:
-        parts = split_problems(train_pool, {"heldout": d.heldout_size, "train": d.train_size}, recipe.seed)
-        return parts["train"], parts["heldout"]
+        rest = len(train_pool) - d.heldout_size - d.train_size
+        return split_problems(train_pool, {"heldout": d.heldout_size, "train": d.train_size,
+                                           "unused": max(rest, 0)}, recipe.seed)
     heldout_pool = _load_source(d.heldout, recipe)
     heldout = split_problems(heldout_pool, {"heldout": d.heldout_size}, recipe.seed)["heldout"]
     # Never train on a question we evaluate on, even when two sources overlap.
     seen = {" ".join(p.question.lower().split()) for p in heldout}
     train_pool = [p for p in train_pool if " ".join(p.question.lower().split()) not in seen]
-    return split_problems(train_pool, {"train": d.train_size}, recipe.seed)["train"], heldout
+    parts = split_problems(train_pool, {"train": d.train_size, "unused": max(len(train_pool) - d.train_size, 0)},
+                           recipe.seed)
+    return parts | {"heldout": heldout}
+
+
+def select_problems(recipe: Recipe) -> tuple[list[Problem], list[Problem]]:
+    """(train, heldout) problems: seeded, disjoint, of the recipe's sizes."""
+    parts = _split(recipe)
+    return parts["train"], parts["heldout"]
+
+
+def unused_originals(recipe: Recipe) -> list[Problem]:
+    """The training source's problems with gold answers that neither round 0 nor the held-out set took, in
+    seeded order."""
+    return _split(recipe)["unused"]
 
 
 def data(ctx: RunContext) -> tuple[list[Problem], list[Problem]]:
@@ -66,8 +82,9 @@ def data(ctx: RunContext) -> tuple[list[Problem], list[Problem]]:
                             lambda: (read_jsonl(train_path), read_jsonl(heldout_path)))
 
 
-def rationales(ctx: RunContext, k_round: int, problems: list[Problem]) -> list[dict]:
-    """k teacher solutions per problem and strategy; those whose answer matches gold become training rows."""
+def rationales(ctx: RunContext, k_round: int, problems: list[Problem], out: str = "train.jsonl") -> list[dict]:
+    """k teacher solutions per problem and strategy; those whose answer matches gold become training rows,
+    written to round-K/`out` (a later round's originals: new_train.jsonl, beside the round's whole train.jsonl)."""
     rdir = ctx.run.round_dir(k_round)
     k = ctx.recipe.distill.paths_per_problem
     strategies = ctx.recipe.distill.strategies
@@ -94,7 +111,7 @@ def rationales(ctx: RunContext, k_round: int, problems: list[Problem]) -> list[d
                               "messages": training_prompt(prob.question, strategies),
                               "completion": training_completion(s, body, strategies)})
         atomic_write_jsonl(rdir / "rationales.jsonl", rows)
-        atomic_write_jsonl(rdir / "train.jsonl", train)
+        atomic_write_jsonl(rdir / out, train)
         info.update(requested=len(rows), kept=len(train),
                     problems_covered=len({r["problem_id"] for r in train}),
                     teacher_requests_sent=teacher.requests_sent, by_strategy=by_strategy)
@@ -105,7 +122,7 @@ def rationales(ctx: RunContext, k_round: int, problems: list[Problem]) -> list[d
     return ctx.cached_stage(f"round-{k_round}/rationales",
                             f"teacher: {k} solutions for each of {len(problems)} problems and "
                             f"{len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'}",
-                            compute, lambda: read_rows(rdir / "train.jsonl"))
+                            compute, lambda: read_rows(rdir / out))
 
 
 def run_all(ctx: RunContext) -> dict:
@@ -125,8 +142,22 @@ def run_all(ctx: RunContext) -> dict:
         rounds["base"].update(problems=0, rationales=0)
     problems = seeds  # the labelled training problems; grows by the accepted new ones each round
     student_dir = None
+    cfg = ctx.recipe.distill
+    unused = unused_originals(ctx.recipe) if cfg.rounds > 1 else []
     for k in range(ctx.recipe.distill.rounds):
-        if k > 0:
+        taken = {p.id for p in problems}
+        unused = [p for p in unused if p.id not in taken]
+        if k > 0 and fdd.round_source(cfg.round_source, len(unused)) == "originals":
+            picked = fdd.pick_originals(ctx, k, unused, student_dir,
+                                        cfg.originals_per_round or cfg.new_per_problem * len(problems))
+            new_rows = rationales(ctx, k, picked, out="new_train.jsonl")
+            problems, rows = problems + picked, rows + new_rows
+            atomic_write_jsonl(ctx.run.round_dir(k) / "train.jsonl", rows)
+        elif k > 0:
+            if unused:
+                ctx.console.print(f"[yellow]note: round {k} writes new questions while {len(unused)} original "
+                                  f"problems with gold answers are unused; {fdd.ORIGINALS_EVIDENCE} "
+                                  f"(distill.round_source: auto spends the round on them)[/yellow]")
             easy, hard = fdd.feedback(ctx, k, problems, student_dir)
             # The n-gram index of every evaluation suite (5,906 questions: 57 MB, 0.14 GB once overlap() has run;
             # built in 0.3 s) serves the question stage alone and is dropped before the round trains, where the
@@ -196,12 +227,8 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
         ("teacher requests", f"{len(train) * k * len(dc.strategies)} in round 0 ({k} "
                              + ("per problem and strategy" if is_tagged(dc.strategies) else "rationales per problem")
                              + "; cached requests are free)"),
-        ("rounds", f"{dc.rounds}" + (f": each later round asks the student for feedback, writes {dc.new_per_problem} "
-                                      f"new problem(s) per training problem and keeps those whose {dc.label_solves} "
-                                      f"teacher solutions agree (≥ {dc.vote_min} votes, ≥ {dc.vote_fraction:.0%})"
-                                      + (" and whose PoT program gives the same answer" if dc.label_check == "pot"
-                                         else "")
-                                      if dc.rounds > 1 else " (round 0 only)")),
+        ("rounds", f"{dc.rounds}" + (_describe_rounds(dc, len(unused_originals(recipe)))
+                                     if dc.rounds > 1 else " (round 0 only)")),
         ("strategies", ", ".join(dc.strategies) + (" (the student tags its replies and picks one)"
                                                    if is_tagged(dc.strategies) else "")),
         ("self-guided", _describe_self_guided(dc)),
@@ -215,6 +242,29 @@ def describe_plan(recipe: Recipe) -> list[tuple[str, str]]:
         ("run folder", str(run.resolve())),
         ("teacher cache", str(defaults.cache_root(recipe.cache_dir) / "teacher.sqlite")),
     ]
+
+
+def _describe_rounds(dc, unused: int) -> str:
+    """The later rounds' plan: where each takes its new problems, and the evidence note when a generated round
+    is planned while unused originals remain."""
+    generated = (f"the student's feedback, {dc.new_per_problem} new problem(s) per training problem"
+                 + (" written with a program whose numbers the question states" if dc.question_check == "program"
+                    else "")
+                 + f", kept when {dc.label_solves} teacher solutions agree (≥ {dc.vote_min} votes, "
+                   f"≥ {dc.vote_fraction:.0%})"
+                 + (" and the PoT program gives the same answer" if dc.label_check == "pot" else "")
+                 + (" and the writer's program gives the same answer" if dc.question_check == "program" else ""))
+    originals = (f"{dc.originals_per_round or f'{dc.new_per_problem} per training problem'} of the {unused} unused "
+                 f"original problems, those the student gets wrong first, {dc.paths_per_problem} teacher paths each")
+    if dc.round_source == "originals":
+        return f": each later round takes {originals}"
+    if dc.round_source == "auto":
+        return f": each later round takes {originals}; once they run out, {generated}"
+    text = f": each later round takes {generated}"
+    if unused:
+        text += (f". NOTE: {unused} original problems with gold answers stay unused; {fdd.ORIGINALS_EVIDENCE}; "
+                 f"distill.round_source: auto spends the rounds on them")
+    return text
 
 
 def _describe_deploy(recipe: Recipe) -> str:

@@ -5,9 +5,11 @@ import math
 
 from toolkit.core.recipe import Recipe
 from toolkit.data.problems import Problem
+from toolkit.data.question_programs import harder_program_messages, similar_program_messages
 from toolkit.data.questions import harder_messages, similar_messages
 from toolkit.data.strategies import STRATEGIES, Messages, teacher_messages
-from toolkit.pipeline.distill import select_problems
+from toolkit.pipeline.distill import select_problems, unused_originals
+from toolkit.pipeline.fdd import round_source
 from toolkit.teacher.ledger import cost_usd
 
 # The common rule of thumb for English text in BPE vocabularies: about 4 characters per token. Measured
@@ -54,14 +56,18 @@ def _mean(values: list[int]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _rounds(recipe: Recipe, train: list[Problem]) -> list[dict]:
-    """FDD rounds 1..R-1: one question-writing request per training problem, then label_solves solves per new
-    question. Upper bounds: every new question is taken as accepted, every problem as asking (with a kind
-    switched off only easy or only hard ones do), and each prompt as the longer of the kinds' requests (which
-    one a problem gets depends on the student's feedback)."""
+def _rounds(recipe: Recipe, train: list[Problem], unused: list[Problem]) -> list[dict]:
+    """Rounds 1..R-1. A generated round (FDD): one question-writing request per training problem, then
+    label_solves solves per new question. Upper bounds: every new question is taken as accepted, every problem
+    as asking (with a kind switched off only easy or only hard ones do), and each prompt as the longer of the
+    kinds' requests (which one a problem gets depends on the student's feedback). A round of unused originals:
+    paths_per_problem solves per strategy of each problem it takes (which ones, the student's answers decide:
+    their prompts are taken as long as the mean unused problem)."""
     dc = recipe.distill
     m, n = dc.new_per_problem, dc.label_solves
-    writers = {"harder": harder_messages, "similar": similar_messages}
+    programs = dc.question_check == "program"
+    writers = ({"harder": harder_program_messages, "similar": similar_program_messages} if programs
+               else {"harder": harder_messages, "similar": similar_messages})
     ask = [max(prompt_tokens(writers[kind](p, m)) for kind in dc.generate) for p in train]
     # With one kind switched off (distill.generate), feedback decides which problems ask at all.
     every = set(dc.generate) == set(writers)
@@ -71,10 +77,21 @@ def _rounds(recipe: Recipe, train: list[Problem]) -> list[dict]:
                         for p in train]) for j in range(n))
     # label_check pot with no PoT among the n solves: one extra PoT request per question (an upper bound:
     # only questions that pass the vote get one).
-    check = dc.label_check == "pot" and "pot" not in strategies[:n]
+    check = dc.label_check == "pot" and "pot" not in strategies[:n] and not programs
     pot_prompt = _mean([prompt_tokens(teacher_messages(p.question, "pot")) for p in train]) if check else 0.0
-    rows, problems = [], len(train)
+    per_original = _mean([prompt_tokens(teacher_messages(p.question, s)) for p in unused for s in dc.strategies])
+    rows, problems, left = [], len(train), len(unused)
     for k in range(1, dc.rounds):
+        if round_source(dc.round_source, left) == "originals":
+            take = min(dc.originals_per_round or m * problems, left)
+            requests = take * dc.paths_per_problem * len(dc.strategies)
+            rows.append(_row(f"round-{k}/rationales", requests, round(requests * per_original),
+                             requests * recipe.teacher.max_tokens, False,
+                             f"{take} unused original problems × {dc.paths_per_problem} paths × "
+                             f"{len(dc.strategies)} strateg{'y' if len(dc.strategies) == 1 else 'ies'}",
+                             prompt_upper_bound=False))
+            problems, left = problems + take, left - take
+            continue
         # Generated questions are not known yet: each is taken as long as the mean training problem.
         q_prompt = sum(ask) + round((problems - len(train)) * _mean(ask))
         rows.append(_row(f"round-{k}/questions", problems, q_prompt, problems * dc.question_max_tokens,
@@ -94,7 +111,8 @@ def estimate(recipe: Recipe) -> dict:
     """The teacher requests, tokens and (with teacher.price) cost of a whole run of `recipe`, per stage and in
     total; nothing is sent and nothing is written."""
     train, _ = select_problems(recipe)
-    rows = [_rationales(recipe, train), *_rounds(recipe, train)]
+    unused = unused_originals(recipe) if recipe.distill.rounds > 1 else []
+    rows = [_rationales(recipe, train), *_rounds(recipe, train, unused)]
     price = recipe.teacher.price
     total = _row("total", *(sum(r[key] for r in rows) for key in ("requests", "prompt_tokens", "completion_tokens")),
                  any(r["upper_bound"] for r in rows), "", any(r["prompt_upper_bound"] for r in rows))
