@@ -3,10 +3,11 @@
 Stdlib only and self-contained: `toolkit bench --remote` ships this file beside bench_runner.py to the
 device (Raspberry Pi OS bookworm runs Python 3.11.2, whose tarfile has no `filter=` argument), so it
 must not lean on tarfile's extraction filters. Every member is checked before anything is written:
-plain files and folders only (no symlinks, hardlinks, devices or fifos), a relative path that stays
-inside the destination, caps on member count and total size, and modes without setuid/setgid/sticky
-or group/other write bits. Files are then written by this module (never `extractall`), so the result
-is the same on every Python version.
+plain files and folders only (no symlinks, hardlinks, devices, fifos or sparse files), a relative path that
+stays inside the destination, caps on member count and total size (sizes never negative, members in file
+order: tarfile accepts a negative size and then seeks back, which would let a member's data be read again as
+new members while the running total falls), and modes without setuid/setgid/sticky or group/other write bits.
+Files are then written by this module (never `extractall`), so the result is the same on every Python version.
 """
 from __future__ import annotations
 
@@ -61,20 +62,29 @@ def check_members(tar: tarfile.TarFile, dest: Path, *, max_members: int = MAX_ME
     files: set[PurePosixPath] = set()
     dirs: set[PurePosixPath] = set()
     total = 0
+    end = 0  # where the previous member's data ends in the (uncompressed) archive, in bytes
     while True:
         member = tar.next()
         if member is None:
             return out
         if len(out) >= max_members:
             raise UnsafeArchive(f"more than {max_members} members")
+        if member.size < 0:  # tarfile reads a base-256 size field as a signed number
+            raise UnsafeArchive(f"member {member.name!r} has a negative size ({member.size})")
+        if member.offset < end or member.offset_data <= member.offset:
+            raise UnsafeArchive(f"member {member.name!r} starts at byte {member.offset}, inside the data "
+                                f"before it (which ends at byte {end})")
+        blocks = -(-member.size // tarfile.BLOCKSIZE) if member.isreg() else 0  # as tarfile skips: files only
+        end = member.offset_data + blocks * tarfile.BLOCKSIZE
         try:
             rel = _check_name(member.name)
         except UnsafeArchive as exc:
             raise UnsafeArchive(f"member {member.name!r}: {exc}") from None
-        if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+        sparse = member.issparse() or any(k.startswith("GNU.sparse.") for k in member.pax_headers)
+        if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE) or sparse:
             kind = ("a symlink" if member.issym() else "a hardlink" if member.islnk() else
                     "a fifo" if member.isfifo() else "a device" if member.isdev() else
-                    "a sparse file" if member.issparse() else "not a plain file")
+                    "a sparse file" if sparse else "not a plain file")
             raise UnsafeArchive(f"member {member.name!r} is {kind}; a bundle holds plain files and folders only")
         # Resolved against the real destination: nothing we write can land outside it.
         target = (root / rel).resolve() if rel != PurePosixPath(".") else root

@@ -11,8 +11,20 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Property tests (hypothesis) run at a fixed budget: the same number of examples, and the same examples
+# (derandomize), here and in CI, so the suite's time is known. A suite may set its own budget with @settings.
+hypothesis_settings.register_profile("ci", max_examples=200, deadline=None, derandomize=True)
+hypothesis_settings.load_profile("ci")
+
+
+def pytest_report_header(config) -> str:
+    budget = hypothesis_settings.default
+    return (f"hypothesis budget: profile 'ci', max_examples={budget.max_examples}, deadline={budget.deadline}, "
+            f"derandomize={budget.derandomize}")
 DATA = ROOT.parent / "shared" / "data"
 
 # ChatML, the template SmolLM2 and Qwen2.5 use.

@@ -108,7 +108,7 @@ def _model_fields(section: str) -> set[str]:
     from toolkit.core import recipe as r
 
     cls = {"data": r.DataConfig, "teacher": r.TeacherConfig, "student": r.StudentConfig, "distill": r.DistillConfig,
-           "train": r.TrainConfig, "eval": r.EvalConfig, "data.train": r.DataSource}[section]
+           "train": r.TrainConfig, "eval": r.RoundEvalConfig, "data.train": r.DataSource}[section]
     return set(cls.model_fields)
 
 

@@ -64,7 +64,8 @@ def test_fresh_deletes_our_own_run_folder_and_reuses_an_empty_one(tmp_path):
 
 
 # -- item 7: corrupt manifest and teacher cache -----------------------------------------------------------------------
-@pytest.mark.parametrize("text", ['{"kind": "toolkit-run", "recipe_sha256": "ab', "\x00\x01garbage\xff", "[1, 2]"])
+@pytest.mark.parametrize("text", ['{"kind": "toolkit-run", "recipe_sha256": "ab', "\x00\x01garbage\xff", "[1, 2]",
+                                  '{"stages": ' * 30000 + "1" + "}" * 30000])  # json.loads: RecursionError
 def test_corrupt_manifest_is_one_line(tmp_path, tiny_model_dir, text):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, DEAD)
     run = tmp_path / "runs" / "tiny"

@@ -202,3 +202,58 @@ def test_the_shipped_runner_unpacks_through_the_same_checks(tmp_path):
     assert out["symlink"][0] == "UnsafeArchive" and "symlink" in out["symlink"][1]
     assert out["ok"][0] == "llama.cpp" and out["ok"][1].endswith("edge/m.gguf")
     assert list(outside.iterdir()) == []
+
+
+def raw_header(name: str, size: int, kind: bytes = b"0") -> bytes:
+    """A ustar header block written byte by byte, so that it can say what tarfile's writer never would: a
+    negative size is stored base-256 (first byte 0xff, then the two's complement in 11 bytes)."""
+    block = bytearray(512)
+    block[0:len(name)] = name.encode()
+    block[100:108], block[108:116], block[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
+    block[124:136] = b"%011o\0" % size if size >= 0 else b"\xff" + (256**11 + size).to_bytes(11, "big")
+    block[136:148], block[156:157], block[257:265] = b"00000000000\0", kind, b"ustar\x0000"
+    block[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def negative_size_archive(path: Path, cycles: int, size: int) -> Path:
+    """Member p<i> (`size` bytes) is followed by n<i> of size -`size`, after which tarfile seeks back to the
+    next header, which lies inside p<i>'s data. Each cycle writes `size` bytes and adds 0 to a running total."""
+    data = bytearray(512 + size + 1024 * cycles + 1024)
+    for i in range(cycles):
+        data[1024 * i:1024 * i + 512] = raw_header(f"edge/p{i}", size)
+        at = 512 + size + 1024 * i
+        data[at:at + 512] = raw_header(f"edge/n{i}", -size)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_negative_member_size_is_refused(box):
+    """A 1 KiB cap and 8 cycles of 1 KiB: tarfile reads every member, the total never passes 1 KiB, and the old
+    unpacker wrote 8 KiB. Now the first negative size stops it, before anything is written."""
+    work, dest, _ = box
+    bundle = negative_size_archive(work / "neg.tar", cycles=8, size=1024)
+    with tarfile.open(bundle) as tar:  # the archive does what it says: 16 members, half with a negative size
+        assert [m.size for m in tar.getmembers()] == [1024, -1024] * 8
+    with pytest.raises(safetar.UnsafeArchive, match=r"member 'edge/n0' has a negative size \(-1024\)"):
+        safetar.safe_extract(bundle, dest, max_total_bytes=1024, max_ratio=None)
+    assert not dest.exists()
+
+
+def test_pax_sparse_members_are_refused(box):
+    """A PAX header that makes a regular member sparse (GNU.sparse.*; its type stays '0')."""
+    work, dest, _ = box
+    info = tarfile.TarInfo("edge/model.gguf")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "edge/model.gguf",
+                        "GNU.sparse.realsize": "1024"}
+    data = b"1\n0\n1024\n".ljust(512, b"\0") + b"x" * 1024
+    info.size = len(data)
+    bundle = work / "sparse.tar"
+    with tarfile.open(bundle, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(data))
+    with tarfile.open(bundle) as tar:
+        assert tar.getmembers()[0].type == tarfile.REGTYPE  # a plain file to a type check
+    with pytest.raises(safetar.UnsafeArchive, match="is a sparse file"):
+        safetar.safe_extract(bundle, dest)
+    assert not dest.exists()

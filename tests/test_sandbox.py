@@ -278,6 +278,31 @@ def test_huge_output_is_capped_then_the_next_program_runs():
     _assert_normal(run_program("answer = 6 * 7"), "42")
 
 
+# The runner writes its report to the fd in argv[1]; the program can write there too.
+RESULT_FD = "import os, sys\nfd = int(sys.argv[1])\n"
+
+
+def test_a_deeply_nested_report_costs_that_program_only():
+    """`[` x 60,000 on the result pipe made json.loads raise RecursionError, and run_programs lost the whole
+    batch. Now that program alone fails, in one line, and the harmless ones around it keep their answers."""
+    flood = HOOK_OFF + RESULT_FD + "os.write(fd, b'[' * 60000)\nanswer = 1"
+    results = run_programs(["answer = 1 + 1", flood, "answer = 3 * 3"], workers=2)
+    assert [r.answer for r in results] == ["2", None, "9"], results
+    assert results[1].error_kind == "killed" and "nested deeper than" in results[1].error, results[1]
+    assert "\n" not in results[1].error
+
+
+def test_flooding_the_result_pipe_is_killed_at_its_limit():
+    """The result pipe is bounded like the output: a program that floods it is killed at RESULT_KILL_BYTES."""
+    flood = HOOK_OFF + RESULT_FD + "while True:\n    os.write(fd, b'x' * 65536)"
+    start = time.monotonic()
+    results = run_programs([flood, "answer = 6 * 7"], workers=2, timeout_s=10)
+    assert time.monotonic() - start < 5, results  # killed at the limit, not at the timeout
+    assert (results[0].error_kind, results[0].answer) == ("output_limit", None), results[0]
+    assert f"more than {sandbox.RESULT_KILL_BYTES} bytes to its result pipe" in results[0].error
+    _assert_normal(results[1], "42")
+
+
 def test_run_programs_keeps_order():
     codes = [f"answer = {i} * {i}" for i in range(6)] + ["raise KeyError('k')"]
     results = run_programs(codes, workers=2)
@@ -364,8 +389,8 @@ def attack_kit():
     """A world-readable copy of the modules the helper imports: the checkout may sit under a 0700 home."""
     folder = Path(tempfile.mkdtemp(prefix="sandbox-attack-"))
     folder.chmod(0o755)
-    for name in ("__init__.py", "core/__init__.py", "core/errors.py", "sandbox/__init__.py", "sandbox/runner.py",
-                 "sandbox/seccomp.py"):
+    for name in ("__init__.py", "core/__init__.py", "core/errors.py", "core/untrusted_json.py", "sandbox/__init__.py",
+                 "sandbox/runner.py", "sandbox/seccomp.py"):
         (folder / "toolkit" / name).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         shutil.copy(ROOT / "toolkit" / name, folder / "toolkit" / name)
     (folder / "helper.py").write_text(HELPER)
@@ -523,6 +548,37 @@ def test_attack_tmp_and_shm_do_not_persist(attacker):
             Path(folder, f"tk-{token}").unlink(missing_ok=True)
 
 
+# Creates, fills and detaches SysV shared memory segments of 128 MiB: a detached segment belongs to no process
+# and counts against no rlimit, so without the filter each one is host memory that the program's limits miss.
+SHM_HOARDER = """
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+made, why = 0, 'all made'
+for _ in range(4):
+    shmid = libc.shmget(0, 128 << 20, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+    if shmid < 0:
+        why = errno.errorcode[ctypes.get_errno()]
+        break
+    address = libc.shmat(shmid, None, 0)
+    ctypes.memset(address, 1, 128 << 20)
+    libc.shmdt(ctypes.c_void_p(address))
+    made += 1
+answer = f'{made} {why}'
+"""
+
+
+def test_attack_sysv_shared_memory_is_refused(attacker):
+    """The SysV IPC calls are refused by seccomp (EPERM): no segment is made, so none outlives the program."""
+    ipc = ("import ctypes, errno, socket\nlibc = ctypes.CDLL(None, use_errno=True)\nseen = []\n"
+           "for call in (lambda: libc.msgget(0, 0o1600), lambda: libc.semget(0, 1, 0o1600)):\n"
+           "    seen.append(call() == -1 and errno.errorcode[ctypes.get_errno()])\n"
+           "try:\n    socket.socketpair()\n    seen.append('socketpair made')\nexcept PermissionError:\n"
+           "    seen.append('EPERM')\nanswer = repr(seen)")
+    out = attacker.run([SHM_HOARDER, ipc], timeout_s=20)
+    assert [r["answer"] for r in out["results"]] == ["0 EPERM", "['EPERM', 'EPERM', 'EPERM']"], out
+
+
 def test_attack_other_processes_command_lines(attacker):
     token = "sk-" + secrets.token_hex(16)
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--api-key={token}"])
@@ -617,6 +673,24 @@ def test_a_bubblewrap_that_cannot_make_a_sandbox_is_refused(no_bwrap, monkeypatc
     with pytest.raises(sandbox.SandboxUnavailable, match="cannot make a sandbox here .*user namespaces") as refused:
         run_program("answer = 1")
     assert "\n" not in str(refused.value)
+
+
+def test_an_old_bubblewrap_is_told_to_upgrade(no_bwrap, monkeypatch, host_folder):
+    """A bubblewrap without an option we use (here --size) stops at "Unknown option": the fix is a newer
+    bubblewrap, not user namespaces. (In a folder that uid nobody can reach: as root bwrap starts as nobody.)"""
+    old = host_folder / "bwrap"
+    old.write_text("#!/bin/sh\necho 'bwrap: Unknown option --size' >&2\nexit 1\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("TOOLKIT_BWRAP", str(old))
+    with pytest.raises(sandbox.SandboxUnavailable, match="too old .*upgrade bubblewrap to 0.8.0") as refused:
+        run_program("answer = 1")
+    assert "user namespaces" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_cgroup_status_says_why_there_is_no_cgroup_cap():
+    """The manifest records whether a cgroup caps the sandbox as a whole; here it never does, with the reason."""
+    status = sandbox.cgroup_status()
+    assert status["cgroup"] is False and status["cgroup_reason"] and "\n" not in status["cgroup_reason"]
 
 
 def test_unsafe_mode_runs_unconfined_and_warns(no_bwrap, monkeypatch, capsys):

@@ -171,3 +171,15 @@ def test_a_checkpoint_without_our_fingerprint_is_never_unpickled(tiny_model_dir,
     model, tok = _fresh(tiny_model_dir)
     stats = train(model, tok, _examples(tok), cfg, tmp_path / "student", seed=1)
     assert not marker.exists() and "resumed_from_step" not in stats and stats["steps"] == 4
+
+
+@pytest.mark.parametrize("meta", ['{"kind": ' * 30000 + "1" + "}" * 30000, "[" * 60000, '["toolkit-train-checkpoint"]'])
+def test_a_hostile_fingerprint_file_is_no_fingerprint(tmp_path, meta):
+    """state.json comes from the shared run folder: nested past the limit (json.loads raised RecursionError) or
+    not an object, it counts as no fingerprint, so state.pt is never opened and training starts over."""
+    from toolkit.training.train import Checkpoint
+
+    checkpoint = Checkpoint(tmp_path / "student.checkpoint", "fp")
+    checkpoint.save({"step": 2})
+    checkpoint.meta.write_text(meta)
+    assert checkpoint.load() is None

@@ -17,6 +17,7 @@ from toolkit import __version__
 from toolkit.core.errors import ToolkitError, redact
 from toolkit.core.flags import add_flags, from_args
 from toolkit.core.memory import gb, process_peak_bytes
+from toolkit.core import recipe_doc
 from toolkit.core.recipe import load_recipe
 from toolkit.core.storage import write_failure
 from toolkit.eval.bench import run_sweep
@@ -208,6 +209,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recipe(args: argparse.Namespace) -> int:
+    if args.action == "doc":
+        sys.stdout.write(recipe_doc.markdown())
+    else:
+        print(recipe_doc.explain(args.field))
+    return 0
+
+
 def _model_command(sub, name: str, config: type[BaseModel], func, *, help: str, description: str, model: str,
                    out: dict, json_help: str) -> None:
     """A subcommand over one model: the model (positional), the flags of its config model, then what is not
@@ -285,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="report", help="output folder (report.md and PNGs)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_report)
+
+    rc = sub.add_parser("recipe", help="the recipe reference: what each field means, its unit, type and default",
+                        description="`explain [FIELD]` prints a field's meaning, unit, type and default (a section: "
+                                    "its fields too); `doc` prints the whole reference as Markdown "
+                                    "(docs/recipe.md).")
+    rc_sub = rc.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ex = rc_sub.add_parser("explain", help="explain one field or section, e.g. deploy.max_accuracy_drop")
+    ex.add_argument("field", nargs="?", help="a dotted field or section (default: the top level)")
+    rc_sub.add_parser("doc", help="print the reference as Markdown (docs/recipe.md)")
+    rc.set_defaults(func=cmd_recipe)
     return parser
 
 

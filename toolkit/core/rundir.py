@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -11,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from toolkit.core import untrusted_json
 from toolkit.core.errors import ToolkitError
 from toolkit.core.jsonio import atomic_write_json
 
@@ -107,20 +107,16 @@ class RunDir:
                            f"toolkit run): not deleting or writing into it; give the run another name or output_dir")
 
     def _read_manifest(self) -> dict:
+        # A run folder may come from elsewhere: too large, too deep, not JSON or not an object is one line.
         try:
-            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            return untrusted_json.load(self.manifest_path)
         except OSError as exc:
             raise ToolkitError(f"cannot read the run manifest {self.manifest_path}: {exc.strerror}") from None
-        except ValueError as exc:  # not JSON, or not UTF-8
-            reason = str(exc).splitlines()[0][:120]
-            raise ToolkitError(f"run manifest {self.manifest_path} is corrupt ({reason}): move {self.root} aside "
-                               f"(nothing was deleted) and run again to start over; the teacher cache is untouched") \
-                from None
-        if not isinstance(manifest, dict):
-            raise ToolkitError(f"run manifest {self.manifest_path} is corrupt (not a JSON object): move {self.root} "
-                               f"aside (nothing was deleted) and run again to start over; the teacher cache is "
-                               f"untouched")
-        return manifest
+        except untrusted_json.UntrustedJSONError as exc:
+            raise untrusted_json.UntrustedJSONError(
+                exc.source, exc.reason, f"run manifest {self.manifest_path} is corrupt ({exc.reason}): move "
+                f"{self.root} aside (nothing was deleted) and run again to start over; the teacher cache is "
+                f"untouched") from None
 
     def sweep_temporaries(self) -> None:
         """Remove what a killed run was still writing: temp files and half-saved model folders."""

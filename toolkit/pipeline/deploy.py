@@ -11,8 +11,6 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from toolkit.core.errors import RecipeError, ToolkitError
 from toolkit.core.jsonio import atomic_write_json, atomic_write_text
 from toolkit.core.recipe import DeployConfig, DeployFormat, Recipe
@@ -40,26 +38,9 @@ PROBE_TIMEOUT_S = 5  # ssh ConnectTimeout of the reachability check of deploy.re
 # --- checks before the run starts ------------------------------------------------------------------------------
 
 def bench_config(deploy: DeployConfig) -> BenchConfig:
-    """deploy.bench and deploy.remote as the BenchConfig of every export's bench; a bad key or value is one
-    RecipeError naming `deploy.bench.<key>`."""
-    if "remote" in deploy.bench:
-        raise RecipeError("deploy.bench.remote: give the device as deploy.remote")
-    try:
-        cfg = BenchConfig(**deploy.bench, remote=deploy.remote)
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            msg = "unknown key" if err["type"] == "extra_forbidden" else f"{err['msg']} (got {err['input']!r})"
-            lines.append(f"deploy.bench.{key}: {msg}")
-        raise RecipeError("; ".join(lines)) from None
-    # BenchConfig leaves these to run_bench, which would refuse them only after the whole distillation.
-    low = [k for k in ("prompt_tokens", "gen_tokens", "reps") if getattr(cfg, k) < 1]
-    low += ["threads"] if any(t < 1 for t in cfg.threads or []) else []
-    low += ["warmup"] if cfg.warmup < 0 else []
-    if low:
-        raise RecipeError("; ".join(f"deploy.bench.{k}: must be at least {0 if k == 'warmup' else 1}" for k in low))
-    return cfg
+    """deploy.bench and deploy.remote as the BenchConfig of every export's bench (the recipe's schema has already
+    checked each deploy.bench key, DeployBenchConfig)."""
+    return BenchConfig(**deploy.bench.model_dump(), remote=deploy.remote)
 
 
 def probe_remote(url: str, ssh_options: list[str]) -> None:

@@ -16,9 +16,11 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from toolkit.sandbox import seccomp
 from toolkit.core.errors import ToolkitError
+from toolkit.core.untrusted_json import UntrustedJSONError, loads
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +34,19 @@ log = logging.getLogger(__name__)
 #                  refused it (answer is then None even if the program caught the refusal)
 #   "memory"       MemoryError under the address-space limit
 #   "timeout"      the wall-clock timeout or the CPU-time limit; the whole sandbox was killed
-#   "output_limit" it printed more than OUTPUT_KILL_BYTES and was killed
-#   "killed"       it ended without reporting: a signal (a crash), an abrupt exit such as os._exit, or a
-#                  sandbox that could not start (the output then holds bwrap's message)
+#   "output_limit" it printed more than OUTPUT_KILL_BYTES, or wrote more than RESULT_KILL_BYTES to the result
+#                  pipe, and was killed
+#   "killed"       it ended without reporting: a signal (a crash), an abrupt exit such as os._exit, a report
+#                  that does not parse (the program can write to the result pipe too), or a sandbox that could
+#                  not start (the output then holds bwrap's message)
 ERROR_KINDS = (None, "no_answer", "exception", "forbidden", "memory", "timeout", "output_limit", "killed")
 _CHILD_KINDS = (None, "no_answer", "exception", "forbidden", "memory")  # the only kinds the runner may report
 
 OUTPUT_CAP_BYTES = 4096  # output kept in the result
 OUTPUT_KILL_BYTES = 1 << 20  # output after which the program is killed: print loops must not cost the parent
-_RESULT_CAP_BYTES = 64 << 10
+# The runner's report is one line of at most ~18 KB (answer and error are cut to 1500 characters, JSON escapes
+# at most 12 bytes each); past this the writer is the program, flooding the pipe, and it is killed.
+RESULT_KILL_BYTES = 64 << 10
 FILE_SIZE_BYTES = 1 << 20
 TMPFS_BYTES = 8 << 20  # each of the working folder, /tmp and /dev/shm: all the disk a program has (in memory)
 MAX_PROCESSES = 16  # RLIMIT_NPROC, counted in the sandbox's own user namespace: this program's tasks, threads too
@@ -48,6 +54,7 @@ MAX_OPEN_FILES = 32
 NOBODY = 65534
 WORKDIR = "/sandbox"  # the program's folder and HOME inside the sandbox: an empty tmpfs of its own
 MODES = ("bwrap", "unsafe")
+MIN_BWRAP = "0.8.0"  # the first with --disable-userns; --size (tmpfs bytes) came before it
 _SYSTEM_LIBS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32", "/libx32")
 _TEARDOWN_S = 10.0  # a killed sandbox's pid 1 is gone in milliseconds; this only bounds a stuck kernel
 _mode: str | None = None  # set by prepare(); None: $TOOLKIT_SANDBOX, else bwrap
@@ -420,20 +427,20 @@ def _exchange(proc: subprocess.Popen, result_fd: int, code: bytes,
     """Feeds `code` to the child's stdin and reads its output and result pipes until the child has exited
     (bwrap exits with the runner), then takes what the pipes still hold: a process the program left behind
     may keep them open, and is not waited for. Returns (kept output, output bytes seen, result bytes,
-    "timeout" | "output_limit" | None)."""
+    "timeout" | "output_limit" | "result_limit" | None)."""
     stdin, out_fd = proc.stdin.fileno(), proc.stdout.fileno()
     os.set_blocking(stdin, False)  # a large program must not block us while the child writes output
     pending, output, result, seen = memoryview(code), bytearray(), bytearray(), 0
 
-    def take(fd: int, chunk: bytes) -> bool:
-        """Keeps `chunk`; False once the output passed the kill limit."""
+    def take(fd: int, chunk: bytes) -> str | None:
+        """Keeps `chunk`; "output_limit" or "result_limit" once that pipe passed its kill limit."""
         nonlocal seen, output, result
         if fd == out_fd:
             seen += len(chunk)
             output += chunk[: max(0, OUTPUT_CAP_BYTES - len(output))]
-            return seen <= OUTPUT_KILL_BYTES
-        result += chunk[: max(0, _RESULT_CAP_BYTES - len(result))]
-        return True
+            return "output_limit" if seen > OUTPUT_KILL_BYTES else None
+        result += chunk
+        return "result_limit" if len(result) > RESULT_KILL_BYTES else None
 
     pidfd = os.pidfd_open(proc.pid)  # readable once the child exits, even if it closed its pipes first
     try:
@@ -455,40 +462,50 @@ def _exchange(proc: subprocess.Popen, result_fd: int, code: bytes,
                             sel.unregister(stdin)
                             proc.stdin.close()
                     elif key.fd == pidfd:
-                        for fd, limit in ((out_fd, OUTPUT_KILL_BYTES + 1 - seen), (result_fd, _RESULT_CAP_BYTES)):
-                            if fd in sel.get_map() and not take(fd, _drain(fd, max(0, limit))):
-                                return bytes(output), seen, bytes(result), "output_limit"
+                        for fd, limit in ((out_fd, OUTPUT_KILL_BYTES + 1 - seen),
+                                          (result_fd, RESULT_KILL_BYTES + 1 - len(result))):
+                            if fd in sel.get_map() and (over := take(fd, _drain(fd, max(0, limit)))):
+                                return bytes(output), seen, bytes(result), over
                         return bytes(output), seen, bytes(result), None
                     else:
                         chunk = os.read(key.fd, 65536)
                         if not chunk:
                             sel.unregister(key.fd)
-                        elif not take(key.fd, chunk):
-                            return bytes(output), seen, bytes(result), "output_limit"
+                        elif over := take(key.fd, chunk):
+                            return bytes(output), seen, bytes(result), over
     finally:
         os.close(pidfd)
 
 
-def _report(raw: bytes) -> dict | None:
-    """The runner's JSON line, validated: it is as untrusted as the program, which can write to the pipe."""
+def _report(raw: bytes) -> dict | str:
+    """The runner's JSON line, validated, or why it cannot be used: the line is as untrusted as the program,
+    which can write to the pipe too (a deep `[[[…` must cost this program its result, never the batch)."""
+    lines = raw.strip().splitlines()
+    if not lines:
+        return "no report"
     try:
-        data = json.loads(raw.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
-    if (isinstance(data, dict) and data.get("kind") in _CHILD_KINDS
+        data = loads(lines[-1], "its report", max_bytes=RESULT_KILL_BYTES, max_depth=2)
+    except UntrustedJSONError as exc:
+        return str(exc)
+    if (data.get("kind") in _CHILD_KINDS
             and all(isinstance(data.get(k), (str, type(None))) for k in ("answer", "error"))):
         return data
-    return None
+    return "its report is not the runner's"
 
 
-def _outcome(stopped: str | None, returncode: int, report: dict | None, timeout_s: float) -> tuple[str | None, str | None]:
-    """(error_kind, error) of a finished run."""
+def _outcome(stopped: str | None, returncode: int, report: dict | str,
+             timeout_s: float) -> tuple[str | None, str | None]:
+    """(error_kind, error) of a finished run; `report` is the runner's report or why there is none."""
     if stopped == "timeout" or returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "timeout", f"no result within {timeout_s:g} s (wall clock or CPU time)"
     if stopped == "output_limit":
         return "output_limit", f"printed more than {OUTPUT_KILL_BYTES} bytes"
-    if report is not None:
+    if stopped == "result_limit":
+        return "output_limit", f"wrote more than {RESULT_KILL_BYTES} bytes to its result pipe"
+    if isinstance(report, dict):
         return report["kind"], report["error"]
+    if returncode == 0 and report != "no report":  # the runner finished, but what it read back is not a report
+        return "killed", f"no usable result: {report}"
     if returncode < 0:
         return "killed", f"killed by signal {-returncode} ({signal.strsignal(-returncode)})"
     if returncode > 128:  # bwrap passes a signal death on as 128 + the signal
@@ -511,10 +528,10 @@ def _run(code: str, timeout_s: float, memory_mb: int, confined: bool) -> Sandbox
         output, seen, raw, stopped = _exchange(child.proc, child.result_fd, code.encode(), deadline)
     finally:
         _stop(child)
-    report = _report(raw) if stopped is None else None
+    report = _report(raw) if stopped is None else "stopped"
     kind, error = _outcome(stopped, child.proc.returncode, report, timeout_s)
     text = output.decode("utf-8", "replace") + ("\n[truncated]" if seen > OUTPUT_CAP_BYTES else "")
-    answer = report["answer"] if report is not None and kind is None else None
+    answer = report["answer"] if isinstance(report, dict) and kind is None else None
     return SandboxResult(answer, text, error, kind, time.monotonic() - start)
 
 
@@ -532,9 +549,52 @@ def _problem(binary: str | None, uid: int) -> str | None:
     if result.answer == "42":
         return None
     detail = (result.output.strip().splitlines() or [result.error or "no answer"])[0][:200]
+    if "Unknown option" in detail:  # an older bubblewrap than our options need (--disable-userns, --size)
+        return (f"bubblewrap ({binary}) is too old for the sandbox ({detail}): upgrade bubblewrap to "
+                f"{MIN_BWRAP} or newer")
     return (f"bubblewrap ({binary}) cannot make a sandbox here ({detail}): enable unprivileged user namespaces "
             "(sysctl user.max_user_namespaces=10000 kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 "
             "kernel.apparmor_restrict_unprivileged_userns=0)")
+
+
+def _cgroup_v2_dir() -> tuple[Path | None, str]:
+    """This process's cgroup v2 folder, or None and why there is none (no v2 hierarchy, or not mounted)."""
+    try:
+        own = next((line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
+                    if line.startswith("0::")), None)
+        mounts = [line.split(" - ")[0].split() for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                  if " - cgroup2 " in line]
+    except OSError as exc:
+        return None, f"cannot read this process's cgroups ({exc.strerror})"
+    if own is None or not mounts:
+        return None, "no cgroup v2 hierarchy here"
+    root, mount_point = mounts[0][3], mounts[0][4]  # mountinfo: id parent dev root mount-point ...
+    if own != root and not own.startswith(root.rstrip("/") + "/"):
+        return None, f"this process's cgroup v2 {own} is outside the mounted hierarchy ({mount_point})"
+    return Path(mount_point) / own[len(root):].lstrip("/"), ""
+
+
+@functools.cache
+def cgroup_status() -> dict[str, bool | str]:
+    """What caps the sandbox's memory and processes as a whole, for the manifest: `cgroup` False with the
+    reason. The rlimits hold per process; a cgroup v2 would hold across a program's processes (and count the
+    kernel memory its files cost), but sandboxes are not placed in one yet, so this is always False; the reason
+    says what this machine lacks, or that it would allow one."""
+    folder, why = _cgroup_v2_dir()
+    if folder is not None:
+        try:
+            controllers = set((folder / "cgroup.controllers").read_text().split())
+        except OSError as exc:
+            return {"cgroup": False, "cgroup_reason": f"cannot read {folder / 'cgroup.controllers'} ({exc.strerror})"}
+        missing = sorted({"memory", "pids"} - controllers)
+        if missing:
+            why = (f"the cgroup v2 {folder} has no {' or '.join(missing)} controller (on a hybrid host they "
+                   f"are on cgroup v1)")
+        elif not os.access(folder, os.W_OK):
+            why = f"the cgroup v2 {folder} is not delegated to this user (not writable)"
+        else:
+            why = f"the cgroup v2 {folder} would allow one, but the sandbox does not place programs in cgroups yet"
+    return {"cgroup": False, "cgroup_reason": why}
 
 
 def confinement_problem() -> str | None:

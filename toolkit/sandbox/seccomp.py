@@ -9,9 +9,12 @@ import struct
 # (tests/test_sandbox.py checks both against the headers where they are installed). Denied: the network
 # (the namespace has no route out; this also shuts the socket families' kernel code), another process's
 # memory, the kernel keyring (not namespaced: the user's keys), and interfaces that are the usual way into
-# kernel bugs (bpf, perf, userfaultfd, io_uring, mounts, namespaces, modules).
+# kernel bugs (bpf, perf, userfaultfd, io_uring, mounts, namespaces, modules). SysV IPC too: a shared memory
+# segment outlives its process (detached, it belongs to no one) and counts against no rlimit, so a program
+# could leave the host short of memory; a math program needs none of it, nor a socketpair.
 DENIED = {
-    "socket": (41, 198), "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "socket": (41, 198), "socketpair": (53, 199), "ptrace": (101, 117), "process_vm_readv": (310, 270),
+    "process_vm_writev": (311, 271),
     "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218), "bpf": (321, 280),
     "perf_event_open": (298, 241), "userfaultfd": (323, 282), "io_uring_setup": (425, 425),
     "io_uring_enter": (426, 426), "io_uring_register": (427, 427), "mount": (165, 40), "umount2": (166, 39),
@@ -21,6 +24,9 @@ DENIED = {
     "acct": (163, 89), "syslog": (103, 116), "quotactl": (179, 60), "open_by_handle_at": (304, 265),
     "name_to_handle_at": (303, 264), "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432),
     "fspick": (433, 433), "open_tree": (428, 428), "move_mount": (429, 429), "mount_setattr": (442, 442),
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "shmdt": (67, 197),
+    "msgget": (68, 186), "msgsnd": (69, 189), "msgrcv": (70, 188), "msgctl": (71, 187),
+    "semget": (64, 190), "semop": (65, 193), "semtimedop": (220, 192), "semctl": (66, 191),
 }
 # AUDIT_ARCH_* values (linux/audit.h) and the column of DENIED for each machine name.
 ARCHES = {"x86_64": (0xC000003E, 0), "amd64": (0xC000003E, 0), "aarch64": (0xC00000B7, 1), "arm64": (0xC00000B7, 1)}
