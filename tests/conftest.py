@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -25,7 +26,23 @@ def pytest_report_header(config) -> str:
     budget = hypothesis_settings.default
     return (f"hypothesis budget: profile 'ci', max_examples={budget.max_examples}, deadline={budget.deadline}, "
             f"derandomize={budget.derandomize}")
-DATA = ROOT.parent / "shared" / "data"
+
+
+# TOOLKIT_TEST_DATA points the tests at another copy of the shared data (or, in tests of this very rule, at none).
+DATA = Path(os.environ.get("TOOLKIT_TEST_DATA") or ROOT.parent / "shared" / "data")
+
+
+def in_ci() -> bool:
+    """`CI` is set, as CI services set it (GitHub Actions, GitLab: `true`); "0", "false" and "no" mean not."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing(what: str) -> NoReturn:
+    """Skip a test whose shared data or packaged model is missing; under CI fail it instead, naming what is
+    missing: there a missing requirement is a broken install, and skipping would turn it into a green run."""
+    if in_ci():
+        pytest.fail(f"{what} (CI is set, so a missing requirement fails instead of skipping)", pytrace=False)
+    pytest.skip(what)
 
 # ChatML, the template SmolLM2 and Qwen2.5 use.
 CHATML = (
@@ -45,7 +62,7 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not DATA.is_dir():
-        pytest.skip(f"test data not found at {DATA}")
+        missing(f"test data not found at {DATA}")
     return DATA
 
 
@@ -145,7 +162,7 @@ def smollm2_gguf() -> Path:
     try:
         return packaged_gguf("smollm2-135m-instruct")
     except ModelError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
 
 
 # Problems easy enough that SmolLM2-135M, the test teacher, gets some of them right.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import DATA, missing
 from toolkit.core.errors import DataError
 from toolkit.data.problems import (
     Problem,
@@ -19,7 +20,7 @@ from toolkit.data.problems import (
 )
 from toolkit.data.suites import SUITES
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_ROOT = DATA
 
 EXPECTED_COUNTS = {
     "gsm8k": 1319,
@@ -48,7 +49,7 @@ FIRST_PROBLEMS = {
 @pytest.fixture(scope="module")
 def suites() -> dict[str, list[Problem]]:
     if not DATA_ROOT.is_dir():
-        pytest.skip(f"real datasets not found at {DATA_ROOT}")
+        missing(f"real datasets not found at {DATA_ROOT}")
     return {name: load_suite(name, DATA_ROOT) for name in SUITES}
 
 
@@ -105,7 +106,7 @@ def test_float_golds_normalise(suites: dict[str, list[Problem]]) -> None:
 
 def test_asdiv_keeps_single_numbers_and_counts_skipped(caplog: pytest.LogCaptureFixture) -> None:
     if not DATA_ROOT.is_dir():
-        pytest.skip(f"real datasets not found at {DATA_ROOT}")
+        missing(f"real datasets not found at {DATA_ROOT}")
     total = sum(1 for _ in ET.parse(DATA_ROOT / "asdiv" / "ASDiv.xml").getroot().iter("Problem"))
     with caplog.at_level(logging.INFO, logger="toolkit.data.problems"):
         kept = load_suite("asdiv", DATA_ROOT)
@@ -129,7 +130,7 @@ def test_asdiv_keeps_single_numbers_and_counts_skipped(caplog: pytest.LogCapture
 ])
 def test_load_file_detects_dataset_formats(relative: str, source: str, first_id: str) -> None:
     if not DATA_ROOT.is_dir():
-        pytest.skip(f"real datasets not found at {DATA_ROOT}")
+        missing(f"real datasets not found at {DATA_ROOT}")
     problems = load_file(DATA_ROOT / relative)
     assert (problems[0].source, problems[0].id) == (source, first_id)
 
