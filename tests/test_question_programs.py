@@ -7,7 +7,7 @@ import json
 import pytest
 from rich.console import Console
 
-from tests.conftest import DATA, EASY, write_tiny_recipe
+from tests.conftest import DATA, EASY, toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher
 from toolkit.core.recipe import load_recipe
 from toolkit.data.hygiene import LeakageIndex
@@ -123,3 +123,22 @@ def test_question_check_replaces_label_checks_extra_program(tmp_path, tiny_model
     # 4 writing requests and 2 solves per question: no extra PoT request, the writer's program is the check.
     assert len(asked) == 4 + 2 * len(kept) and kept and len(accepted) == len(kept)
     assert "check_requests" not in ctx.run.manifest["stages"]["round-1/labels"]
+
+
+@needs_sandbox
+def test_question_check_through_the_cli(tmp_path, tiny_model_dir):
+    with FaultTeacher(tmp_path / "server.jsonl") as srv:
+        recipe = write_tiny_recipe(tmp_path, tiny_model_dir, srv.base_url)
+        r = toolkit("distill", str(recipe), f"data.root={DATA}", "distill.rounds=2", "distill.question_check=program",
+                    "distill.label_solves=2", "distill.vote_min=2", "eval.base=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "tiny"
+    manifest = json.loads((run / "manifest.json").read_text())
+    questions, labels = manifest["stages"]["round-1/questions"], manifest["stages"]["round-1/labels"]
+    assert questions["question_check"] == "program" and questions["kept"] > 0
+    checks = [json.loads(line) for line in (run / "round-1" / "question_programs.jsonl").read_text().splitlines()]
+    assert len(checks) == questions["parsed"] and all(c["program_answer"] for c in checks)
+    votes = [json.loads(line) for line in (run / "round-1" / "votes.jsonl").read_text().splitlines()]
+    assert all(v["accepted"] == bool(v["program_agrees"]) for v in votes) and labels["accepted"] > 0
+    # The sandbox ran the writer's programs: the manifest says how.
+    assert manifest["sandbox"]["confined"] is True
