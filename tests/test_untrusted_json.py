@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from toolkit.core.errors import ToolkitError
+from toolkit.core.jsonio import atomic_write_jsonl, read_jsonl
 from toolkit.core.untrusted_json import MAX_DEPTH, UntrustedJSONError, load, load_jsonl, loads, nesting_depth
 
 
@@ -84,6 +85,18 @@ def test_jsonl_errors_name_the_line(tmp_path):
         load_jsonl(rows)
     rows.write_text('{"id": 1}\n\n{"id": 2}\n')
     assert load_jsonl(rows) == [{"id": 1}, {"id": 2}]
+
+
+def test_run_rows_are_read_through_the_reader(tmp_path):
+    """Rationales, votes and training rows read back on resume (jsonio.read_jsonl): a hostile row is one error
+    naming file and line (json.loads raised RecursionError), and a row holding U+2028, which a teacher may write
+    and str.splitlines() took for a line break, comes back whole."""
+    votes = tmp_path / "votes.jsonl"
+    atomic_write_jsonl(votes, [{"id": "q1", "text": "one\u2028two\x1cthree"}, {"id": "q2"}])
+    assert read_jsonl(votes) == [{"id": "q1", "text": "one\u2028two\x1cthree"}, {"id": "q2"}]
+    votes.write_text('{"id": "q1"}\n' + "[" * 60000 + "\n")
+    with pytest.raises(UntrustedJSONError, match=f"{votes} line 2: nested deeper than {MAX_DEPTH} levels"):
+        read_jsonl(votes)
 
 
 def test_the_depth_scan_is_linear_on_hostile_strings():

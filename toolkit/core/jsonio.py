@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from toolkit.core import untrusted_json
 from toolkit.core.errors import ToolkitError
 
 
@@ -43,4 +44,6 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a JSONL file, through the untrusted-JSON reader: a run folder (rationales, votes, training
+    rows) may come from elsewhere, so a row nested too deep or not an object is one error naming file and line."""
+    return untrusted_json.load_jsonl(path)
