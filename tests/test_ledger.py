@@ -64,7 +64,7 @@ def test_manifest_counts_equal_the_servers_usage_and_a_rerun_counts_only_cached(
     cached = rerun["teacher"]
     assert cached["requests_sent"] == cached["answered"] == cached["prompt_tokens"] == 0 and cached["cost_usd"] == 0
     assert cached["cached"] == {"requests": answered, "prompt_tokens": prompt, "completion_tokens": completion,
-                                "without_usage": 0}
+                                "without_usage": 0, "damaged": 0}
     assert cached["cached_cost_usd"] == pytest.approx(total["cost_usd"], abs=1e-6)
 
 
@@ -94,7 +94,7 @@ def test_cache_keeps_usage_and_still_reads_a_cache_from_before(tmp_path):
         db.execute("INSERT INTO completions VALUES ('old', 'm', '{}', 'The answer is 4.', 0, NULL)")
     cache = RequestCache(path)
     cache.put("new", "m", {}, "The answer is 5.", {"prompt_tokens": 7, "completion_tokens": 3})
-    assert cache.lookup("old") == ("The answer is 4.", None)
+    assert cache.lookup("old") is None and cache.damaged == 1  # no checksum: dropped, asked again (test_cache_entries)
     assert cache.lookup("new") == ("The answer is 5.", {"prompt_tokens": 7, "completion_tokens": 3})
     assert cache.get("new") == "The answer is 5." and cache.lookup("missing") is None
 

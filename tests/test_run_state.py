@@ -117,7 +117,8 @@ def test_a_corrupt_cache_page_is_one_line(tmp_path, tiny_model_dir, monkeypatch)
 
 def test_a_changed_cached_answer_is_never_served(tmp_path, tiny_model_dir, monkeypatch):
     """Bytes flipped inside one stored completion (same length, a valid page): SQLite cannot see it, the
-    entry's checksum does, and the run stops instead of training on an answer the teacher never gave."""
+    entry's checksum does. The entry is dropped with a warning and asked again (one request, counted in the
+    manifest's ledger); the run goes on instead of training on an answer the teacher never gave, or stopping."""
     recipe, db_path, ours = _filled_cache(tmp_path, tiny_model_dir, monkeypatch)
     data = bytearray(db_path.read_bytes())
     victim = next(c for c in ours if any(ch.isdigit() for ch in c)).encode()
@@ -125,9 +126,16 @@ def test_a_changed_cached_answer_is_never_served(tmp_path, tiny_model_dir, monke
     digit = next(i for i, b in enumerate(victim) if chr(b).isdigit())
     data[at + digit] = ord("7") if victim[digit] != ord("7") else ord("3")
     db_path.write_bytes(bytes(data))
-    r = toolkit("distill", str(recipe), f"data.root={DATA}", "name=again", "train.max_steps=1", cwd=tmp_path,
-                timeout=300)
-    one_line_error(r, f"teacher cache {db_path} is corrupt", "TOOLKIT_CACHE")
+    with FaultTeacher(tmp_path / "again.jsonl") as srv:
+        recipe.write_text(recipe.read_text().replace(DEAD, srv.base_url))
+        r = toolkit("distill", str(recipe), f"data.root={DATA}", "name=again", "train.max_steps=1", cwd=tmp_path,
+                    timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert len(srv.rows()) == 1  # the damaged entry's request, nothing else
+    assert r.stderr.count(f"teacher cache {db_path}: a damaged entry") == 1
+    ledger = json.loads((tmp_path / "runs" / "again" / "manifest.json").read_text())["teacher"]
+    assert ledger["cached"]["damaged"] == 1 and ledger["answered"] == 1
+    assert bytes(data[at:at + len(victim)]) not in db_path.read_bytes()  # stored again as the teacher wrote it
 
 
 def test_a_cache_file_that_is_not_sqlite_is_one_line(tmp_path):
@@ -139,9 +147,9 @@ def test_a_cache_file_that_is_not_sqlite_is_one_line(tmp_path):
         RequestCache(bad)
 
 
-def test_a_cache_from_before_checksums_is_still_served(tmp_path):
-    """Teacher caches written before entries carried checksums: their answers are served (they cost money),
-    new entries get checksums."""
+def test_a_cache_from_before_checksums_is_asked_again(tmp_path):
+    """Teacher caches written before entries carried checksums: the file opens, but nothing vouches for an old
+    entry's text, so it is dropped and asked again like a damaged one; new entries get checksums."""
     from toolkit.teacher.cache import RequestCache
 
     path = tmp_path / "teacher.sqlite"
@@ -153,7 +161,7 @@ def test_a_cache_from_before_checksums_is_still_served(tmp_path):
     db.close()
     cache = RequestCache(path)
     cache.put("new", "m", {}, "The answer is 5.")
-    assert (cache.get("old"), cache.get("new"), len(cache)) == ("The answer is 4.", "The answer is 5.", 2)
+    assert (cache.get("old"), cache.get("new"), len(cache), cache.damaged) == (None, "The answer is 5.", 1, 1)
     cache.close()
     digests = dict(sqlite3.connect(path).execute("SELECT key, digest FROM completions"))
-    assert digests["old"] is None and len(digests["new"]) == 16
+    assert "old" not in digests and len(digests["new"]) == 16

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import re
 import sqlite3
 import threading
 import time
@@ -11,6 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.core.errors import ToolkitError
+
+log = logging.getLogger(__name__)
+# A lone surrogate (half of a UTF-16 pair, as a JSON reply's `\ud800` decodes): no UTF-8 for it, so SQLite
+# cannot store it; it is kept as U+FFFD.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def request_key(model: str, messages: list[dict], params: dict[str, Any], sample_index: int) -> str:
@@ -23,7 +30,7 @@ def request_key(model: str, messages: list[dict], params: dict[str, Any], sample
         {"model": model, "messages": messages, "params": params, "sample": sample_index},
         sort_keys=True, ensure_ascii=False,
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()  # the same bytes for valid text
 
 
 def _digest(key: str, completion: str) -> bytes:
@@ -40,8 +47,11 @@ class CacheCorrupt(ToolkitError):
 class RequestCache:
     """A key -> completion text store; every put is committed at once so a kill -9 loses nothing.
 
-    Each entry carries a checksum of its key and text (entries from before the checksum have none and
-    are served as stored); a damaged file or entry ends the run with one CacheCorrupt line.
+    Each entry carries a checksum of its key and text. A damaged entry (its text no longer matches the
+    checksum or is not UTF-8 text; or it has no checksum, from before checksums, so nothing vouches for it)
+    is dropped with a warning and counted in `damaged`: the caller asks that one request again. A damaged
+    file (a bad page) ends the run with one CacheCorrupt line. Runs sharing the file never overwrite an entry:
+    the first writer wins, and `put` returns the stored text to the later one.
     """
 
     def __init__(self, path: str | Path):
@@ -72,6 +82,7 @@ class RequestCache:
                                f"(set TOOLKIT_CACHE or cache_dir to a writable folder)") from None
         self.hits = 0
         self.misses = 0
+        self.damaged = 0  # damaged entries dropped by lookup (their requests are asked again)
 
     def _add_column(self, column: str, kind: str) -> None:
         try:
@@ -91,34 +102,76 @@ class RequestCache:
         return None if entry is None else entry[0]
 
     def lookup(self, key: str) -> tuple[str, dict | None] | None:
-        """(completion, usage) of a stored request, None when absent; usage is the reply's token counts
-        when it was first asked ({"prompt_tokens", "completion_tokens"}), None for entries stored without."""
+        """(completion, usage) of a stored request, None when absent or damaged (then dropped: ask again); usage
+        is the reply's token counts when it was first asked ({"prompt_tokens", "completion_tokens"}), None for
+        entries stored without."""
         with self._lock:
-            try:
-                row = self._db.execute("SELECT completion, digest, usage FROM completions WHERE key = ?",
-                                       (key,)).fetchone()
-            except sqlite3.DatabaseError as exc:  # "database disk image is malformed": a bad page
-                raise self._corrupt(exc) from None
-        if row is None:
+            entry = self._read(key)
+            if isinstance(entry, str):
+                self._drop(key, entry)
+        if entry is None or isinstance(entry, str):
             self.misses += 1
             return None
-        completion, digest, usage = row
-        if not isinstance(completion, str) or (digest is not None and digest != _digest(key, completion)):
-            raise self._corrupt("an entry does not match its checksum")
         self.hits += 1
-        return completion, _usage(usage)
+        return entry
 
-    def put(self, key: str, model: str, request: dict, completion: str, usage: dict | None = None) -> None:
-        """Store one completion and its reply's token usage; `request` must not hold credentials (it is kept
-        for inspection)."""
+    def _read(self, key: str) -> tuple[str, dict | None] | str | None:
+        """The stored (completion, usage), None when absent, or why the entry is damaged (under the lock)."""
+        try:
+            # As bytes: a text column that is not UTF-8 would otherwise fail the whole query.
+            row = self._db.execute("SELECT CAST(completion AS BLOB), typeof(completion), digest, CAST(usage AS BLOB) "
+                                   "FROM completions WHERE key = ?", (key,)).fetchone()
+        except sqlite3.DatabaseError as exc:  # "database disk image is malformed": a bad page
+            raise self._corrupt(exc) from None
+        if row is None:
+            return None
+        raw, kind, digest, usage = row
+        try:
+            completion = raw.decode() if kind == "text" else None
+        except UnicodeDecodeError:
+            completion = None
+        if completion is None:
+            return "its text does not decode"
+        if digest is None:
+            return "it has no checksum (stored before entries had one)"
+        if digest != _digest(key, completion):
+            return "it does not match its checksum"
+        return completion, _usage(usage.decode(errors="replace") if isinstance(usage, bytes) else None)
+
+    def _drop(self, key: str, why: str) -> None:
+        try:
+            self._db.execute("DELETE FROM completions WHERE key = ?", (key,))
+            self._db.commit()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.rollback()
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
+                raise self._corrupt(exc) from None
+            raise ToolkitError(f"cannot write the teacher cache {self.path}: {_reason(exc)}") from None
+        self.damaged += 1
+        log.warning("warning: teacher cache %s: a damaged entry (%s) was dropped; its request is asked again",
+                    self.path, why)
+
+    def put(self, key: str, model: str, request: dict, completion: str, usage: dict | None = None) -> str:
+        """Store one completion and its reply's token usage, and return the text the cache now holds for `key`,
+        which the caller uses: another run sharing the file may have stored its own sample first (first writer
+        wins, so both runs use the same one). `request` must not hold credentials (it is kept for inspection);
+        a lone surrogate in the reply is stored and returned as U+FFFD."""
+        completion = _LONE_SURROGATE.sub("\ufffd", completion)
+        row = (key, model, _LONE_SURROGATE.sub("\ufffd", json.dumps(request, ensure_ascii=False)), completion,
+               time.time(), _digest(key, completion), None if usage is None else json.dumps(usage))
         with self._lock:
             try:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO completions (key, model, request, completion, created, digest, usage)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (key, model, json.dumps(request, ensure_ascii=False), completion, time.time(),
-                     _digest(key, completion), None if usage is None else json.dumps(usage)),
-                )
+                insert = "INSERT OR IGNORE INTO completions (key, model, request, completion, created, digest, usage)" \
+                         " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                if self._db.execute(insert, row).rowcount == 0:
+                    stored = self._read(key)
+                    if isinstance(stored, tuple):  # another run's sound entry stands
+                        self._db.commit()
+                        return stored[0]
+                    # damaged (or gone a moment ago): ours takes its place
+                    self._db.execute("DELETE FROM completions WHERE key = ?", (key,))
+                    self._db.execute(insert, row)
                 self._db.commit()
             except sqlite3.Error as exc:  # a full disk: earlier entries stay committed
                 with contextlib.suppress(sqlite3.Error):
@@ -127,6 +180,7 @@ class RequestCache:
                     raise self._corrupt(exc) from None  # a bad page met while inserting
                 raise ToolkitError(f"cannot write the teacher cache {self.path}: {_reason(exc)}; "
                                    f"completed requests are kept") from None
+        return completion
 
     def __len__(self) -> int:
         with self._lock:

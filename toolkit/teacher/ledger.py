@@ -7,7 +7,7 @@ from toolkit.core.recipe import PriceConfig
 
 # Counts summed by `merge_records`; an endpoint's and the cache's entries hold the same names.
 _COUNTS = ("requests_sent", "answered", "prompt_tokens", "completion_tokens", "without_usage")
-_CACHED = ("requests", "prompt_tokens", "completion_tokens", "without_usage")
+_CACHED = ("requests", "prompt_tokens", "completion_tokens", "without_usage", "damaged")
 
 
 def usage_of(usage) -> dict[str, int] | None:
@@ -46,6 +46,7 @@ class CachedTally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     without_usage: int = 0  # cached before the cache kept usage: their original tokens are unknown
+    damaged: int = 0  # damaged entries dropped and asked again (toolkit/teacher/cache.py); not in `requests`
 
 
 @dataclass
@@ -134,6 +135,8 @@ def summary_line(record: dict) -> str:
             f"{record['prompt_tokens']:,} prompt + {record['completion_tokens']:,} completion tokens; "
             f"{cached['requests']} answered from the cache (first asked for {cached['prompt_tokens']:,} + "
             f"{cached['completion_tokens']:,} tokens)")
+    if cached.get("damaged"):
+        line += f"; {cached['damaged']} damaged cache entries dropped and asked again"
     unknown = record["without_usage"] + cached["without_usage"]
     if unknown:
         line += f"; {unknown} replies without usage (tokens unknown)"

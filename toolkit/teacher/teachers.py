@@ -87,6 +87,7 @@ class OpenAITeacher:
         """n completions per prompt, in order; `on_done` is called once per finished sample."""
         out: list[list[str | None]] = [[None] * n for _ in prompts]
         todo = []
+        damaged = self.cache.damaged
         for i, messages in enumerate(prompts):
             for j in range(n):
                 params = {"temperature": temperature, "max_tokens": self.max_tokens, "seed": self.seed + j}
@@ -99,6 +100,7 @@ class OpenAITeacher:
                 self.ledger.from_cache(entry[1])
                 if on_done:
                     on_done()
+        self.ledger.cached.damaged += self.cache.damaged - damaged  # dropped by lookup: among `todo` now
         if todo:
             asyncio.run(self._fetch(prompts, todo, out, on_done, total=len(prompts) * n))
         return out  # type: ignore[return-value]
@@ -123,8 +125,8 @@ class OpenAITeacher:
             if reply is None:  # abandoned: another request failed for good
                 return
             text, usage = reply
-            self.cache.put(key, self.model, {"messages": prompts[i], **params, "sample": j}, text, usage)
-            out[i][j] = text
+            # the cache's text: a run sharing the cache may have stored its sample first
+            out[i][j] = self.cache.put(key, self.model, {"messages": prompts[i], **params, "sample": j}, text, usage)
             if on_done:
                 on_done()
 
