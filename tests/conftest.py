@@ -56,6 +56,8 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own teacher cache, never the user's ~/.cache/toolkit: a cache another test
     filled would hide the requests a test counts at the server."""
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path / "toolkit-cache"))
+    # A suite that is nowhere is downloaded (toolkit.data.fetch): never from the internet in a test, and at once.
+    monkeypatch.setenv("TOOLKIT_DATA_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 

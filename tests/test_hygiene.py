@@ -8,6 +8,7 @@ import time
 import pytest
 
 from toolkit.core.errors import DataError
+from toolkit.data.fetch import data_roots
 from toolkit.data.hygiene import LeakageIndex, NearDuplicateIndex, dedupe, ngrams, normalize_text
 from toolkit.data.problems import Problem, load_suite
 
@@ -141,7 +142,7 @@ def test_leakage_filter_statistics(leakage, gsm8k_test):
     clean, leaked, stats = leakage.filter(problems)
     assert [x.id for x in clean] == ["g-2", "g-3"]
     assert [(x["id"], x["suite_id"]) for x in leaked] == [("g-1", gsm8k_test[3].id)]
-    assert stats == {"checked": 3, "leaked": 1, "by_suite": {"gsm8k": 1}, "suites": leakage.suites}
+    assert stats == {"checked": 3, "leaked": 1, "by_suite": {"gsm8k": 1}, "suites": leakage.suites, "missing": []}
 
 
 def test_from_suites_indexes_eval_suites_only(leakage, data_root):
@@ -152,12 +153,22 @@ def test_from_suites_indexes_eval_suites_only(leakage, data_root):
     assert sum(leakage.check(x.question) is None for x in train[:50]) >= 45
 
 
-def test_from_suites_skips_missing_files(tmp_path, data_root):
+def test_from_suites_names_every_missing_suite(tmp_path, data_root, caplog, monkeypatch):
     (tmp_path / "gsm8k").mkdir()
     shutil.copy(data_root / "gsm8k" / "test.jsonl", tmp_path / "gsm8k" / "test.jsonl")
-    index = LeakageIndex.from_suites(tmp_path)
+    with caplog.at_level("WARNING"):
+        index = LeakageIndex.from_suites(tmp_path)
     assert index.suites == ["gsm8k"] and len(index) == 1319
-    assert LeakageIndex.from_suites(tmp_path / "nowhere").suites == []
+    others = ["svamp", "asdiv", "multiarith", "addsub", "singleeq"]
+    assert index.missing == others and index.filter([])[2]["missing"] == others
+    (line,) = [r.getMessage() for r in caplog.records if "leakage check" in r.getMessage()]
+    assert line == index.missing_line(data_roots(tmp_path)) and "\n" not in line
+    assert ", ".join(others) + f" not found under {tmp_path}" in line and "toolkit data fetch" in line
+    nowhere = LeakageIndex.from_suites(tmp_path / "nowhere")
+    assert nowhere.suites == [] and nowhere.missing == ["gsm8k", *others]
+    # A suite under $TOOLKIT_DATA counts, though the data root lacks it.
+    monkeypatch.setenv("TOOLKIT_DATA", str(data_root))
+    assert LeakageIndex.from_suites(tmp_path / "nowhere").missing == []
     with pytest.raises(DataError):
         LeakageIndex.from_suites(tmp_path, suites=["no-such-suite"])
 

@@ -142,12 +142,13 @@ def test_unknown_suite_lists_known_ones(tmp_path: Path) -> None:
         load_suite("gsm9k", tmp_path)
 
 
-def test_missing_suite_file_names_path_and_data_root(tmp_path: Path) -> None:
+def test_missing_suite_names_where_it_looked_and_both_fixes(tmp_path: Path) -> None:
     with pytest.raises(DataError) as excinfo:
         load_suite("svamp", tmp_path)
     message = str(excinfo.value)
-    assert str(tmp_path / "svamp" / "SVAMP.json") in message
-    assert "data root" in message
+    assert f"suite 'svamp' is not under {tmp_path}, " in message and "svamp/SVAMP.json" in message
+    assert "toolkit data fetch svamp" in message and "--data-root, data.root or TOOLKIT_DATA" in message
+    assert "cannot download http://127.0.0.1:9/" in message and "\n" not in message
 
 
 # --- plain files ---------------------------------------------------------------------------

@@ -14,12 +14,14 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit import __version__
-from toolkit.core.errors import ToolkitError, redact
+from toolkit.core.errors import DataError, ToolkitError, redact
 from toolkit.core.flags import add_flags, from_args
 from toolkit.core.memory import gb, process_peak_bytes
 from toolkit.core import recipe_doc
 from toolkit.core.recipe import load_recipe
 from toolkit.core.storage import write_failure
+from toolkit.data import fetch
+from toolkit.data.suites import SUITES
 from toolkit.eval.bench import run_sweep
 from toolkit.eval.command import run_eval
 from toolkit.eval.config import BenchConfig, EvalConfig
@@ -31,6 +33,7 @@ from toolkit.pipeline.context import RunContext
 from toolkit.pipeline.deploy import check_deploy
 from toolkit.pipeline.distill import describe_plan, run_all
 from toolkit.pipeline.estimate import estimate
+from toolkit.pipeline.starter import PACKAGED_STUDENT, PACKAGED_TEACHER, write_starter
 from toolkit.teacher.ledger import summary_line
 
 
@@ -209,6 +212,54 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.action == "fetch":
+        names = list(SUITES) if args.suites == ["all"] else args.suites
+        unknown = [n for n in names if n not in SUITES]
+        if not names or unknown:
+            raise DataError(f"name the suites to fetch ({', '.join(SUITES)}, or all)"
+                            + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        for name in names:
+            try:
+                root = fetch.fetch_suite(name, args.data_root)
+            except DataError as exc:
+                raise DataError(f"suite {name!r}: {exc}; else point --data-root, data.root or TOOLKIT_DATA at a "
+                                f"copy, or TOOLKIT_DATA_URL at a mirror") from None
+            if not args.quiet:
+                print(f"{name}: {root / SUITES[name].file} (sha256 checked)")
+        return 0
+    rows = fetch.status(args.data_root, check=args.action == "verify")
+    changed = [f"{r['root']}/{f}" for r in rows for f, state in r.get("files", {}).items() if state == "changed"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not args.quiet:
+        table = Table(title="suites (looked up in: " + ", ".join(str(p) for p in fetch.data_roots(args.data_root))
+                      + ")")
+        for col in ("suite", "file", "found in", *(("sha256",) if args.action == "verify" else ())):
+            table.add_column(col)
+        for r in rows:
+            files = r.get("files", {})
+            check = ", ".join(f"{f}: {s}" for f, s in files.items() if s != "ok") or ("ok" if files else "–")
+            table.add_row(r["suite"], r["file"], r["root"] or "nowhere (toolkit data fetch " + r["suite"] + ")",
+                          *((check,) if args.action == "verify" else ()))
+        Console(width=None if sys.stdout.isatty() else LOG_WIDTH).print(table)
+    if changed:
+        print(f"error: {len(changed)} file(s) differ from the pinned sha256: {', '.join(changed)}; "
+              f"fetch a fresh copy with `toolkit data fetch SUITE`", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    out = write_starter(args.problems, args.out, force=args.force, question_field=args.question_field,
+                        answer_field=args.answer_field, teacher_url=args.teacher_url,
+                        teacher_model=args.teacher_model, api_key_env=args.api_key_env, teacher=args.teacher,
+                        student=args.student, name=args.name)
+    if not args.quiet:
+        print(f"wrote {out}; next: toolkit distill {out} --dry-run, then without --dry-run")
+    return 0
+
+
 def cmd_recipe(args: argparse.Namespace) -> int:
     if args.action == "doc":
         sys.stdout.write(recipe_doc.markdown())
@@ -304,6 +355,39 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("field", nargs="?", help="a dotted field or section (default: the top level)")
     rc_sub.add_parser("doc", help="print the reference as Markdown (docs/recipe.md)")
     rc.set_defaults(func=cmd_recipe)
+
+    dt = sub.add_parser("data", help="the built-in suites: where each is, fetch one, verify checksums",
+                        description="A suite is looked up in --data-root (a recipe's data.root), then $TOOLKIT_DATA, "
+                                    "then the user cache (TOOLKIT_CACHE/data); a run downloads one found nowhere. "
+                                    "list: where each suite is. fetch SUITE... (or all): download into the cache "
+                                    "(or --data-root) from the authors' pinned commit, refused unless its sha256 "
+                                    "matches. verify: every present file against its pinned sha256 (exit 1 if any "
+                                    "differs).")
+    dt.add_argument("action", choices=["list", "fetch", "verify"])
+    dt.add_argument("suites", nargs="*", metavar="SUITE", help=f"fetch: {', '.join(SUITES)}, or all")
+    dt.add_argument("--data-root", help="the folder looked in first; fetch writes there (default: the cache)")
+    dt.add_argument("--quiet", action="store_true")
+    dt.add_argument("--json", action="store_true", help="list/verify: print the rows as JSON")
+    dt.set_defaults(func=cmd_data)
+
+    i = sub.add_parser("init", help="write a commented starter recipe for your own problems and teacher",
+                       description="Reads your problem file (JSONL or CSV, one problem per line or row), checks every "
+                                   "problem, and writes a recipe that distills from it: an OpenAI-compatible teacher "
+                                   "(--teacher-url, --teacher-model, --api-key-env) or a packaged one (--teacher).")
+    i.add_argument("problems", help="JSONL or CSV file of problems (a numeric answer each; an optional id field)")
+    i.add_argument("--question-field", default="question", help="the field or column holding the question")
+    i.add_argument("--answer-field", default="answer", help="the field or column holding the numeric answer")
+    i.add_argument("--teacher-url", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    i.add_argument("--teacher-model", help="the model name that endpoint serves")
+    i.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="the environment variable holding the endpoint's key (the key itself is never written)")
+    i.add_argument("--teacher", default=PACKAGED_TEACHER, help="without --teacher-url: a packaged GGUF or .gguf file")
+    i.add_argument("--student", default=PACKAGED_STUDENT, help="the student: packaged model, hub id or local folder")
+    i.add_argument("--name", help="the run's name (default: the problem file's name)")
+    i.add_argument("--out", default="recipe.yaml", help="the recipe file to write")
+    i.add_argument("--force", action="store_true", help="replace --out if it exists")
+    i.add_argument("--quiet", action="store_true")
+    i.set_defaults(func=cmd_init)
     return parser
 
 

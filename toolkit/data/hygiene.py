@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from toolkit.data.fetch import data_roots, find_suite
 from toolkit.data.problems import Problem, load_suite
 from toolkit.data.suites import EVAL_SUITES, SUITES
 
@@ -118,9 +119,11 @@ class LeakageIndex:
     of fewer than n words counts only when the text equals it.
     """
 
-    def __init__(self, problems: Iterable[Problem], n: int = 13, suites: Sequence[str] = ()) -> None:
+    def __init__(self, problems: Iterable[Problem], n: int = 13, suites: Sequence[str] = (),
+                 missing: Sequence[str] = ()) -> None:
         self.n = n
         self.suites = list(suites)  # the suites indexed, for the record
+        self.missing = list(missing)  # the suites asked for but found nowhere: not checked against
         self._problems: list[Problem] = []
         self._exact: dict[str, int] = {}
         self._postings: dict[tuple[str, ...], list[int]] = {}
@@ -137,8 +140,9 @@ class LeakageIndex:
     @classmethod
     def from_suites(cls, data_root: str | Path, suites: Sequence[str] | None = None,
                     n: int = 13, exclude: Iterable[str] = ()) -> LeakageIndex:
-        """Every evaluation suite whose file is under data_root (EVAL_SUITES: all but the GSM8K
-        training split, by default); suites without a file are skipped and left out of `.suites`.
+        """Every evaluation suite (EVAL_SUITES: all but the GSM8K training split, by default) found under
+        data_root, $TOOLKIT_DATA or the user cache (fetch.data_roots; nothing is downloaded); a suite found
+        nowhere is left out of `.suites`, named in `.missing` and in a warning (`missing_line()`).
 
         `exclude` names problem ids to leave out: a recipe that trains on part of a suite passes
         its training ids, since a variant that reuses its own seed's wording is not leakage.
@@ -146,15 +150,28 @@ class LeakageIndex:
         names = list(EVAL_SUITES) if suites is None else list(suites)
         excluded = set(exclude)
         problems: list[Problem] = []
-        indexed = []
+        indexed, missing = [], []
+        roots = data_roots(data_root)
         for name in names:
-            if name in SUITES and not (Path(data_root) / SUITES[name].file).is_file():
-                log.info("leakage check: suite %s not found under %s, skipped", name, data_root)
+            root = find_suite(name, roots) if name in SUITES else Path(data_root)
+            if root is None:
+                missing.append(name)
                 continue
             # An unknown name or a corrupt file is an error the user must fix, not a skip.
-            problems += [x for x in load_suite(name, data_root) if x.id not in excluded]
+            problems += [x for x in load_suite(name, root) if x.id not in excluded]
             indexed.append(name)
-        return cls(problems, n=n, suites=indexed)
+        index = cls(problems, n=n, suites=indexed, missing=missing)
+        if missing:
+            log.warning("%s", index.missing_line(roots))
+        return index
+
+    def missing_line(self, roots: Sequence[Path] = ()) -> str:
+        """One line naming every suite the check could not compare against, and the fix; "" when none."""
+        if not self.missing:
+            return ""
+        where = f" under {', '.join(str(r) for r in roots)}" if roots else ""
+        return (f"leakage check: {', '.join(self.missing)} not found{where}, so not checked against: run "
+                f"`toolkit data fetch SUITE`, or point --data-root, data.root or TOOLKIT_DATA at a copy")
 
     def check(self, text: str) -> dict[str, Any] | None:
         """None when `text` is clean; else the eval question it copies most (the most shared
@@ -184,7 +201,7 @@ class LeakageIndex:
 
     def filter(self, problems: Iterable[Problem]) -> tuple[list[Problem], list[dict[str, Any]], dict[str, Any]]:
         """(clean problems, leaked entries {"id", **check}, statistics {"checked", "leaked",
-        "by_suite", "suites"})."""
+        "by_suite", "suites", "missing": the suites not checked against})."""
         clean, leaked = [], []
         by_suite: Counter[str] = Counter()
         for problem in problems:
@@ -195,7 +212,8 @@ class LeakageIndex:
                 leaked.append({"id": problem.id, **hit})
                 by_suite[hit["suite"]] += 1
         stats = {"checked": len(clean) + len(leaked), "leaked": len(leaked),
-                 "by_suite": dict(sorted(by_suite.items())), "suites": list(self.suites)}
+                 "by_suite": dict(sorted(by_suite.items())), "suites": list(self.suites),
+                 "missing": list(self.missing)}
         return clean, leaked, stats
 
     def overlap(self, texts: Sequence[str]) -> dict[str, list[int]]:

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator, Mapping
 from toolkit.core.errors import DataError
 from toolkit.core.jsonio import atomic_write_jsonl
 from toolkit.data.answers import normalize_number
+from toolkit.data.fetch import locate_suite
 from toolkit.data.suites import SUITES
 
 log = logging.getLogger(__name__)
@@ -57,16 +58,17 @@ _CALCULATOR_NOTE = re.compile(r"<<[^<>]*>>")
 _ASDIV_SINGLE = re.compile(r"\s*-?\d+(?:\.\d+)?\s*(?:\([^()]*\))?\s*")
 
 
-def _gold(value: Any, where: str) -> str:
-    """Normalised gold answer from a dataset value (number or text); DataError when there is none."""
+def _gold(value: Any, where: str, hint: str = "") -> str:
+    """Normalised gold answer from a dataset value (number or text); DataError (ending in `hint`) when there is
+    none."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise DataError(f"{where}: answer {value!r} is not a number")
+        raise DataError(f"{where}: answer {value!r} is not a number{hint}")
     if isinstance(value, float):
         # str(1e16) is "1e+16", which normalize_number would read as 1; spell the float out in full.
         value = format(Decimal(repr(value)), "f")
     answer = normalize_number(str(value))
     if answer is None:
-        raise DataError(f"{where}: answer {value!r} has no number")
+        raise DataError(f"{where}: answer {value!r} has no number{hint}")
     return answer
 
 
@@ -130,9 +132,16 @@ def _record_problem(
     record: dict[str, Any], where: str, index: int, prefix: str, source: str,
     question_field: str, answer_field: str, require_marker: bool = False,
 ) -> Problem:
-    """A problem from one question/answer record (JSONL line, CSV row, JSON item, HF row)."""
+    """A problem from one question/answer record (JSONL line, CSV row, JSON item, HF row); a missing field or an
+    answer without a number is one line that says how to fix it."""
+    for key, role in ((question_field, "question"), (answer_field, "answer")):
+        value = record.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            present = ", ".join(str(k) for k in record if k is not None) or "none"  # a CSV row's extras: key None
+            raise DataError(f"{where}: missing or empty field {key!r} (fields here: {present}); add it, or name "
+                            f"the {role} field (toolkit init --{role}-field, recipe data.train.{role}_field)")
     question = _text(record, question_field, where)
-    answer = _field(record, answer_field, where)
+    answer = record[answer_field]
     rationale = None
     if isinstance(answer, str) and "####" in answer:
         rationale, answer = _split_rationale(answer)
@@ -140,14 +149,25 @@ def _record_problem(
         raise DataError(f"{where}: GSM8K answer has no final '#### N' line")
     native = record.get("id")
     native = index if native in (None, "") else native
-    return Problem(f"{prefix}-{native}", question, _gold(answer, where), source, rationale=rationale)
+    gold = _gold(answer, where, hint="; write the final answer as a number, such as 42, 3.5 or 1/2")
+    return Problem(f"{prefix}-{native}", question, gold, source, rationale=rationale)
+
+
+def _unique(problems: list[Problem], where: str, seen: dict[str, str]) -> None:
+    """The last problem's id is new, else one line naming both places (`seen`: id -> where it came first)."""
+    pid = problems[-1].id
+    if pid in seen:
+        raise DataError(f"{where}: duplicate problem id {pid!r} (first at {seen[pid]}); give each problem its own "
+                        f"id, or leave the id field out and the problems are numbered")
+    seen[pid] = where
 
 
 def _load_jsonl(
     path: Path, prefix: str, source: str, question_field: str, answer_field: str,
     require_marker: bool = False,
 ) -> list[Problem]:
-    problems = []
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
     for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
@@ -159,6 +179,7 @@ def _load_jsonl(
         # Ids count records, not lines, so a blank line does not shift every later id.
         problems.append(_record_problem(_object(record, where), where, len(problems), prefix, source,
                                         question_field, answer_field, require_marker))
+        _unique(problems, where, seen)
     return problems
 
 
@@ -172,10 +193,13 @@ def _load_csv(path: Path, prefix: str, source: str, question_field: str, answer_
         if name not in columns:
             raise DataError(f"{path}:1: no column {name!r} (columns: {', '.join(columns)})")
     # reader.line_num is the line a row ends on, which is the row's line unless a quoted field spans lines.
-    return [
-        _record_problem(row, f"{path}:{reader.line_num}", i, prefix, source, question_field, answer_field)
-        for i, row in enumerate(reader)
-    ]
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for i, row in enumerate(reader):
+        where = f"{path}:{reader.line_num}"
+        problems.append(_record_problem(row, where, i, prefix, source, question_field, answer_field))
+        _unique(problems, where, seen)
+    return problems
 
 
 def _load_json(path: Path, prefix: str, source: str, question_field: str, answer_field: str) -> list[Problem]:
@@ -248,16 +272,12 @@ def _checked(problems: list[Problem], where: str) -> list[Problem]:
 
 
 def load_suite(name: str, data_root: str | Path) -> list[Problem]:
-    """Load a named benchmark suite from its original file under `data_root`."""
+    """Load a named benchmark suite from its original file under `data_root`, else $TOOLKIT_DATA, else the
+    user cache, else downloaded into the cache (fetch.locate_suite)."""
     if name not in SUITES:
         raise DataError(f"unknown suite {name!r}; known suites: {', '.join(SUITES)}")
     suite = SUITES[name]
-    path = Path(data_root) / suite.file
-    if not path.is_file():
-        raise DataError(
-            f"suite {name!r}: {path} not found; set the data root to the folder that holds "
-            f"{suite.file.split('/')[0]}/ (it is now {data_root})"
-        )
+    path = locate_suite(name, data_root) / suite.file
     return _checked(_SUITE_LOADERS[suite.format](path, name, suite.source), str(path))
 
 
