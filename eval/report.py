@@ -96,13 +96,31 @@ def _format_quant(model_path: Path, backend: str) -> tuple[str, str]:
         facts = model_facts(*detect(model_path))
         return facts["format"], facts["quant"]
     except (ValueError, OSError, KeyError):
-        return {"llama.cpp": "gguf"}.get(backend, backend or "?"), "?"
+        # Nothing on disk says what it is (a hub id, a remote endpoint): the runtime that decoded it, and a dash.
+        return {"llama.cpp": "gguf"}.get(backend, backend or "–"), "–"
+
+
+def _base_student(results: Path) -> Path | None:
+    """The base student's model file behind a run's `eval-base/results.json` (the recipe in its manifest names
+    it), or None."""
+    root = _run_root(results.resolve())
+    if results.parent.name != "eval-base" or root is None:
+        return None
+    try:
+        ref = json.loads((root / "manifest.json").read_text())["recipe"]["student"]["model"]
+        return resolve_local(ref)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ToolkitError):
+        return None
 
 
 def _eval_model_path(results: Path, model: str) -> Path:
-    """The model file/folder behind a results file; a run's `round-K/eval/results.json` belongs to `round-K/student`."""
+    """The model file/folder behind a results file; a run's `round-K/eval/results.json` belongs to `round-K/student`,
+    its `eval-base/results.json` to the recipe's student model."""
     if results.parent.name == "eval" and (results.parent.parent / "student").exists():
         return results.parent.parent / "student"
+    base = _base_student(results)
+    if base is not None:
+        return base
     found = _locate(model, results.parent)
     if found is not None:
         return found
@@ -161,7 +179,22 @@ def collect(inputs: list[Path]) -> tuple[list[dict], list[dict], list[tuple[str,
             found += 1
         if not found:
             raise ReportError(f"{item}: holds no eval results, bench JSON, rounds.json or deploy.json")
-    return evals, benches, rounds, deploys
+    return _attach_no_calculator(evals), benches, rounds, deploys
+
+
+def _attach_no_calculator(evals: list[dict]) -> list[dict]:
+    """A run's second eval of the same model without the calculator (`<eval>/no-calculator/results.json`, from
+    eval.calculator both) becomes the `no_calculator` figure of the eval beside it, not a model of its own."""
+    by_file = {Path(e["file"]).resolve(): e for e in evals}
+    kept = []
+    for e in evals:
+        path = Path(e["file"]).resolve()
+        main = by_file.get(path.parent.parent / path.name) if path.parent.name == "no-calculator" else None
+        if main is None:
+            kept.append(e)
+        else:
+            main["no_calculator"] = {k: e[k] for k in ("n", "strict", "strict_ci95", "flexible")}
+    return kept
 
 
 def _decode_steps(row: dict, deploy_dir: Path) -> list[float]:
@@ -224,15 +257,23 @@ def merge(evals: list[dict], benches: list[dict]) -> list[dict]:
 
 
 def models_table(rows: list[dict]) -> str:
-    lines = ["| model | format | quant | suites (n) | strict match (95% CI) | flexible | decode tok/s | "
+    """One line per model × format × quant; the strict match without the calculator is a column of its own
+    when some model was also evaluated without it."""
+    plain = any("no_calculator" in (r.get("eval") or {}) for r in rows)
+    lines = ["| model | format | quant | suites (n) | strict match (95% CI) |"
+             + (" strict, no calculator (95% CI) |" if plain else "") + " flexible | decode tok/s | "
              "ms/token p50 | size MB | peak RSS MB | roofline ceiling tok/s | ratio | threads |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---|---:|" + ("---:|" if plain else "") + "---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         e, b = r.get("eval"), r.get("bench")
-        acc = ["–"] * 3
+        acc = ["–"] * (4 if plain else 3)
         if e:
             lo, hi = e["strict_ci95"]
             acc = [f"{e['suites']} ({e['n']})", f"{e['strict']:.1%} ({lo:.1%}–{hi:.1%})", f"{e['flexible']:.1%}"]
+            if plain:
+                nc = e.get("no_calculator")
+                acc.insert(2, f"{nc['strict']:.1%} ({nc['strict_ci95'][0]:.1%}–{nc['strict_ci95'][1]:.1%})"
+                           if nc else "–")
         perf = ["–"] * 7
         if b:
             roof, busy = b["roofline"], " (busy)" if b.get("busy") else ""
@@ -419,8 +460,6 @@ def deploy_section(dep: dict, out: Path) -> list[str]:
     latency = f"deploy-{run}-decode_latency.png"
     if _latency_plot(series, out / latency, title=f"run {run}"):
         drawn.append(latency)
-    if not drawn:
-        md += ["(no plot: no export has both accuracy and bench figures)", ""]
     for png in drawn:
         md += [f"![{png[:-4].replace('_', ' ')}]({png})", ""]
     return md
@@ -443,8 +482,6 @@ def build_report(inputs: list[Path], out: Path) -> Path:
               "decode speed, tok/s (mean ± std over reps)"),
              ("accuracy_vs_size.png", lambda b: (b["file_size_bytes"] / 1e6,), "file size, MB")]
     drawn = [name for name, x_of, label in plots if _scatter(model_points(rows, x_of), label, out / name)]
-    if rows and not drawn:
-        md += ["(no plot: no model has both eval results and a bench row)", ""]
     series = [(f"{r['name']} {r['format']} {r['quant']}", [ms for s in r["bench"].get("samples", [])
                                                           for ms in s["decode_step_ms"]])
               for r in rows if r.get("bench")]

@@ -290,8 +290,44 @@ def test_a_deploy_stopped_before_its_pick_lists_each_export_once(deploy_run):
     (deploy_run / "deploy" / "deploy.json").unlink()
     evals, benches, _, deploys = collect([deploy_run])
     rows = {(r["name"], r["format"], r["quant"]): r for r in merge(evals, benches)}
-    assert deploys == [] and set(rows) == {("exp/base", "torch", "?"), ("exp/round-0", "torch", "?"),
-                                           ("exp/round-1", "torch", "?"), ("exp/round-1", "gguf", "q8_0"),
+    assert deploys == [] and set(rows) == {("exp/base", "torch", "–"), ("exp/round-0", "torch", "–"),
+                                           ("exp/round-1", "torch", "–"), ("exp/round-1", "gguf", "q8_0"),
                                            ("exp/round-1", "gguf", "q4_k_m")}
     q8 = rows["exp/round-1", "gguf", "q8_0"]
     assert q8["eval"]["strict"] == 0.3 and q8["bench"]["threads"] == 2
+
+
+def _hf_folder(path: Path, dtype: str) -> Path:
+    """A save_pretrained folder as the report reads it: its config.json names the format and dtype."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"num_attention_heads": 4, "hidden_size": 64,
+                                                  "num_hidden_layers": 2, "torch_dtype": dtype}))
+    return path
+
+
+def _results(folder: Path, k: int, n: int = 40) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(
+        {"model": str(folder), "backend": "torch", "results": {"heldout": {"n": n, "strict_match": k / n,
+                                                                           "flexible_extract": k / n}}}))
+
+
+def test_a_run_report_lists_each_model_once_with_its_no_calculator_figure(tmp_path):
+    """eval.calculator both: round-0's second eval (no-calculator/) is a column of round-0's row, not a model; the
+    base student's format comes from the recipe's model; no `?` cell and no empty-plot line."""
+    run = tmp_path / "runs" / "exp"
+    base = _hf_folder(tmp_path / "base-model", "bfloat16")
+    _hf_folder(run / "round-0" / "student", "float32")
+    (run / "manifest.json").write_text(json.dumps({"kind": "toolkit-run", "recipe": {"student": {"model": str(base)}}}))
+    _results(run / "eval-base", 2)
+    _results(run / "round-0" / "eval", 5)
+    _results(run / "round-0" / "eval" / "no-calculator", 0)
+    md = build_report([run], tmp_path / "report").read_text()
+    header = md.split("## Models", 1)[1].split("\n|", 1)[1].split("\n", 1)[0]
+    assert "strict match (95% CI) | strict, no calculator (95% CI) | flexible |" in header
+    rows = _table(md, "## Models")
+    assert [r.split(" | ")[:3] for r in rows] == [["| exp/base", "hf", "bfloat16"], ["| exp/round-0", "hf", "float32"]]
+    lo, hi = wilson_interval(0, 40)
+    assert f"| 12.5% (" in rows[1] and f"| 0.0% ({lo:.1%}–{hi:.1%}) | 12.5% |" in rows[1]
+    assert "| – | 5.0% |" in rows[0]  # the base has no no-calculator figure
+    assert "| ? |" not in md and "(no plot" not in md
