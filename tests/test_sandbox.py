@@ -1,6 +1,7 @@
 """The PoT sandbox: answers come back, and each defence (limits, uid, network, files, processes, output) holds."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pwd
@@ -546,6 +547,17 @@ def test_attack_tmp_and_shm_do_not_persist(attacker):
     finally:
         for folder in ("/tmp", "/dev/shm"):
             Path(folder, f"tk-{token}").unlink(missing_ok=True)
+
+
+def test_attack_many_empty_files_stop_at_the_file_limit(attacker):
+    """Empty files cost the kernel memory that the tmpfs byte limit never counts (199k cost 256 MiB): each of
+    the three writable folders now also holds at most TMPFS_FILES files (nr_inodes), then ENOSPC."""
+    code = ("import errno, os\nmade = []\nfor folder in ('.', '/tmp', '/dev/shm'):\n    n = 0\n    try:\n"
+            "        while n < 20000:\n            os.close(os.open(f'{folder}/f{n}', os.O_CREAT | os.O_WRONLY))\n"
+            "            n += 1\n    except OSError as exc:\n        n = (n, errno.errorcode[exc.errno])\n"
+            "    made.append(n)\nanswer = repr(made)")
+    made = ast.literal_eval(attacker.run([code], timeout_s=20)["results"][0]["answer"])
+    assert all(n == (sandbox.TMPFS_FILES - 1, "ENOSPC") for n in made), made  # the folder itself is one inode
 
 
 # Creates, fills and detaches SysV shared memory segments of 128 MiB: a detached segment belongs to no process

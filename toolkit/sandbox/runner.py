@@ -48,17 +48,49 @@ OUTPUT_KILL_BYTES = 1 << 20  # output after which the program is killed: print l
 # at most 12 bytes each); past this the writer is the program, flooding the pipe, and it is killed.
 RESULT_KILL_BYTES = 64 << 10
 FILE_SIZE_BYTES = 1 << 20
+WORKDIR = "/sandbox"  # the program's folder and HOME inside the sandbox: an empty tmpfs of its own
 TMPFS_BYTES = 8 << 20  # each of the working folder, /tmp and /dev/shm: all the disk a program has (in memory)
+# Files (inodes) in each of them: an empty file costs the kernel ~1.3 KiB that the byte limit never sees (199k of
+# them cost 256 MiB). A math program writes a handful.
+TMPFS_FILES = 1024
+_FOLDERS = (("work", WORKDIR), ("tmp", "/tmp"), ("shm", "/dev/shm"))  # (mount point under the base, in the sandbox)
 MAX_PROCESSES = 16  # RLIMIT_NPROC, counted in the sandbox's own user namespace: this program's tasks, threads too
 MAX_OPEN_FILES = 32
 NOBODY = 65534
-WORKDIR = "/sandbox"  # the program's folder and HOME inside the sandbox: an empty tmpfs of its own
 MODES = ("bwrap", "unsafe")
-MIN_BWRAP = "0.8.0"  # the first with --disable-userns; --size (tmpfs bytes) came before it
+MIN_BWRAP = "0.8.0"  # the first with --disable-userns
 _SYSTEM_LIBS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32", "/libx32")
 _TEARDOWN_S = 10.0  # a killed sandbox's pid 1 is gone in milliseconds; this only bounds a stuck kernel
 _mode: str | None = None  # set by prepare(); None: $TOOLKIT_SANDBOX, else bwrap
 _warned_unsafe = False
+
+# Runs under `python -I -S -B` between us and bwrap, then execs bwrap (argv[4:]): the program's three writable
+# folders as tmpfs mounts capped in bytes and in files (nr_inodes, which bwrap's --tmpfs cannot set). They are
+# mounted in a mount namespace of this process's own (in a user namespace of its own: no privilege needed, the
+# host never sees them) on empty folders that bwrap binds in; they vanish with the sandbox.
+_MOUNTS = r'''
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+
+def check(ok, what):
+    if not ok:
+        os.write(2, f"sandbox folders: {what}: {os.strerror(ctypes.get_errno())}\n".encode())
+        os._exit(1)
+
+size, files, base, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+uid, gid = os.getuid(), os.getgid()
+check(libc.unshare(0x10000000 | 0x20000) == 0, "unshare")  # CLONE_NEWUSER | CLONE_NEWNS
+for name, text in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1")):
+    fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+    os.write(fd, text.encode())
+    os.close(fd)
+check(libc.mount(None, b"/", None, 0x4000 | 0x40000, None) == 0, "private mounts")  # MS_REC | MS_PRIVATE
+options = f"size={size},nr_inodes={files},mode=0755".encode()
+for name in os.listdir(base):
+    check(libc.mount(b"tmpfs", os.path.join(base, name).encode(), b"tmpfs", 2 | 4, options) == 0,  # nosuid, nodev
+          f"tmpfs on {name}")
+os.execv(argv[0], argv)
+'''
 
 # Runs in the child under `python -I -S -B`: sets the rlimits, reads the program from stdin, installs an
 # audit hook, execs the program in a fresh namespace, writes one JSON line to the result pipe. The hook is a
@@ -193,8 +225,9 @@ class SandboxResult:
 
 @dataclass
 class _Child:
-    """A started program: bwrap (or, unconfined, the runner itself), the result pipe's read end, and a pidfd
-    on the sandbox's pid 1 (confined) or the folder made for it (unconfined)."""
+    """A started program: bwrap (or, unconfined, the runner itself), the result pipe's read end, a pidfd on
+    the sandbox's pid 1 (confined), and the folder made for it (unconfined: its working folder; confined: the
+    empty mount points of its three folders)."""
 
     proc: subprocess.Popen
     result_fd: int
@@ -260,10 +293,11 @@ def _filesystem(python: str) -> tuple[str, ...]:
     return (*args, "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache")
 
 
-def _bwrap_argv(binary: str, python: str, info_fd: int, block_fd: int, filter_fd: int | None) -> list[str]:
-    """The bwrap command line up to the runner; see docs/security.md for what each part holds."""
-    size = str(TMPFS_BYTES)
-    argv = [binary,
+def _bwrap_argv(binary: str, python: str, base: str, info_fd: int, block_fd: int,
+                filter_fd: int | None) -> list[str]:
+    """The command line up to the runner: the mounts helper, then bwrap; see docs/security.md for what each
+    part holds. `base` holds the mount points of the program's folders."""
+    argv = [python, "-I", "-S", "-B", "-c", _MOUNTS, str(TMPFS_BYTES), str(TMPFS_FILES), base, binary,
             # Own user (uid nobody inside), pid (it sees and signals only its own processes), network (no
             # interface but its own loopback), IPC, UTS and cgroup namespaces; no nested user namespaces.
             # The runner is pid 1: when it exits the kernel kills everything left in the namespace before
@@ -273,7 +307,7 @@ def _bwrap_argv(binary: str, python: str, info_fd: int, block_fd: int, filter_fd
             "--die-with-parent", "--new-session",  # a new session: no TIOCSTI into a terminal
             "--clearenv", "--setenv", "HOME", WORKDIR, "--setenv", "TMPDIR", "/tmp",
             *_filesystem(python), "--proc", "/proc", "--dev", "/dev",
-            "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm", "--size", size, "--tmpfs", WORKDIR,
+            *(arg for name, inside in _FOLDERS for arg in ("--bind", os.path.join(base, name), inside)),
             "--chdir", WORKDIR, "--remount-ro", "/",
             # info: pid 1's pid, on which we take a pidfd; block: pid 1 waits for that before it execs.
             "--info-fd", str(info_fd), "--block-fd", str(block_fd)]
@@ -336,14 +370,21 @@ def _spawn_confined(binary: str, python: str, as_nobody: bool, timeout_s: float,
     block_r, block_w = os.pipe()
     filter_r = _filter_fd()
     passed = [fd for fd in (result_w, info_w, block_r, filter_r) if fd is not None]
+    base = tempfile.mkdtemp(prefix="pot-sandbox-")
     try:
+        for name, _ in _FOLDERS:
+            os.mkdir(os.path.join(base, name))
+        if as_nobody:
+            os.chown(base, NOBODY, NOBODY)
         proc = subprocess.Popen(
-            _bwrap_argv(binary, python, info_w, block_r, filter_r) + _runner_argv(python, result_w, timeout_s, memory_mb),
+            _bwrap_argv(binary, python, base, info_w, block_r, filter_r)
+            + _runner_argv(python, result_w, timeout_s, memory_mb),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=passed, cwd="/",
             env={}, start_new_session=True, **(_as_nobody() if as_nobody else {}))
     except BaseException:
         for fd in (result_r, info_r, block_w):
             os.close(fd)
+        shutil.rmtree(base, ignore_errors=True)
         raise
     finally:
         for fd in passed:
@@ -358,7 +399,7 @@ def _spawn_confined(binary: str, python: str, as_nobody: bool, timeout_s: float,
         pass
     finally:
         os.close(block_w)
-    return _Child(proc, result_r, init_fd=init_fd)
+    return _Child(proc, result_r, init_fd=init_fd, workdir=base)
 
 
 def _spawn_unconfined(python: str, as_nobody: bool, timeout_s: float, memory_mb: int) -> _Child:
