@@ -52,7 +52,8 @@ class DataConfig(_Section):
 
     root: str = Field("data", description=(
         "folder holding the built-in suites, relative to the recipe file; the environment variable TOOLKIT_DATA "
-        "overrides it"))
+        "overrides it. A suite in neither is read from the user cache, else downloaded there and checked against "
+        "its pinned sha256 (docs/data.md)"))
     train: DataSource = Field(description="the source of training problems (see DataSource)")
     heldout: DataSource | None = Field(None, description=(
         "the source of held-out problems; absent: they are split off `train` (disjoint)"))

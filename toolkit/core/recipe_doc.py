@@ -115,7 +115,7 @@ def _notes(doc: FieldDoc) -> list[str]:
     notes = []
     section = doc.path.rpartition(".")[0]
     if (section, doc.name) in LATE_FIELDS:
-        notes.append("left at its default it is not part of the run's digest (older runs resume)")
+        notes.append("at its default it is left out of the run's digest, so runs made before it existed resume")
     if doc.info.exclude:
         notes.append("not part of the run's digest: changing it resumes a finished run")
     return notes
