@@ -90,6 +90,11 @@ def test_a_checksum_mismatch_is_refused_in_one_line(mirror, tmp_path):
     assert not list((tmp_path / "toolkit-cache" / "data").rglob("*.part")), r
     with pytest.raises(DataError, match="refused"):
         fetch_suite("svamp")
+    # More bytes than the pinned file: refused while it streams.
+    (served / pin.source).write_bytes(b" " * (pin.bytes + 1))
+    with pytest.raises(DataError, match=f"more than the pinned {pin.bytes} bytes; refused"):
+        fetch_suite("svamp")
+    assert not (tmp_path / "toolkit-cache" / "data" / "svamp" / "SVAMP.json").exists()
 
 
 def test_nothing_reachable_names_the_suite_and_both_fixes(tmp_path):

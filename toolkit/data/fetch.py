@@ -3,6 +3,7 @@ authors' pinned commit, and sha256 checks against pinned checksums."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -96,22 +97,26 @@ def _download(url: str, pin: Pinned, dest: Path) -> None:
             while chunk := response.read(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)
+                if size > pin.bytes:  # a mirror that sends more than the pinned file never fills the disk
+                    raise DataError(f"{url}: more than the pinned {pin.bytes} bytes; refused, {dest.name} not "
+                                    f"written to {dest.parent}")
                 out.write(chunk)
         if digest.hexdigest() != pin.sha256:
             raise DataError(f"{url}: sha256 {digest.hexdigest()[:16]}… ({size} bytes) is not the pinned "
-                            f"{pin.sha256[:16]}… ({pin.bytes} bytes); refused, nothing written to {dest.parent}")
+                            f"{pin.sha256[:16]}… ({pin.bytes} bytes); refused, {dest.name} not written to "
+                            f"{dest.parent}")
         os.replace(part, dest)
     finally:
         part.unlink(missing_ok=True)
 
 
-def fetch_suite(name: str, dest: str | Path | None = None, base_url: str | None = None) -> Path:
+def fetch_suite(name: str, dest: str | Path | None = None) -> Path:
     """Download a suite's files from their pinned commit into `dest` (default: the cache), each checked against
     its sha256; returns `dest`. A file already there with the pinned checksum is kept."""
     if name not in PINS:
         raise DataError(f"unknown suite {name!r}; known suites: {', '.join(PINS)}")
     root = Path(dest) if dest else cache_dir()
-    base = (base_url or os.environ.get("TOOLKIT_DATA_URL") or DEFAULT_URL).rstrip("/")
+    base = (os.environ.get("TOOLKIT_DATA_URL") or DEFAULT_URL).rstrip("/")
     for pin in PINS[name]:
         target = root / pin.file
         if target.is_file() and sha256_of(target) == pin.sha256:
@@ -120,7 +125,7 @@ def fetch_suite(name: str, dest: str | Path | None = None, base_url: str | None 
         url = f"{base}/{pin.source}"
         try:
             _download(url, pin, target)
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise DataError(f"cannot download {url} ({reason})") from exc
     return root
