@@ -137,3 +137,20 @@ def test_the_leakage_index_is_not_held_while_a_round_trains(tmp_path, tiny_model
     assert [folder for folder, _ in alive_at_training] == ["round-0", "round-1", "round-2"]
     assert [alive for _, alive in alive_at_training] == [0, 0, 0]
     assert len(built) == 2  # one index per question stage
+
+
+def test_the_question_stage_names_every_suite_the_leakage_check_missed(tmp_path, tiny_model_dir, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("TOOLKIT_DATA", raising=False)
+    partial = tmp_path / "data"
+    shutil.copytree(DATA / "multiarith", partial / "multiarith")
+    index = LeakageIndex.from_suites(partial)
+    assert index.suites == ["multiarith"] and "gsm8k" in index.missing
+    with FaultTeacher(tmp_path / "server.jsonl") as srv:
+        recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, srv.base_url),
+                             [f"data.root={DATA}", "distill.rounds=2"])
+        ctx = RunContext(recipe, Console(quiet=True))
+        fdd.new_questions(ctx, 1, SEEDS, EASY_IDS, known=SEEDS, leakage=index)
+    leak = ctx.run.manifest["stages"]["round-1/questions"]["leakage"]
+    assert leak["missing"] == index.missing and leak["suites"] == ["multiarith"]

@@ -152,9 +152,8 @@ def new_questions(ctx: RunContext, k: int, problems: list[Problem], easy: list[s
             atomic_write_jsonl(ctx.run.round_dir(k) / "question_programs.jsonl", checks)
         kept, dups = dedupe(generated, n=cfg.dedup_ngram, threshold=cfg.dedup_threshold, existing=known)
         clean, leaked, stats = leakage.filter(kept)
-        if not stats["suites"]:
-            ctx.console.print(f"[yellow]warning: no evaluation suite found under {ctx.data_root()}: the "
-                              f"leakage check compared against nothing (set data.root or TOOLKIT_DATA)[/yellow]")
+        if leakage.missing:  # every suite the check could not compare against, by name
+            ctx.console.print(f"[yellow]warning: {leakage.missing_line()}[/yellow]")
         for q in clean:
             kinds[written_as[q.id]]["kept"] += 1
         write_jsonl(path, clean)
@@ -169,7 +168,8 @@ def new_questions(ctx: RunContext, k: int, problems: list[Problem], easy: list[s
                         "program_failed": sum(r["reason"] == "program failed" for r in rejected),
                         "ungrounded": sum(r["reason"] == "ungrounded" for r in rejected)} if programs else {}),
                     leakage={"checked": stats["checked"], "leaked": stats["leaked"],
-                             "by_suite": stats["by_suite"], "suites": stats["suites"]})
+                             "by_suite": stats["by_suite"], "suites": stats["suites"],
+                             "missing": leakage.missing})
 
     if programs:
         what_kept = ", each with a program whose numbers the question states"
