@@ -90,14 +90,18 @@ def test_forced_tag_renders_as_the_start_of_the_assistant_turn(tiny_model_dir):
     from toolkit.eval.prompts import build_messages, render
     from toolkit.training.train import tokenize_example
 
+    from toolkit.data.strategies import student_strategies
+
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    text, stops = render(tok, build_messages("What is 2 plus 3?", "pot"))
-    assert stops == ()
-    assert text.endswith("<|im_start|>assistant\n[pot]\n")
-    ex = tokenize_example(tok, training_prompt("What is 2 plus 3?", ["cot", "pot"]),
-                          training_completion("pot", "```python\nanswer = 5\n```", ["cot", "pot"]), 256)
-    forced_ids = tok(text, add_special_tokens=False)["input_ids"]
-    assert ex.input_ids[: len(forced_ids)] == forced_ids
+    for strategies in (["cot", "l2m", "pot"], ["cot", "pot"]):
+        with student_strategies(strategies):  # a run's stages evaluate with the recipe's strategies
+            text, stops = render(tok, build_messages("What is 2 plus 3?", "pot"))
+        assert stops == ()
+        assert text.endswith("<|im_start|>assistant\n[pot]\n")
+        ex = tokenize_example(tok, training_prompt("What is 2 plus 3?", strategies),
+                              training_completion("pot", "```python\nanswer = 5\n```", strategies), 256)
+        forced_ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert ex.input_ids[: len(forced_ids)] == forced_ids
 
 
 def test_strategy_stats():

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from toolkit.data.answers import extract_strict, normalize_number
 from toolkit.sandbox.runner import run_program, run_programs
@@ -32,6 +35,13 @@ TAGGED_INSTRUCTION = (
     "[l2m] to split it into sub-questions and answer them in order (both end with \"The answer is N.\"), "
     "or [pot] to write a Python program that stores the result in a variable named answer."
 )
+_TAG_USES = {"cot": "[cot] to reason step by step",
+             "l2m": "[l2m] to split it into sub-questions and answer them in order",
+             "pot": "[pot] to write a Python program that stores the result in a variable named answer"}
+# The strategies a tagged student may use in the current run (RunContext.stage sets the recipe's): its prompt
+# offers only those, and a `[pot]` reply where PoT is not among them gets no answer: its program never runs
+# (RunContext checked the sandbox only where the recipe runs programs). Outside a run (`toolkit eval`): all three.
+_STUDENT_STRATEGIES: ContextVar[tuple[str, ...]] = ContextVar("student_strategies", default=STRATEGIES)
 
 # Our own worked examples, one problem solved three ways: they fix the formats the parsers read.
 _SHOTS = [
@@ -78,10 +88,37 @@ def student_messages(question: str) -> Messages:
     return [{"role": "system", "content": COT_INSTRUCTION}, {"role": "user", "content": question}]
 
 
-def tagged_messages(question: str, force: str | None = None) -> Messages:
-    """The multi-strategy student's prompt; `force` puts that strategy's tag at the start of the
-    assistant turn (a trailing assistant message, which generators continue rather than close)."""
-    messages = [{"role": "system", "content": TAGGED_INSTRUCTION}, {"role": "user", "content": question}]
+@contextmanager
+def student_strategies(strategies: list[str] | tuple[str, ...]) -> Iterator[None]:
+    """Within the block, a tagged student may use only `strategies` (the recipe's): see _STUDENT_STRATEGIES."""
+    token = _STUDENT_STRATEGIES.set(tuple(s for s in STRATEGIES if s in strategies))
+    try:
+        yield
+    finally:
+        _STUDENT_STRATEGIES.reset(token)
+
+
+def tagged_instruction(strategies: list[str] | tuple[str, ...]) -> str:
+    """The tagged student's system prompt, offering exactly `strategies` (all three: TAGGED_INSTRUCTION)."""
+    chosen = [s for s in STRATEGIES if s in strategies]
+    if tuple(chosen) == STRATEGIES:
+        return TAGGED_INSTRUCTION
+    uses = [_TAG_USES[s] for s in chosen]
+    worded = [i for i, s in enumerate(chosen) if s != "pot"]
+    if worded:
+        uses[worded[-1]] += ' (both end with "The answer is N.")' if len(worded) == 2 else \
+            ' (ending with "The answer is N.")'
+    offer = uses[0] if len(uses) == 1 else ", ".join(uses[:-1]) + " or " + uses[-1]
+    return f"Solve the math word problem. Begin your reply with a strategy tag: {offer}."
+
+
+def tagged_messages(question: str, force: str | None = None,
+                    strategies: list[str] | tuple[str, ...] | None = None) -> Messages:
+    """The multi-strategy student's prompt, offering `strategies` (default: the current run's, see
+    student_strategies); `force` puts that strategy's tag at the start of the assistant turn (a trailing
+    assistant message, which generators continue rather than close)."""
+    offered = _STUDENT_STRATEGIES.get() if strategies is None else strategies
+    messages = [{"role": "system", "content": tagged_instruction(offered)}, {"role": "user", "content": question}]
     if force is not None:
         _check(force)
         messages.append({"role": "assistant", "content": TAGS[force] + "\n"})
@@ -94,8 +131,8 @@ def is_tagged(strategies: list[str] | tuple[str, ...]) -> bool:
 
 
 def training_prompt(question: str, strategies: list[str] | tuple[str, ...]) -> Messages:
-    """The prompt a recipe's student is trained, sampled and evaluated with."""
-    return tagged_messages(question) if is_tagged(strategies) else student_messages(question)
+    """The prompt a recipe's student is trained, sampled and evaluated with (it offers only `strategies`)."""
+    return tagged_messages(question, strategies=strategies) if is_tagged(strategies) else student_messages(question)
 
 
 def training_completion(strategy: str, body: str, strategies: list[str] | tuple[str, ...]) -> str:
@@ -185,6 +222,8 @@ def final_answer(strategy: str, text: str) -> tuple[str | None, str | None]:
     if strategy == "auto":
         chosen, text = split_tag(text)
         strategy = chosen or "cot"
+        if strategy == "pot" and "pot" not in _STUDENT_STRATEGIES.get():
+            return strategy, None  # PoT where the recipe does not allow it: no answer, and no program runs
     _check(strategy)
     if strategy == "pot":
         code = extract_program(text)
@@ -194,7 +233,7 @@ def final_answer(strategy: str, text: str) -> tuple[str | None, str | None]:
 
 def eval_prompt(question: str, strategy: str) -> Messages:
     """The evaluation prompt: `cot` the plain CoT prompt (a CoT-only student); `l2m`/`pot` the tagged
-    prompt with that tag forced; `auto` the tagged prompt, the student picks."""
+    prompt with that tag forced; `auto` the tagged prompt, the student picks (both offering the run's strategies)."""
     if strategy == "cot":
         return student_messages(question)
     return tagged_messages(question, force=None if strategy == "auto" else strategy)
@@ -219,11 +258,15 @@ def final_answers(strategy: str, texts: list[str], workers: int = 2) -> list[tup
     for text in texts:
         chosen, body = split_tag(text) if strategy == "auto" else (strategy, text)
         parsed.append((chosen or "cot", body))
-    programs = {i: extract_program(body) for i, (s, body) in enumerate(parsed) if s == "pot"}
+    # `auto` reads a student's own choice: a [pot] reply where the run does not allow PoT gets no answer
+    barred = {i for i, (s, _) in enumerate(parsed)
+              if strategy == "auto" and s == "pot" and "pot" not in _STUDENT_STRATEGIES.get()}
+    programs = {i: extract_program(body) for i, (s, body) in enumerate(parsed) if s == "pot" and i not in barred}
     runnable = [i for i, code in programs.items() if code]
     results = run_programs([programs[i] for i in runnable], workers=workers, timeout_s=3.0) if runnable else []
     ran = {i: normalize_number(r.answer) if r.answer is not None else None for i, r in zip(runnable, results)}
-    return [(s, ran.get(i) if s == "pot" else extract_strict(body)) for i, (s, body) in enumerate(parsed)]
+    return [(s, None if i in barred else ran.get(i) if s == "pot" else extract_strict(body))
+            for i, (s, body) in enumerate(parsed)]
 
 
 def solution_answers(solutions: list[tuple[str, str | None]], workers: int = 2) -> list[str | None]:

@@ -18,11 +18,12 @@ from toolkit.core.models import resolve_model
 from toolkit.core.recipe import Recipe
 from toolkit.core.rundir import RunDir
 from toolkit.core.storage import write_failure
+from toolkit.data.strategies import student_strategies
 from toolkit.eval.generate import TorchGenerator, open_generator
 from toolkit.export.config import ExportConfig
 from toolkit.export.manifest import MANIFEST
 from toolkit.export.run import export_model
-from toolkit.sandbox.runner import prepare
+from toolkit.sandbox.runner import confinement_problem, prepare
 from toolkit.teacher.cache import RequestCache
 from toolkit.teacher.ledger import Ledger, merge_records, price_record
 from toolkit.teacher.teachers import open_teacher
@@ -68,27 +69,28 @@ class RunContext:
         self._check_models()
         self.run = RunDir(Path(recipe.output_dir) / recipe.name)
         self.run.open(recipe.digest(), recipe.model_dump(mode="json"), recipe.seed, fresh)
-        if sandbox:
-            self.run.manifest["sandbox"] = sandbox
-            self.run.save()
+        self.run.manifest["sandbox"] = sandbox
+        self.run.save()
         self.threads = recipe.train.threads or defaults.default_threads()
         self.cache_path = defaults.cache_root(recipe.cache_dir)
         self._base = None  # (model, tokenizer) of the base student while it is in memory
         self._ledger: Ledger | None = None  # the teacher requests of the stage that is running
 
-    def _check_sandbox(self) -> dict | None:
+    def _check_sandbox(self) -> dict:
         """With PoT (a strategy, or distill.label_check pot) or question_check program, fail before any teacher
         call when its programs cannot run confined and the recipe did not choose `sandbox: unsafe` (one line
-        naming the fix); returns what the manifest records."""
+        naming the fix). Returns what the manifest always records: `mode`, `confined` (whether programs run, or
+        would run, under bubblewrap here) and `pot_allowed` (the student's [pot] replies are executed: pot is a
+        strategy; otherwise they get no answer, see strategies.student_strategies)."""
         dc = self.recipe.distill
-        if "pot" not in dc.strategies and dc.label_check != "pot" and dc.question_check != "program":
-            return None
-        mode = self.recipe.distill.sandbox
+        mode, pot_allowed = dc.sandbox, "pot" in dc.strategies
+        if not pot_allowed and dc.label_check != "pot" and dc.question_check != "program":
+            return {"mode": mode, "confined": confinement_problem() is None, "pot_allowed": False}
         confined = prepare(mode)
         if not confined:
             self.console.print("[bold red]WARNING: distill.sandbox: unsafe and no bubblewrap sandbox here: "
                                "PoT programs written by the model run unconfined (see the line above)[/bold red]")
-        return {"mode": mode, "confined": confined}
+        return {"mode": mode, "confined": confined, "pot_allowed": pot_allowed}
 
     def _check_models(self) -> None:
         """Fail before any work when a model reference cannot be resolved (clear error, no run folder)."""
@@ -139,7 +141,7 @@ class RunContext:
         peak = PeakRSS()
         self._ledger = Ledger()
         try:
-            with peak:
+            with peak, student_strategies(self.recipe.distill.strategies):
                 yield info
         except Exception as exc:
             reason = write_failure(exc)

@@ -31,7 +31,7 @@ def sampling_plan(problems: list[Problem], k: int, strategies: list[str],
 def sample_prompt(question: str, forced: str | None, strategies: list[str]) -> list[dict]:
     """The student's prompt for one sample: its training prompt, with the forced strategy's tag as the
     start of its reply (tagged_messages) when one is forced."""
-    return tagged_messages(question, force=forced) if forced else training_prompt(question, strategies)
+    return tagged_messages(question, forced, strategies) if forced else training_prompt(question, strategies)
 
 
 def score_samples(plan: list[tuple[Problem, str | None]], outputs: list[str],
