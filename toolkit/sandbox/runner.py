@@ -72,24 +72,33 @@ _MOUNTS = r'''
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 
+def fail(what, errno):
+    os.write(2, f"sandbox folders: {what}: {os.strerror(errno)}\n".encode())  # one line: the self-test quotes it
+    os._exit(1)
+
 def check(ok, what):
     if not ok:
-        os.write(2, f"sandbox folders: {what}: {os.strerror(ctypes.get_errno())}\n".encode())
-        os._exit(1)
+        fail(what, ctypes.get_errno())
 
 size, files, base, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 uid, gid = os.getuid(), os.getgid()
 check(libc.unshare(0x10000000 | 0x20000) == 0, "unshare")  # CLONE_NEWUSER | CLONE_NEWNS
 for name, text in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1")):
-    fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
-    os.write(fd, text.encode())
-    os.close(fd)
+    try:
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
+        os.write(fd, text.encode())
+        os.close(fd)
+    except OSError as exc:
+        fail(name, exc.errno)
 check(libc.mount(None, b"/", None, 0x4000 | 0x40000, None) == 0, "private mounts")  # MS_REC | MS_PRIVATE
 options = f"size={size},nr_inodes={files},mode=0755".encode()
-for name in os.listdir(base):
+for name in os.listdir(base):  # the mount points the parent made (_FOLDERS)
     check(libc.mount(b"tmpfs", os.path.join(base, name).encode(), b"tmpfs", 2 | 4, options) == 0,  # nosuid, nodev
           f"tmpfs on {name}")
-os.execv(argv[0], argv)
+try:
+    os.execv(argv[0], argv)
+except OSError as exc:
+    fail(argv[0], exc.errno)
 '''
 
 # Runs in the child under `python -I -S -B`: sets the rlimits, reads the program from stdin, installs an
