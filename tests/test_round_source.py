@@ -92,6 +92,9 @@ def test_dry_run_says_when_a_generated_round_leaves_originals_unused(tmp_path, t
     assert r.returncode == 0, r.stderr
     assert "NOTE: 4 original problems with gold answers stay unused" in _flat(r.stdout)
     assert "fdd-cpu-powered" in r.stdout
+    # The run itself says so in its opening lines (it stops at the unreachable teacher right after).
+    r = toolkit("distill", str(recipe), f"data.root={DATA}", "distill.rounds=2", cwd=tmp_path)
+    assert "note: rounds 1-1 write new questions while 4 original problems" in _flat(r.stdout)
     r = toolkit("distill", str(recipe), f"data.root={DATA}", "distill.rounds=2", "distill.round_source=auto",
                 "--dry-run", cwd=tmp_path)
     assert r.returncode == 0 and "NOTE" not in r.stdout
