@@ -133,6 +133,12 @@ def run_all(ctx: RunContext) -> dict:
     import torch  # heavy optional runtime, imported on first use
 
     torch.set_num_threads(ctx.threads)
+    cfg = ctx.recipe.distill
+    unused = unused_originals(ctx.recipe) if cfg.rounds > 1 else []
+    if unused and cfg.round_source == "generated":
+        ctx.console.print(f"[yellow]note: rounds 1-{cfg.rounds - 1} write new questions while {len(unused)} original "
+                          f"problems with gold answers are unused; {fdd.ORIGINALS_EVIDENCE} (distill.round_source: "
+                          f"auto spends the rounds on them)[/yellow]")
     seeds, heldout = data(ctx)
     rows = rationales(ctx, 0, seeds)  # the teacher server stops before torch starts
     rounds = {}
@@ -142,8 +148,6 @@ def run_all(ctx: RunContext) -> dict:
         rounds["base"].update(problems=0, rationales=0)
     problems = seeds  # the labelled training problems; grows by the accepted new ones each round
     student_dir = None
-    cfg = ctx.recipe.distill
-    unused = unused_originals(ctx.recipe) if cfg.rounds > 1 else []
     for k in range(ctx.recipe.distill.rounds):
         taken = {p.id for p in problems}
         unused = [p for p in unused if p.id not in taken]
@@ -154,10 +158,6 @@ def run_all(ctx: RunContext) -> dict:
             problems, rows = problems + picked, rows + new_rows
             atomic_write_jsonl(ctx.run.round_dir(k) / "train.jsonl", rows)
         elif k > 0:
-            if unused:
-                ctx.console.print(f"[yellow]note: round {k} writes new questions while {len(unused)} original "
-                                  f"problems with gold answers are unused; {fdd.ORIGINALS_EVIDENCE} "
-                                  f"(distill.round_source: auto spends the round on them)[/yellow]")
             easy, hard = fdd.feedback(ctx, k, problems, student_dir)
             # The n-gram index of every evaluation suite (5,906 questions: 57 MB, 0.14 GB once overlap() has run;
             # built in 0.3 s) serves the question stage alone and is dropped before the round trains, where the
