@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from toolkit.sandbox import runner as sandbox, seccomp
 from toolkit.sandbox.runner import SandboxResult, run_program, run_programs
@@ -283,14 +285,33 @@ def test_huge_output_is_capped_then_the_next_program_runs():
 RESULT_FD = "import os, sys\nfd = int(sys.argv[1])\n"
 
 
-def test_a_deeply_nested_report_costs_that_program_only():
-    """`[` x 60,000 on the result pipe made json.loads raise RecursionError, and run_programs lost the whole
-    batch. Now that program alone fails, in one line, and the harmless ones around it keep their answers."""
-    flood = HOOK_OFF + RESULT_FD + "os.write(fd, b'[' * 60000)\nanswer = 1"
-    results = run_programs(["answer = 1 + 1", flood, "answer = 3 * 3"], workers=2)
+@pytest.mark.parametrize("forged, why", [
+    ("os.write(fd, b'[' * 60000)\nanswer = 1", "nested deeper than"),  # json.loads: RecursionError
+    ("os.write(fd, b'{}\\n')\nos._exit(0)", "not the runner's"),  # a report without its keys: KeyError
+])
+def test_a_forged_report_costs_that_program_only(forged, why):
+    """What a program writes to the result pipe once made run_programs raise, and the whole batch was lost. Now
+    that program alone fails, in one line, and the harmless ones around it keep their answers."""
+    results = run_programs(["answer = 1 + 1", HOOK_OFF + RESULT_FD + forged, "answer = 3 * 3"], workers=2)
     assert [r.answer for r in results] == ["2", None, "9"], results
-    assert results[1].error_kind == "killed" and "nested deeper than" in results[1].error, results[1]
+    assert results[1].error_kind == "killed" and why in results[1].error, results[1]
     assert "\n" not in results[1].error
+
+
+@given(st.one_of(st.binary(max_size=300), st.builds(lambda n, tail: b"[" * n + tail, st.integers(0, 60000),
+                                                    st.binary(max_size=50)),
+                 st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
+                     st.sampled_from(["answer", "kind", "error", "x"]),
+                     st.one_of(st.none(), st.text(max_size=5), st.integers(), st.lists(st.none(), max_size=2))))))
+def test_any_bytes_on_the_result_pipe_are_a_report_or_a_reason(raw):
+    """Whatever a program writes to the result pipe, reading it yields the runner's report or why there is none,
+    in one line: never an exception that would take the batch down."""
+    report = sandbox._report(raw)
+    if isinstance(report, dict):
+        assert report["kind"] in sandbox.ERROR_KINDS and all(isinstance(report.get(k), (str, type(None)))
+                                                              for k in ("answer", "error"))
+    else:
+        assert isinstance(report, str) and "\n" not in report
 
 
 def test_flooding_the_result_pipe_is_killed_at_its_limit():

@@ -537,8 +537,8 @@ def _report(raw: bytes) -> dict | str:
         data = loads(lines[-1], "its report", max_bytes=RESULT_KILL_BYTES, max_depth=2)
     except UntrustedJSONError as exc:
         return str(exc)
-    if (data.get("kind") in _CHILD_KINDS
-            and all(isinstance(data.get(k), (str, type(None))) for k in ("answer", "error"))):
+    if (data.keys() >= {"answer", "kind", "error"} and data["kind"] in _CHILD_KINDS
+            and all(isinstance(data[k], (str, type(None))) for k in ("answer", "error"))):
         return data
     return "its report is not the runner's"
 
