@@ -60,7 +60,8 @@ def steer(input_ids, scores):
 
 out = llm.create_completion(ids, max_tokens=args.max_tokens, temperature=0.0, stop=[eos] if eos else [],
                             logits_processor=None if args.no_calculator else [steer])
-print(out["choices"][0]["text"])
+# a result the --max-tokens limit cut off is written whole (a cut "13969" would read as the answer)
+print(out["choices"][0]["text"] + ("" if args.no_calculator else seq.unwritten()))
 if not args.no_calculator:
     print(f"calculator: {{seq.forced}} result(s) written, {{seq.changed}} differed from the model's", file=sys.stderr)
 '''
@@ -109,7 +110,8 @@ while not gen.is_done():
     gen.generate_next_token()
     if seq is not None:
         seq.push(int(gen.get_next_tokens()[0]))
-print(tok.decode(gen.get_sequence(0)[len(ids):]))
+# a result the --max-tokens limit cut off is written whole (a cut "13969" would read as the answer)
+print(tok.decode(gen.get_sequence(0)[len(ids):]) + (seq.unwritten() if seq is not None else ""))
 if seq is not None:
     print(f"calculator: {{seq.forced}} result(s) written, {{seq.changed}} differed from the model's", file=sys.stderr)
 '''

@@ -35,3 +35,5 @@ def test_bundle_runner_forces_the_result_with_the_runtime_only(tmp_path, fmt, qu
     assert on.stdout.startswith(" 36") and not on.stdout[3:4].isdigit(), on.stdout
     assert "calculator: 1 result(s) written" in on.stderr
     assert not off.stdout.startswith(" 36") and "calculator" not in off.stderr
+    cut = run("--max-tokens", "1")  # the limit falls inside the result: it is still written whole
+    assert cut.returncode == 0 and cut.stdout.rstrip("\n") == " 36", cut.stdout + cut.stderr
