@@ -206,14 +206,21 @@ def test_the_shipped_runner_unpacks_through_the_same_checks(tmp_path):
 
 def raw_header(name: str, size: int, kind: bytes = b"0") -> bytes:
     """A ustar header block written byte by byte, so that it can say what tarfile's writer never would: a
-    negative size is stored base-256 (first byte 0xff, then the two's complement in 11 bytes)."""
+    negative size is stored base-256 (first byte 0xff, then the two's complement in 11 bytes), as is one too
+    large for 11 octal digits (first byte 0x80)."""
     block = bytearray(512)
     block[0:len(name)] = name.encode()
     block[100:108], block[108:116], block[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
-    block[124:136] = b"%011o\0" % size if size >= 0 else b"\xff" + (256**11 + size).to_bytes(11, "big")
+    if 0 <= size < 8**11:
+        block[124:136] = b"%011o\0" % size
+    elif size > 0:
+        block[124:136] = b"\x80" + size.to_bytes(11, "big")
+    else:
+        block[124:136] = b"\xff" + (256**11 + size).to_bytes(11, "big")
     block[136:148], block[156:157], block[257:265] = b"00000000000\0", kind, b"ustar\x0000"
     block[148:156] = b" " * 8  # the checksum counts its own field as spaces
     block[148:156] = b"%06o\0 " % sum(block)
+    assert len(block) == 512
     return bytes(block)
 
 
