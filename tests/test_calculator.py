@@ -209,3 +209,17 @@ def test_torch_backend_writes_a_result_cut_by_the_token_limit_whole(tiny_model_d
     finally:
         gen.close()
     assert out == ["139693"] and gen.calc_counts[0][0] == 1  # the limit allowed one of its tokens
+
+
+@pytest.mark.parametrize("pieces", [[" 36", ".5", " apples"], [" 36", ".", "5", " apples"], [" 36", ",000"]])
+def test_the_server_loop_rejects_a_decimal_or_thousands_part_after_the_result(pieces):
+    opener, calls = _opener([pieces, [" apples"]])
+    text, forced, changed = stream_with_calculator(opener, "12 * 3 =", 64)
+    assert text == " 36 apples" and (forced, changed) == (1, 1)
+    assert calls[1] == (" 36", True)  # reopened after the result, its first tokens kept from extending it
+
+
+def test_the_server_loop_keeps_sentence_punctuation_after_the_result():
+    for pieces, want in (([" 36", ".", " apples"], " 36. apples"), ([" 36", "."], " 36.")):
+        opener, calls = _opener([pieces])
+        assert stream_with_calculator(opener, "12 * 3 =", 64) == (want, 1, 0) and len(calls) == 1
