@@ -91,6 +91,14 @@ def test_output_is_captured_and_the_folder_removed():
     assert content == "ok" and not os.path.exists(workdir)
 
 
+def test_a_private_tmpdir_does_not_stop_the_sandbox(monkeypatch, tmp_path):
+    """As root the mounts helper runs as nobody: its mount points must not sit in a $TMPDIR only root reaches."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(private))  # what gettempdir() returns from now on
+    _assert_normal(run_program("answer = 6 * 7"), "42")
+
+
 def test_limits_uid_and_environment_in_the_child():
     code = ("import json, os, resource as r\nanswer = json.dumps({'uid': os.getuid(), 'env': dict(os.environ),"
             " 'cwd': os.getcwd(), 'limits': {n: r.getrlimit(getattr(r, n))[1] for n in"

@@ -379,7 +379,8 @@ def _spawn_confined(binary: str, python: str, as_nobody: bool, timeout_s: float,
     block_r, block_w = os.pipe()
     filter_r = _filter_fd()
     passed = [fd for fd in (result_w, info_w, block_r, filter_r) if fd is not None]
-    base = tempfile.mkdtemp(prefix="pot-sandbox-")
+    # As root the helper runs as nobody, who must reach the mount points: /tmp, not a $TMPDIR under a 0700 home.
+    base = tempfile.mkdtemp(prefix="pot-sandbox-", dir="/tmp" if as_nobody else None)
     try:
         for name, _ in _FOLDERS:
             os.mkdir(os.path.join(base, name))
