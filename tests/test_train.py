@@ -2,12 +2,12 @@
 and a seed-fixed golden loss curve."""
 from __future__ import annotations
 
-import ctypes
 import json
 
 import pytest
 import torch
 
+from toolkit.core.memory import mmap_threshold
 from toolkit.core.models import resolve_model
 from toolkit.core.recipe import TrainConfig
 from toolkit.training.loading import load_model_and_tokenizer
@@ -112,25 +112,6 @@ def test_golden_loss_curve(tiny_model_dir, tmp_path):
     assert [row["loss"] for row in stats["curve"]] == pytest.approx(GOLDEN_CURVE, rel=GOLDEN_RTOL)
 
 
-class _MallInfo2(ctypes.Structure):
-    # glibc's struct mallinfo2 (malloc.h, glibc >= 2.33): ten size_t counters
-    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def _served_by_mmap(nbytes: int) -> bool:
-    """Whether glibc serves a block of `nbytes` with its own mmap now (the pinned threshold) or from the heap."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype, libc.malloc.restype = _MallInfo2, ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    before = libc.mallinfo2().hblks
-    block = libc.malloc(nbytes)
-    try:
-        return libc.mallinfo2().hblks > before
-    finally:
-        libc.free(block)
-
-
 class _Stop(RuntimeError):
     pass
 
@@ -145,12 +126,12 @@ def test_a_train_that_raises_undoes_the_malloc_pin_and_gradient_checkpointing(ti
     seen = []
 
     def log(row: dict) -> None:
-        seen.append((model.is_gradient_checkpointing, _served_by_mmap(1 << 20)))
+        seen.append((model.is_gradient_checkpointing, mmap_threshold()))
         raise _Stop("a callback that fails")
 
     with pytest.raises(_Stop):
         train(model, tok, examples, cfg, tmp_path / "student", seed=0, log=log)
-    assert seen == [(True, True)]  # during training: checkpointing on, a 1 MiB block gets its own mmap
+    assert seen == [(True, 128 * 1024)]  # during training: checkpointing on, blocks from 128 kB get their own mmap
     assert not model.is_gradient_checkpointing
-    assert not _served_by_mmap(1 << 20)  # the pin is undone: 1 MiB comes from the heap again
+    assert mmap_threshold() == 32 * 1024 * 1024  # the pin is undone: heap reuse below 32 MB, as after success
     assert not (tmp_path / "student").exists()

@@ -146,6 +146,7 @@ def release_memory() -> None:
 
 # glibc's mallopt parameter for the mmap threshold (malloc.h).
 _M_MMAP_THRESHOLD = -3
+_threshold: int | None = None  # what pin_mmap_threshold last set, in bytes
 
 
 def pin_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
@@ -157,10 +158,20 @@ def pin_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
     peak RSS 4.1 GB → 2.9 GB from the second step on. Setting the threshold explicitly turns the dynamic
     raise off; 128 kB is glibc's initial value. Process-wide; True when glibc took it.
     """
+    global _threshold
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, nbytes))
+        taken = bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, nbytes))
     except (OSError, AttributeError):  # not glibc
         return False
+    if taken:
+        _threshold = nbytes
+    return taken
+
+
+def mmap_threshold() -> int | None:
+    """The mmap threshold (bytes) this process last set with pin_mmap_threshold; None: never set (glibc's own).
+    glibc has no call that reads it back, and probing with an allocation is served from free heap space."""
+    return _threshold
 
 
 # glibc's ceiling for its dynamic threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): where it ends up anyway.
