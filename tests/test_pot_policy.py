@@ -59,7 +59,9 @@ def test_a_cot_l2m_recipe_without_bubblewrap_completes_and_records_the_sandbox(t
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / "tiny"
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["sandbox"] == {"mode": "bwrap", "confined": False, "pot_allowed": False}
+    sandbox = {k: manifest["sandbox"][k] for k in ("mode", "confined", "pot_allowed")}
+    assert sandbox == {"mode": "bwrap", "confined": False, "pot_allowed": False}
+    assert manifest["sandbox"]["cgroup"] is False and manifest["sandbox"]["cgroup_reason"]
     prompts = [p for p in run.rglob("*.jsonl") if p.name.startswith("samples_") or p.name == "train.jsonl"]
     assert len(prompts) == 3  # the base's and round 0's evals, round 0's training set
     for path in prompts:

@@ -765,4 +765,4 @@ def test_distill_unsafe_warns_and_is_recorded_in_the_manifest(no_bwrap, tmp_path
                 "teacher.max_retries=1", "teacher.timeout_s=2", cwd=tmp_path)
     assert "WARNING: sandbox: unsafe" in r.stderr and "run unconfined" in r.stdout, r
     manifest = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())
-    assert manifest["sandbox"] == {"mode": "unsafe", "confined": False, "pot_allowed": True}
+    assert manifest["sandbox"] == {"mode": "unsafe", "confined": False, "pot_allowed": True} | sandbox.cgroup_status()

@@ -23,7 +23,7 @@ from toolkit.eval.generate import TorchGenerator, open_generator
 from toolkit.export.config import ExportConfig
 from toolkit.export.manifest import MANIFEST
 from toolkit.export.run import export_model
-from toolkit.sandbox.runner import confinement_problem, prepare
+from toolkit.sandbox.runner import cgroup_status, confinement_problem, prepare
 from toolkit.teacher.cache import RequestCache
 from toolkit.teacher.ledger import Ledger, merge_records, price_record
 from toolkit.teacher.teachers import open_teacher
@@ -69,7 +69,8 @@ class RunContext:
         self._check_models()
         self.run = RunDir(Path(recipe.output_dir) / recipe.name)
         self.run.open(recipe.digest(), recipe.model_dump(mode="json"), recipe.seed, fresh)
-        self.run.manifest["sandbox"] = sandbox
+        # The rlimits hold per program; whether a cgroup caps the sandbox as a whole, and why not, is recorded too.
+        self.run.manifest["sandbox"] = sandbox | cgroup_status()
         self.run.save()
         self.threads = recipe.train.threads or defaults.default_threads()
         self.cache_path = defaults.cache_root(recipe.cache_dir)
