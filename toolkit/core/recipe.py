@@ -313,8 +313,9 @@ class DistillConfig(_Section):
     round_source: Literal["generated", "originals", "auto"] = Field("generated", description=(
         "where a round after round 0 finds its new training problems. `generated`: FDD's teacher-written questions "
         "(harder / similar, above). `originals`: unused original problems of the training source (gold answers "
-        "known), the ones the previous student gets wrong first (feedback-driven selection; student compute "
-        "only), then the rest in seeded order. `auto`: `originals` while unused originals remain, `generated` "
+        "known): the previous student answers the next 4 per problem to take, in seeded order (student compute "
+        "only), and the round takes those it got wrong first, then those it got right (feedback-driven "
+        "selection); their teacher paths are kept when they reach the gold answer, as in round 0. `auto`: `originals` while unused originals remain, `generated` "
         "once they have run out (bench/results/fdd-cpu-powered: while originals remain, a generated round is the "
         "worse use of a teacher request)"))
     originals_per_round: int | None = Field(None, ge=1, description=(
