@@ -2,9 +2,9 @@
 
 An arm is one evaluated model: its per-sample file (a run's round-K/eval/samples_heldout.jsonl, or a committed
 .jsonl.gz) and the manifest of the run that made it, read up to that model's round for the teacher requests and
-completion tokens it cost and the training problems and rows it learned from. Every arm is paired with the
-reference arm (round 0) and with the control arm (the equal-budget rival): difference in strict match with its
-95% bootstrap interval and the exact McNemar p. Writes into --out: rounds.md (the tables), comparison.json, and
+completion tokens it cost (sent or answered from the cache) and the training problems and rows it learned from.
+Every arm is paired with the reference arm (round 0) and with the control arm (the equal-budget rival): difference
+in strict match with its 95% bootstrap interval and the exact McNemar p. Writes into --out: rounds.md (the tables), comparison.json, and
 samples/<arm>.jsonl.gz for every arm, so that any pairing can be recomputed.
 
     python bench/seed_limited.py --out bench/results/fdd-seed-limited \\
@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from budget_control import teacher_spend
+from budget_control import _round_of
 
 from toolkit.core.jsonio import atomic_write_json, atomic_write_text
 from toolkit.core.stats import wilson_of_rate
@@ -34,6 +34,19 @@ def _read_samples(path: Path) -> list[dict]:
     return [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
 
 
+def teacher_cost(manifest: dict, through_round: int) -> dict:
+    """Teacher requests and completion tokens of the run's stages up to `through_round`, sent or answered from
+    the cache alike (a cached answer was paid for once, by whichever run asked first)."""
+    requests = tokens = 0
+    for name, stage in manifest["stages"].items():
+        t, k = stage.get("teacher"), _round_of(name)
+        if t and k is not None and k <= through_round:
+            cached = t.get("cached", {})
+            requests += t.get("requests_sent", 0) + cached.get("requests", 0)
+            tokens += t.get("completion_tokens", 0) + cached.get("completion_tokens", 0)
+    return {"requests": requests, "completion_tokens": tokens}
+
+
 def load_arm(label: str, spec: str) -> dict:
     """One arm from 'SAMPLES,MANIFEST,MODEL': its per-problem strict scores and its ledger up to MODEL's round."""
     try:
@@ -43,12 +56,12 @@ def load_arm(label: str, spec: str) -> dict:
     rows = _read_samples(Path(samples))
     manifest = json.loads(Path(manifest_path).read_text())
     k = int(model.removeprefix("round-")) if model.startswith("round-") else -1
-    spend = teacher_spend(manifest, k)
+    spend = teacher_cost(manifest, k)
     summary = manifest["summary"]["rounds"][model]
     return {"label": label, "samples": samples, "manifest": manifest_path, "model": model,
             "scores": {r["id"]: bool(r["strict_match"]) for r in rows}, "raw": rows,
             "training_problems": summary.get("problems", 0), "training_rows": summary.get("rationales", 0),
-            "teacher_requests": spend["requests"], "completion_tokens_sent": spend["completion_tokens_sent"]}
+            "teacher_requests": spend["requests"], "completion_tokens": spend["completion_tokens"]}
 
 
 def _slug(label: str) -> str:
@@ -75,18 +88,19 @@ def main() -> None:
         n, right = len(arm["scores"]), sum(arm["scores"].values())
         lo, hi = wilson_of_rate(right / n, n)
         models.append({k: arm[k] for k in ("label", "model", "samples", "manifest", "training_problems",
-                                           "training_rows", "teacher_requests", "completion_tokens_sent")}
+                                           "training_rows", "teacher_requests", "completion_tokens")}
                       | {"n": n, "strict_match": right / n, "ci95": [lo, hi]})
         for against in (args.reference, args.control):
-            if against != label and not (label == args.reference and against == args.control):
+            # base is the floor, not an arm: its own pairing with round 0 is in the run's rounds.md
+            if label != "base" and against != label and not (label == args.reference and against == args.control):
                 paired.append(compare(label, arm["scores"], against, arms[against]["scores"]) | {"model": label})
         with gzip.GzipFile(args.out / "samples" / f"{_slug(label)}.jsonl.gz", "wb", mtime=0) as f:
             f.write("".join(json.dumps(r) + "\n" for r in arm["raw"]).encode())
     lines = ["| arm | n | strict match (95% CI) | training problems | training rows | teacher requests | "
-             "completion tokens sent |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "teacher completion tokens |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {m['label']} | {m['n']} | {m['strict_match']:.1%} ({m['ci95'][0]:.1%}–{m['ci95'][1]:.1%}) | "
               f"{m['training_problems']} | {m['training_rows']} | {m['teacher_requests']} | "
-              f"{m['completion_tokens_sent']:,} |" for m in models]
+              f"{m['completion_tokens']:,} |" for m in models]
     lines += ["", "Paired on the same held-out problems (arm minus against, points, 95% bootstrap interval; exact "
               "two-sided McNemar p):", "", "| arm | against | difference | right only in arm | right only in against "
               "| McNemar p |", "|---|---|---:|---:|---:|---:|"]
