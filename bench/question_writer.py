@@ -13,6 +13,9 @@ accepted questions to read by hand.
         --feedback bench/results/fdd-cpu-powered/run-files/round-1/feedback.jsonl \\
         --out bench/results/question_writer
 
+Where both writers already ran as round 1 of a whole run (the same recipe, seed and round-0 student), `--from
+WRITER=MANIFEST,FOLDER` reads that run's ledger and round-1 files (FOLDER/round-1/) instead of running the stages.
+
 Teacher requests go through the recipe's request cache: today's writer on fdd-cpu-powered's problems is answered
 entirely from the committed cache of that run (bench/results/fdd-cpu-powered/teacher-cache, copied to the cache
 folder first), so only the program writer costs teacher time.
@@ -57,6 +60,11 @@ def _requests(stage: dict) -> int:
     return t.get("requests_sent", 0) + t.get("cached", {}).get("requests", 0)
 
 
+def _tokens(stage: dict) -> int:
+    t = stage.get("teacher") or {}
+    return t.get("completion_tokens", 0) + t.get("cached", {}).get("completion_tokens", 0)
+
+
 def summary(result: dict) -> dict:
     """The writer's ledger: teacher requests of both stages, and what they bought."""
     q, lab = result["questions"], result["labels"]
@@ -69,7 +77,14 @@ def summary(result: dict) -> dict:
             "program_rejected": lab.get("program_rejected", 0), "pot_check_rejected": lab.get("check_rejected", 0),
             "training_rows": rows, "requests_per_row": round(requests / rows, 2) if rows else None,
             "requests_per_accepted_question": round(requests / lab["accepted"], 2) if lab["accepted"] else None,
-            "completion_tokens_sent": sum((s.get("teacher") or {}).get("completion_tokens", 0) for s in (q, lab))}
+            "completion_tokens": sum(_tokens(s) for s in (q, lab))}
+
+
+def from_run(spec: str) -> dict:
+    """A writer's round 1 as a finished run recorded it: 'MANIFEST,FOLDER' (FOLDER holds round-1/)."""
+    manifest, folder = spec.split(",")
+    stages = json.loads(Path(manifest).read_text())["stages"]
+    return {"run": folder, "questions": stages["round-1/questions"], "labels": stages["round-1/labels"]}
 
 
 def sample_for_reading(run: Path, writer: str, seed: int = 0) -> list[dict]:
@@ -89,13 +104,16 @@ def main() -> None:
     ap.add_argument("--feedback", type=Path, required=True, help="round-1/feedback.jsonl of the recipe's run")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--name", default="question-writer", help="run folder prefix (one folder per writer)")
+    ap.add_argument("--from", dest="done", action="append", default=[], metavar="WRITER=MANIFEST,FOLDER",
+                    help="take this writer's round 1 from a finished run instead of running it")
     args = ap.parse_args()
+    done = dict(item.split("=", 1) for item in args.done)
     easy = [r["id"] for r in read_jsonl(args.feedback) if r["label"] == "easy"]
     out = {"recipe": str(args.recipe), "feedback": str(args.feedback), "easy": len(easy),
            "machine": machine(0), "writers": {}}
     try:
         for writer in WRITERS:
-            result = run_writer(args.recipe, writer, easy, args.name)
+            result = from_run(done[writer]) if writer in done else run_writer(args.recipe, writer, easy, args.name)
             out["writers"][writer] = summary(result)
             sample = sample_for_reading(Path(result["run"]), writer)
             atomic_write_text(args.out / f"accepted-sample-{writer}.jsonl",
