@@ -8,7 +8,7 @@ import re
 from fractions import Fraction
 
 from toolkit.data.problems import Problem
-from toolkit.data.questions import clean_question, well_formed
+from toolkit.data.questions import clean_question, well_formed, writer_messages
 from toolkit.data.strategies import Messages, extract_program
 
 _SYSTEM = "You write new math word problems for students, each with a Python program that solves it."
@@ -19,8 +19,7 @@ _HARDER = ("Write {m} harder {noun} of this problem. Each needs more steps or mo
 _SIMILAR = ("Write {m} new {noun} of similar difficulty to this one but about a different everyday topic. Each "
             "must state every number needed to solve it.")
 
-# Our own worked example: one reply in the format the parser reads, every literal stated in its question.
-_SHOT_PROBLEM = "A baker makes 24 muffins and sells 15 of them. How many muffins are left?"
+# Our own worked example (questions.SHOT_PROBLEM answered): the format the parser reads, every literal stated.
 _SHOT_HARDER = (
     "Problem 1: A baker makes 24 muffins in the morning and 18 in the afternoon. He sells 15 muffins and gives 6 "
     "to his neighbours. How many muffins are left?\n"
@@ -38,30 +37,14 @@ _SHOT_SIMILAR = (
 )
 
 
-def _request(template: str, noun: str, question: str, m: int) -> str:
-    ask = template.format(m=m, noun=noun if m == 1 else noun + "s")
-    return f"{ask}\n\nProblem: {question}\n\n{_FORMAT}"
-
-
-def _messages(template: str, noun: str, shot: str, problem: Problem, m: int) -> Messages:
-    if m < 1:
-        raise ValueError(f"the number of new problems must be at least 1, got {m}")
-    return [
-        {"role": "system", "content": _SYSTEM},
-        {"role": "user", "content": _request(template, noun, _SHOT_PROBLEM, 2)},
-        {"role": "assistant", "content": shot},
-        {"role": "user", "content": _request(template, noun, problem.question, m)},
-    ]
-
-
 def harder_program_messages(problem: Problem, m: int) -> Messages:
     """Chat messages asking for m harder variants of `problem`, each with its solving program."""
-    return _messages(_HARDER, "version", _SHOT_HARDER, problem, m)
+    return writer_messages(_SYSTEM, _HARDER, "version", _FORMAT, _SHOT_HARDER, problem, m)
 
 
 def similar_program_messages(problem: Problem, m: int) -> Messages:
     """Chat messages asking for m new problems as hard as `problem`, each with its solving program."""
-    return _messages(_SIMILAR, "problem", _SHOT_SIMILAR, problem, m)
+    return writer_messages(_SYSTEM, _SIMILAR, "problem", _FORMAT, _SHOT_SIMILAR, problem, m)
 
 
 # Teacher replies are capped by max_tokens; this only bounds the work on pathological input.

@@ -16,7 +16,7 @@ _HARDER = ("Write {m} harder {noun} of this problem. Each needs more steps or mo
 _SIMILAR = "Write {m} new {noun} of similar difficulty to this one but about a different everyday topic."
 
 # Our own worked example (one user/assistant pair) fixes the reply format the parser reads best.
-_SHOT_PROBLEM = "A baker makes 24 muffins and sells 15 of them. How many muffins are left?"
+SHOT_PROBLEM = "A baker makes 24 muffins and sells 15 of them. How many muffins are left?"
 _SHOT_HARDER = (
     "1. A baker makes 24 muffins in the morning and 18 in the afternoon. He sells 15 muffins and "
     "gives 6 to his neighbours. How many muffins are left?\n"
@@ -30,30 +30,33 @@ _SHOT_SIMILAR = (
 )
 
 
-def _request(template: str, noun: str, question: str, m: int) -> str:
-    ask = template.format(m=m, noun=noun if m == 1 else noun + "s")
-    return f"{ask}\n\nProblem: {question}\n\n{_FORMAT}"
-
-
-def _messages(template: str, noun: str, shot: str, problem: Problem, m: int) -> Messages:
+def writer_messages(system: str, template: str, noun: str, fmt: str, shot: str, problem: Problem,
+                    m: int) -> Messages:
+    """A question writer's chat: `system`, then the worked example (SHOT_PROBLEM answered by `shot`), then the
+    request for m new problems from `problem`; the request is `template` (with {m} and {noun}) and `fmt`."""
     if m < 1:
         raise ValueError(f"the number of new problems must be at least 1, got {m}")
+
+    def request(question: str, count: int) -> str:
+        ask = template.format(m=count, noun=noun if count == 1 else noun + "s")
+        return f"{ask}\n\nProblem: {question}\n\n{fmt}"
+
     return [
-        {"role": "system", "content": _SYSTEM},
-        {"role": "user", "content": _request(template, noun, _SHOT_PROBLEM, 2)},
+        {"role": "system", "content": system},
+        {"role": "user", "content": request(SHOT_PROBLEM, 2)},
         {"role": "assistant", "content": shot},
-        {"role": "user", "content": _request(template, noun, problem.question, m)},
+        {"role": "user", "content": request(problem.question, m)},
     ]
 
 
 def harder_messages(problem: Problem, m: int) -> Messages:
     """Chat messages asking the teacher for m harder variants of `problem` (for easy problems)."""
-    return _messages(_HARDER, "version", _SHOT_HARDER, problem, m)
+    return writer_messages(_SYSTEM, _HARDER, "version", _FORMAT, _SHOT_HARDER, problem, m)
 
 
 def similar_messages(problem: Problem, m: int) -> Messages:
     """Chat messages asking the teacher for m new problems as hard as `problem` (for hard problems)."""
-    return _messages(_SIMILAR, "problem", _SHOT_SIMILAR, problem, m)
+    return writer_messages(_SYSTEM, _SIMILAR, "problem", _FORMAT, _SHOT_SIMILAR, problem, m)
 
 
 # Teacher replies are capped by max_tokens, so this only bounds the work on pathological input.
