@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from toolkit.core.flags import Flag
+from toolkit.core.flags import Flag, thread_sweep
 from toolkit.data.suites import EVAL_SUITES
 from toolkit.eval.generate import BACKENDS
 from toolkit.eval.prompts import BUILDERS
@@ -67,12 +67,4 @@ class BenchConfig(BaseModel):
     @field_validator("threads", mode="before")
     @classmethod
     def _sweep(cls, value: object) -> object:
-        """The flag's text 1,2,4 (or one N) as a list; "" is the default, as an absent flag."""
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value]
-        if isinstance(value, str):
-            try:
-                return [int(t) for t in value.split(",")] if value else None
-            except ValueError:
-                raise ValueError(f"wants N or a list like 1,2,4, got {value!r}") from None
-        return value
+        return thread_sweep(value)

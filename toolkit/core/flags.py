@@ -93,3 +93,16 @@ def _describe(error: dict) -> str:
         return f"{name} {error['ctx']['error']}"
     message = error["msg"]
     return f"{name}: {message[:1].lower()}{message[1:]}, got {error['input']!r}"
+
+
+def thread_sweep(value: Any, example: str = "1,2,4") -> Any:
+    """A thread count as `--threads` and a recipe give it (N, a list, or the text 1,2,4) as a list; "" is None (the
+    default, as an absent flag); anything else is left for pydantic to judge."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, str):
+        try:
+            return [int(t) for t in value.split(",")] if value else None
+        except ValueError:
+            raise ValueError(f"wants N or a list like {example}, got {value!r}") from None
+    return value

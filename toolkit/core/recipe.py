@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from toolkit.core.errors import RecipeError
+from toolkit.core.flags import thread_sweep
 
 log = logging.getLogger(__name__)
 
@@ -516,15 +517,7 @@ class DeployBenchConfig(_Section):
     @field_validator("threads", mode="before")
     @classmethod
     def _one_or_a_sweep(cls, value: Any) -> Any:
-        # As `toolkit bench --threads` reads it: N, a list, or the text 1,2,4.
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value]
-        if isinstance(value, str):
-            try:
-                return [int(t) for t in value.split(",")] if value else None
-            except ValueError:
-                raise ValueError(f"wants N or a list like [1, 2, 4], got {value!r}") from None
-        return value
+        return thread_sweep(value, "[1, 2, 4]")  # as `toolkit bench --threads` reads it
 
     @field_validator("prompt_tokens", "gen_tokens", "reps")
     @classmethod
