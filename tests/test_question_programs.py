@@ -49,6 +49,9 @@ def test_parser_pairs_each_question_with_the_program_after_it():
     assert pairs[0][1].endswith("answer = apples + bags * per_bag") and pairs[1][1].startswith("monday = 15")
     assert malformed == 1  # problem 3 came without a program
     assert parse_question_programs(REPLY, 1)[0] == pairs[:1]
+    # The instruction's placeholder copied as written is a label too, not part of the question.
+    copied = "Problem K: Ann has 3 red and 4 blue pens. How many pens does she have?\n```python\nanswer = 3 + 4\n```"
+    assert parse_question_programs(copied, 1)[0][0][0] == "Ann has 3 red and 4 blue pens. How many pens does she have?"
     assert parse_question_programs(None, 2) == ([], 0) and parse_question_programs("```python\n", 2) == ([], 1)
 
 
@@ -103,6 +106,8 @@ def test_question_check_keeps_grounded_questions_whose_vote_agrees(tmp_path, tin
     questions = ctx.run.manifest["stages"]["round-1/questions"]
     assert questions["question_check"] == "program"
     assert questions["ungrounded"] == 1 and questions["program_failed"] == 1
+    # parsed counts every question read, before its program's tests, as the per-kind counts do.
+    assert questions["parsed"] == sum(k["parsed"] for k in questions["kinds"].values()) == 4
     dropped = {json.loads(line)["reason"] for line in (rdir / "dropped_questions.jsonl").read_text().splitlines()}
     assert {"ungrounded", "program failed"} <= dropped
     # Seed e0's grounded question (fake writer) and Ben's (grounded, but its program multiplies) reach the vote.

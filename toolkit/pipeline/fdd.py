@@ -147,6 +147,7 @@ def new_questions(ctx: RunContext, k: int, problems: list[Problem], easy: list[s
                 if code is not None:
                     code_of[generated[-1].id] = code
         rejected: list[dict] = []
+        parsed = len(generated)
         if programs:
             generated, rejected, checks = check_programs(generated, code_of)
             atomic_write_jsonl(ctx.run.round_dir(k) / "question_programs.jsonl", checks)
@@ -161,7 +162,7 @@ def new_questions(ctx: RunContext, k: int, problems: list[Problem], easy: list[s
                            rejected + [{"reason": "duplicate", **x} for x in dups] +
                            [{"reason": "leakage", **x} for x in leaked])
         write_overlap_report(ctx.run.round_dir(k), k, kept, leakage, len(leaked))
-        info.update(requests=len(prompts), parsed=len(generated), malformed=malformed,
+        info.update(requests=len(prompts), parsed=parsed, malformed=malformed,
                     duplicates=len(dups), leaked=len(leaked), kept=len(clean), kinds=kinds,
                     teacher_requests_sent=sent,
                     **({"question_check": "program",
