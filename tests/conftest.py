@@ -28,6 +28,29 @@ def pytest_report_header(config) -> str:
             f"derandomize={budget.derandomize}")
 
 
+_BUDGETS: dict[str, int] = {}  # property test node id -> its max_examples, as collected
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        fn = getattr(item, "obj", None)
+        if getattr(fn, "is_hypothesis_test", False):
+            # hypothesis keeps a test's own @settings on the wrapped function; without one, the profile's
+            own = getattr(fn, "_hypothesis_internal_use_settings", None)
+            _BUDGETS[item.nodeid] = (own or hypothesis_settings.default).max_examples
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Printed under -q too (the header is not): each property suite's example budget."""
+    if not _BUDGETS:
+        return
+    per_file: dict[str, set[int]] = {}
+    for nodeid, n in _BUDGETS.items():
+        per_file.setdefault(nodeid.split("::")[0], set()).add(n)
+    parts = ", ".join(f"{path} {'/'.join(map(str, sorted(ns)))}" for path, ns in sorted(per_file.items()))
+    terminalreporter.write_line(f"hypothesis budget (max_examples per property test, derandomized): {parts}")
+
+
 # TOOLKIT_TEST_DATA points the tests at another copy of the shared data (or, in tests of this very rule, at none).
 DATA = Path(os.environ.get("TOOLKIT_TEST_DATA") or ROOT.parent / "shared" / "data")
 
