@@ -42,6 +42,9 @@ def run_eval(model: str, out: str | Path, config: EvalConfig, *, quiet: bool = F
         raise ToolkitError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(EVAL_SUITES)}")
     if config.limit is not None and config.limit < 1:
         raise ToolkitError("--limit must be at least 1")
+    if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+        # A mistyped path is named before any suite is read, or fetched from the network.
+        raise ToolkitError(f"model {model!r} not found")
     data_root = defaults.data_root(config.data_root)
     problems = {s: load_suite(s, data_root)[: config.limit] for s in suites}
     shots = {s: fewshot_examples(s, config.fewshot, data_root, problems[s], seed=config.seed) for s in suites}
