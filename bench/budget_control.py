@@ -57,6 +57,18 @@ def teacher_spend(manifest: dict, through_round: int | None = None) -> dict:
     return {"requests": requests, "completion_tokens_sent": tokens}
 
 
+def paired_lines(paired: list[dict], noun: str) -> list[str]:
+    """The Markdown table of paired differences (`compare` rows carrying "model"), its columns naming `noun`."""
+    lines = [f"Paired on the same held-out problems ({noun} minus against, points, 95% bootstrap interval; exact "
+             "two-sided McNemar p):", "", f"| {noun} | against | difference | right only in {noun} | right only in "
+             "against | McNemar p |", "|---|---|---:|---:|---:|---:|"]
+    for p in paired:
+        cells = ["–", "–", "–"] if "refused" in p else [str(p["only_model"]), str(p["only_against"]),
+                                                        f"{p['mcnemar_p']:.3g}"]
+        lines.append(f"| {p['model']} | {p['against']} | {difference_text(p)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def control_size(manifest: dict) -> int:
     d = manifest["recipe"]["distill"]
     per_problem = d["paths_per_problem"] * len(d.get("strategies") or ["cot"])
@@ -114,13 +126,7 @@ def main() -> None:
     lines += [f"| {m['model']} | {m['n']} | {m['strict_match']:.1%} ({m['ci95'][0]:.1%}–{m['ci95'][1]:.1%}) | "
               f"{m['training_problems']} | {m['training_rows']} | {m['teacher_requests']} | "
               f"{m['teacher_completion_tokens']} |" for m in models]
-    lines += ["", "Paired on the same held-out problems (model minus against, points, 95% bootstrap interval; exact "
-              "two-sided McNemar p):", "", "| model | against | difference | right only in model | right only in "
-              "against | McNemar p |", "|---|---|---:|---:|---:|---:|"]
-    for p in paired:
-        cells = ["–", "–", "–"] if "refused" in p else [str(p["only_model"]), str(p["only_against"]),
-                                                        f"{p['mcnemar_p']:.3g}"]
-        lines.append(f"| {p['model']} | {p['against']} | {difference_text(p)} | " + " | ".join(cells) + " |")
+    lines += ["", *paired_lines(paired, "model")]
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_json(out / "comparison.json", {"models": models, "paired": paired,
                                                 "control_train_size": control["recipe"]["data"]["train_size"],

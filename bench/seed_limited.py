@@ -22,11 +22,11 @@ import re
 import sys
 from pathlib import Path
 
-from budget_control import _round_of
+from budget_control import _round_of, paired_lines
 
 from toolkit.core.jsonio import atomic_write_json, atomic_write_text
 from toolkit.core.stats import wilson_of_rate
-from toolkit.eval.rounds_report import compare, difference_text
+from toolkit.eval.rounds_report import compare
 
 
 def _read_samples(path: Path) -> list[dict]:
@@ -101,13 +101,7 @@ def main() -> None:
     lines += [f"| {m['label']} | {m['n']} | {m['strict_match']:.1%} ({m['ci95'][0]:.1%}–{m['ci95'][1]:.1%}) | "
               f"{m['training_problems']} | {m['training_rows']} | {m['teacher_requests']} | "
               f"{m['completion_tokens']:,} |" for m in models]
-    lines += ["", "Paired on the same held-out problems (arm minus against, points, 95% bootstrap interval; exact "
-              "two-sided McNemar p):", "", "| arm | against | difference | right only in arm | right only in against "
-              "| McNemar p |", "|---|---|---:|---:|---:|---:|"]
-    for p in paired:
-        cells = ["–", "–", "–"] if "refused" in p else [str(p["only_model"]), str(p["only_against"]),
-                                                        f"{p['mcnemar_p']:.3g}"]
-        lines.append(f"| {p['model']} | {p['against']} | {difference_text(p)} | " + " | ".join(cells) + " |")
+    lines += ["", *paired_lines(paired, "arm")]
     atomic_write_text(args.out / "rounds.md", "\n".join(lines) + "\n")
     atomic_write_json(args.out / "comparison.json", {"models": models, "paired": paired,
                                                      "reference": args.reference, "control": args.control})

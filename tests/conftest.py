@@ -271,6 +271,17 @@ def teacher_server(smollm2_gguf, tmp_path_factory):
         yield srv
 
 
+@pytest.fixture
+def no_bwrap(monkeypatch):
+    """A machine without bubblewrap: TOOLKIT_BWRAP names a binary that does not exist."""
+    from toolkit.sandbox import runner
+
+    monkeypatch.setenv("TOOLKIT_BWRAP", "/nonexistent/bwrap")
+    monkeypatch.delenv("TOOLKIT_SANDBOX", raising=False)
+    monkeypatch.setattr(runner, "_mode", None)
+    monkeypatch.setattr(runner, "_warned_unsafe", False)
+
+
 DEAD = "http://127.0.0.1:9/v1"  # nothing is asked of the teacher before these errors
 
 

@@ -17,14 +17,6 @@ from toolkit.sandbox.runner import SandboxUnavailable
 POT_REPLY = "[pot]\n```python\nanswer = 6 * 7\n```"
 
 
-@pytest.fixture
-def no_bwrap(monkeypatch):
-    """A machine without bubblewrap (as tests/test_sandbox.py makes one): TOOLKIT_BWRAP names no binary."""
-    monkeypatch.setenv("TOOLKIT_BWRAP", "/nonexistent/bwrap")
-    monkeypatch.delenv("TOOLKIT_SANDBOX", raising=False)
-    monkeypatch.setattr(sandbox, "_mode", None)
-    monkeypatch.setattr(sandbox, "_warned_unsafe", False)
-
 
 def test_the_tagged_prompt_offers_only_the_recipe_strategies():
     assert tagged_instruction(["cot", "l2m", "pot"]) == TAGGED_INSTRUCTION  # unchanged for a full recipe

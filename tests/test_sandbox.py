@@ -686,14 +686,6 @@ def test_seccomp_filter_is_in_force():
 # ---------------------------------------------------------------------------------------------------------
 # Where confinement cannot be had: PoT refuses in one line, unless `unsafe` was chosen.
 
-@pytest.fixture
-def no_bwrap(monkeypatch):
-    """A machine without bubblewrap: TOOLKIT_BWRAP names a binary that does not exist."""
-    monkeypatch.setenv("TOOLKIT_BWRAP", "/nonexistent/bwrap")
-    monkeypatch.delenv("TOOLKIT_SANDBOX", raising=False)
-    monkeypatch.setattr(sandbox, "_mode", None)
-    monkeypatch.setattr(sandbox, "_warned_unsafe", False)
-
 
 def _one_line_refusal(stderr: str) -> None:
     assert stderr.strip().startswith("error: program-of-thought needs the sandbox: bubblewrap is not installed")
