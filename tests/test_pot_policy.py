@@ -11,7 +11,6 @@ from tests.fault_teacher import FaultTeacher
 from toolkit.data.strategies import (TAGGED_INSTRUCTION, final_answer, final_answers, student_strategies,
                                      tagged_instruction, training_prompt)
 from toolkit.eval.prompts import build_messages
-from toolkit.sandbox import runner as sandbox
 from toolkit.sandbox.runner import SandboxUnavailable
 
 POT_REPLY = "[pot]\n```python\nanswer = 6 * 7\n```"
