@@ -12,7 +12,7 @@ from rich.console import Console
 from tests.conftest import DATA, DEAD, one_line_error, toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher, solve
 from tests.test_eval_backend import BEFORE_BACKEND, RECIPES
-from tests.test_sandbox import _one_line_refusal, no_bwrap  # noqa: F401  (the fixture)
+from tests.test_sandbox import _one_line_refusal
 from toolkit.core.recipe import load_recipe
 from toolkit.data.problems import Problem
 from toolkit.pipeline import fdd
