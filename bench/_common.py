@@ -42,8 +42,8 @@ def emit(result: dict, out: Path | None) -> None:
 def hf_folder(model: str, dest: Path) -> Path:
     """A save_pretrained folder for `model`, as a trained student folder is: a GGUF is dequantized once into
     `dest`, its special tokens fixed as we evaluate (no BOS added: chat prompts carry their own markers)."""
-    from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
+    from toolkit.runtime.loading import load_model_and_tokenizer
+    from toolkit.runtime.models import resolve_model
 
     ref = resolve_model(model)
     if ref.kind == "hf":

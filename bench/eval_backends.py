@@ -40,14 +40,14 @@ def main() -> None:
     # heavy optional runtime, imported on first use
     import torch
 
-    from toolkit.core.models import resolve_model
+    from toolkit.runtime.models import resolve_model
     from toolkit.core.recipe import load_recipe
     from toolkit.eval.accuracy import evaluate
     from toolkit.eval.generate import TorchGenerator, open_generator
     from toolkit.export.config import ExportConfig
     from toolkit.export.run import export_model
     from toolkit.pipeline.distill import select_problems
-    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.runtime.loading import load_model_and_tokenizer
 
     torch.set_num_threads(args.threads)
     heldout = select_problems(load_recipe(args.recipe))[1][: args.problems]

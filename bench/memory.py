@@ -98,9 +98,9 @@ def one(variant: str, args) -> dict:
     from toolkit.pipeline.student import load_student
     from toolkit.eval.generate import TorchGenerator
     from toolkit.eval.gqa_attention import grouped_sdpa
-    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.runtime.loading import load_model_and_tokenizer
     from toolkit.core.memory import PeakRSS, release_memory, rss_bytes
-    from toolkit.core.models import resolve_model
+    from toolkit.runtime.models import resolve_model
     from toolkit.data.problems import load_suite
     from toolkit.core.recipe import TrainConfig
     from toolkit.data.strategies import training_prompt

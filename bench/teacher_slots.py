@@ -22,8 +22,8 @@ from pathlib import Path
 from _common import machine, require_quiet
 
 from toolkit.teacher.cache import RequestCache
-from toolkit.teacher.llama_tools import require_tool
-from toolkit.core.models import resolve_model
+from toolkit.runtime.llama_tools import require_tool
+from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import TeacherConfig
 from toolkit.data.strategies import teacher_messages
 from toolkit.teacher.teachers import open_teacher

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from _common import emit, machine, require_quiet
 
-from toolkit.training.loading import load_model_and_tokenizer
-from toolkit.core.models import resolve_model
+from toolkit.runtime.loading import load_model_and_tokenizer
+from toolkit.runtime.models import resolve_model
 from toolkit.data.problems import load_suite
 from toolkit.training.train import Example, _shifted_loss, collate, pack, tokenize_example
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ToolkitError
-from toolkit.core.models import resolve_model
+from toolkit.runtime.models import resolve_model
 from toolkit.eval.bench_runner import detect
 from toolkit.eval.config import BenchConfig
 from toolkit.eval.remote import BenchError, LocalExecutor, RemoteExecutor

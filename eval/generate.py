@@ -8,9 +8,9 @@ from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_onnx_folder
 from toolkit.core.model_kind import BACKEND_OF_KIND, local_model
-from toolkit.core.models import ModelRef, resolve_model
+from toolkit.runtime.models import ModelRef, resolve_model
 from toolkit.data.calculator import Sequence
-from toolkit.training.loading import fix_special_tokens, load_model_and_tokenizer
+from toolkit.runtime.loading import fix_special_tokens, load_model_and_tokenizer
 
 from toolkit.eval.backend import BatchAnswers, Generator, length_sorted_batches, llama_prompt
 from toolkit.eval.calc_decode import LlamaCppCalculator, TorchCalculator, assistant_prefix, hf_sequence

@@ -11,7 +11,7 @@ import openai
 from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError, redact
 from toolkit.data.calculator import CONTINUES, MAY_CONTINUE
-from toolkit.teacher.llama_server import LlamaServer
+from toolkit.runtime.llama_server import LlamaServer
 
 from toolkit.eval.backend import llama_prompt
 from toolkit.eval.calc_decode import End, assistant_prefix, stream_with_calculator

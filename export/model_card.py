@@ -10,7 +10,7 @@ import yaml
 
 from toolkit.core.errors import ToolkitError
 from toolkit.core.jsonio import atomic_write_text
-from toolkit.core.models import ALIASES, PACKAGED, hub_license, origin_hub_id
+from toolkit.runtime.models import ALIASES, PACKAGED, hub_license, origin_hub_id
 from toolkit.data.strategies import training_prompt
 from toolkit.data.suites import SUITES
 from toolkit.eval.report import paired_cells

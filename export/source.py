@@ -10,8 +10,8 @@ from huggingface_hub import snapshot_download
 from safetensors import safe_open
 
 from toolkit.core.errors import ExportError, ModelError
-from toolkit.core.models import resolve_model
-from toolkit.training.loading import load_model_and_tokenizer
+from toolkit.runtime.models import resolve_model
+from toolkit.runtime.loading import load_model_and_tokenizer
 
 # Architectures every exporter handles (HF `model_type` == GGUF `general.architecture` for these).
 SUPPORTED = ("llama", "qwen2")
@@ -70,7 +70,7 @@ def check_weights(hf_dir: Path) -> None:
 
 
 def _recorded_base(hf_dir: Path, config: dict) -> tuple[Path | None, str | None]:
-    """The base GGUF a student was fine-tuned from, as recorded by toolkit.training.loading in config.json."""
+    """The base GGUF a student was fine-tuned from, as recorded by toolkit.runtime.loading in config.json."""
     base = config.get("toolkit_base") or {}
     for candidate in (base.get("ref"), base.get("gguf")):
         if not candidate:

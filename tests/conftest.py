@@ -182,7 +182,7 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 def smollm2_gguf() -> Path:
     """The packaged SmolLM2-135M-Instruct GGUF (the [demo] extra), a real model small enough to serve."""
     from toolkit.core.errors import ModelError
-    from toolkit.core.models import packaged_gguf
+    from toolkit.runtime.models import packaged_gguf
 
     try:
         return packaged_gguf("smollm2-135m-instruct")
@@ -264,7 +264,7 @@ def kill_when(cmd: list[str], cwd: Path, ready, timeout: float = 300, poll_s: fl
 @pytest.fixture(scope="module")
 def teacher_server(smollm2_gguf, tmp_path_factory):
     """A real llama.cpp server with SmolLM2-135M on 127.0.0.1 as the test teacher; its log counts requests."""
-    from toolkit.teacher.llama_server import LlamaServer
+    from toolkit.runtime.llama_server import LlamaServer
 
     with LlamaServer(smollm2_gguf, tmp_path_factory.mktemp("teacher") / "server.log", n_ctx=1024,
                      threads=2) as srv:

@@ -8,10 +8,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # Where each installed package's source lies (pyproject's package-dir).
 FOLDERS = {"toolkit": ROOT / "toolkit", "toolkit.export": ROOT / "export", "toolkit.eval": ROOT / "eval"}
 # Bottom to top. A module may import its own layer's modules and any layer below, never one above.
-LAYERS = ["toolkit.core", "toolkit.sandbox", "toolkit.data", "toolkit.teacher", "toolkit.training",
-          "toolkit.eval", "toolkit.export", "toolkit.pipeline", "toolkit.cli"]
-# teacher and training are siblings: neither imports the other.
-SIBLINGS = {("toolkit.teacher", "toolkit.training"), ("toolkit.training", "toolkit.teacher")}
+LAYERS = ["toolkit.core", "toolkit.sandbox", "toolkit.data", "toolkit.runtime", "toolkit.teacher",
+          "toolkit.training", "toolkit.eval", "toolkit.export", "toolkit.pipeline", "toolkit.cli"]
+# Pairs (importer, imported) that a lower index alone would allow but the map forbids: teacher and training
+# are siblings, and eval and export load models and start servers through the runtime layer only, so that a
+# family's loading rules live in one place and deploying never pulls in the training or teacher code.
+FORBIDDEN = {("toolkit.teacher", "toolkit.training"), ("toolkit.training", "toolkit.teacher"),
+             ("toolkit.eval", "toolkit.training"), ("toolkit.eval", "toolkit.teacher"),
+             ("toolkit.export", "toolkit.training"), ("toolkit.export", "toolkit.teacher")}
 
 
 def modules() -> dict[str, Path]:
@@ -116,7 +120,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def upward(edges: dict[str, set[str]]) -> list[str]:
-    """The imports that go up a layer or across to a sibling, as "importer -> imported"."""
+    """The imports that go up a layer or across a forbidden pair, as "importer -> imported"."""
     found = []
     for name, targets in edges.items():
         here = layer(name)
@@ -124,7 +128,7 @@ def upward(edges: dict[str, set[str]]) -> list[str]:
             there = layer(target)
             if here is None or there is None:
                 continue
-            if there > here or (LAYERS[here], LAYERS[there]) in SIBLINGS:
+            if there > here or (LAYERS[here], LAYERS[there]) in FORBIDDEN:
                 found.append(f"{name} -> {target}")
     return sorted(found)
 
@@ -138,6 +142,16 @@ def test_an_upward_or_sibling_import_is_caught():
              "toolkit.pipeline.distill": {"toolkit.core.errors", "toolkit.eval.accuracy"}}
     assert upward(edges) == ["toolkit.core.errors -> toolkit.pipeline.distill",
                              "toolkit.teacher.cache -> toolkit.training.train"]
+
+
+def test_eval_and_export_reach_models_through_the_runtime_layer_only():
+    edges = {"toolkit.eval.generate": {"toolkit.training.train"}, "toolkit.export.source": {"toolkit.teacher.cache"},
+             "toolkit.eval.openai_backend": {"toolkit.runtime.llama_server"}}
+    assert upward(edges) == ["toolkit.eval.generate -> toolkit.training.train",
+                             "toolkit.export.source -> toolkit.teacher.cache"]
+    real = graph()
+    for name in ("toolkit.eval.generate", "toolkit.export.source"):
+        assert "toolkit.runtime.loading" in real[name]
 
 
 def test_every_module_has_a_layer_and_a_line_in_the_map():

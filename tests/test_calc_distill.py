@@ -28,8 +28,8 @@ def test_round_evals_decode_with_the_calculator(tmp_path, tiny_model_dir):
 
     from toolkit.pipeline.context import RunContext
     from toolkit.pipeline.student import evaluate_student
-    from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
+    from toolkit.runtime.loading import load_model_and_tokenizer
+    from toolkit.runtime.models import resolve_model
 
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, "http://127.0.0.1:9/v1"),
                          ["eval.calculator=true", "eval.max_new_tokens=8"])
@@ -74,9 +74,9 @@ def test_recipes_with_calculator_false_or_true_hash_as_before():
 def test_feedback_decodes_with_the_calculator_under_both(tmp_path, tiny_model_dir):
     from rich.console import Console
 
-    from toolkit.core.models import resolve_model
+    from toolkit.runtime.models import resolve_model
     from toolkit.pipeline.context import RunContext
-    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.runtime.loading import load_model_and_tokenizer
 
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_model_dir, "http://127.0.0.1:9/v1"), ["eval.calculator=both"])
     d = RunContext(recipe, Console(quiet=True))

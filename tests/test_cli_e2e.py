@@ -121,7 +121,7 @@ def test_eval_cli_llama_cpp_backend_on_the_packaged_gguf(smollm2_gguf, tmp_path,
 
 
 def test_unreachable_teacher_ends_with_one_line_and_keeps_the_data_stage(recipe, tmp_path):
-    from toolkit.teacher.llama_server import free_port
+    from toolkit.runtime.llama_server import free_port
 
     # Another model name: nothing of it is in the cache, so the run must reach the endpoint.
     r = toolkit("distill", str(recipe), f"teacher.base_url=http://127.0.0.1:{free_port()}/v1",

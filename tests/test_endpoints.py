@@ -10,7 +10,7 @@ from tests.fault_teacher import FaultTeacher
 from toolkit.teacher.cache import RequestCache
 from toolkit.teacher.endpoints import DOWN_AFTER, Endpoint
 from toolkit.core.errors import RecipeError, TeacherError
-from toolkit.teacher.llama_server import free_port
+from toolkit.runtime.llama_server import free_port
 from toolkit.core.recipe import TeacherConfig, load_recipe
 from toolkit.teacher.teachers import OpenAITeacher, endpoints_of
 

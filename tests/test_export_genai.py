@@ -11,11 +11,11 @@ import pytest
 from tests.conftest import build_export_model
 from tests.export_fixtures import TEXT, bits, exported, float_vocab_tables, head_bits, hf_ids
 from toolkit.core.errors import ExportError
-from toolkit.core.models import resolve_model
+from toolkit.runtime.models import resolve_model
 from toolkit.export.config import ExportConfig
 from toolkit.export.genai import clean_byte_level_tokenizer
 from toolkit.export.run import export_model
-from toolkit.training.loading import load_tokenizer
+from toolkit.runtime.loading import load_tokenizer
 
 
 @pytest.mark.parametrize("quant", ["int4", "fp32"])

@@ -9,11 +9,11 @@ import pytest
 from tests.conftest import build_export_model
 from tests.export_fixtures import TEXT, exported, hf_ids
 from toolkit.core.errors import ExportError
-from toolkit.core.models import resolve_model
+from toolkit.runtime.models import resolve_model
 from toolkit.export import gguf_writer
 from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
-from toolkit.training.loading import load_model_and_tokenizer
+from toolkit.runtime.loading import load_model_and_tokenizer
 
 
 @pytest.mark.parametrize("quant", ["f16", "q8_0", "q4_0", "q4_k_m"])

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tests.conftest import build_export_model
-from toolkit.core.models import resolve_model
+from toolkit.runtime.models import resolve_model
 from toolkit.eval.generate import TorchGenerator
 from toolkit.eval.gqa_attention import NAME, grouped_sdpa
-from toolkit.training.loading import load_model_and_tokenizer
+from toolkit.runtime.loading import load_model_and_tokenizer
 
 # Different lengths, so the batch is left-padded and the padding mask matters.
 PROMPTS = [[{"role": "user", "content": q}] for q in [

@@ -96,7 +96,7 @@ def test_only_the_main_thread_binds():
 
 def test_a_teacher_server_ends_when_the_distill_process_is_killed(smollm2_gguf, tmp_path):
     parent = _parent(f"""
-        from toolkit.teacher.llama_server import LlamaServer
+        from toolkit.runtime.llama_server import LlamaServer
         srv = LlamaServer({str(smollm2_gguf)!r}, {str(tmp_path / "server.log")!r}, n_ctx=512, threads=1).start()
         print(srv.proc.pid)
     """)

@@ -12,7 +12,7 @@ import pytest
 
 from toolkit.teacher.cache import RequestCache
 from toolkit.core.errors import ModelError
-from toolkit.teacher.llama_tools import find_tool, require_tool, tools_dir
+from toolkit.runtime.llama_tools import find_tool, require_tool, tools_dir
 from toolkit.core.recipe import TeacherConfig
 from toolkit.teacher.teachers import open_teacher
 

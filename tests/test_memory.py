@@ -132,8 +132,8 @@ def test_chunked_head_loss_equals_one_pass_and_recomputes_each_chunk(tiny_model_
 
 
 def test_gradient_checkpointing_trains_the_same_weights(tiny_model_dir, tmp_path):
-    from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
+    from toolkit.runtime.loading import load_model_and_tokenizer
+    from toolkit.runtime.models import resolve_model
 
     curves = {}
     for setting in (False, True):
@@ -167,8 +167,8 @@ def test_manifest_records_peak_memory_for_every_stage(tmp_path, tiny_model_dir, 
 
 
 def _tiny(tiny_model_dir):
-    from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
+    from toolkit.runtime.loading import load_model_and_tokenizer
+    from toolkit.runtime.models import resolve_model
 
     model, tok = load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
     return model, tok, [tokenize_example(tok, [{"role": "user", "content": q}], a, 64) for q, a in QA]

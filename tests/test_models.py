@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import ROOT, missing
 from toolkit.core.errors import ModelError
 from toolkit.core.model_kind import folder_gguf, local_model
-from toolkit.core.models import PackagedModel, _join_verified, packaged_gguf, resolve_model
+from toolkit.runtime.models import PackagedModel, _join_verified, packaged_gguf, resolve_model
 
 
 def test_reference_kinds(tmp_path, tiny_model_dir, smollm2_gguf):
@@ -101,7 +101,7 @@ def test_gguf_tokenizer_special_tokens_match_llama_cpp(smollm2_gguf):
     and chat prompts must tokenize to exactly the ids llama.cpp produces from the same GGUF."""
     from llama_cpp import Llama
 
-    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.runtime.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(resolve_model(str(smollm2_gguf)))
     assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == model.config.eos_token_id == 2
@@ -117,7 +117,7 @@ def test_gguf_tokenizer_special_tokens_match_llama_cpp(smollm2_gguf):
 
 def test_a_split_model_with_missing_parts_names_every_one_and_no_wrong_extra(monkeypatch, tmp_path):
     """The 1.5B teacher's 22 packages are not in [demo]: its message must name them all and not point there."""
-    import toolkit.core.models as models
+    import toolkit.runtime.models as models
 
     monkeypatch.setenv("TOOLKIT_CACHE", str(tmp_path))
     split = PackagedModel("Split.gguf", tuple((f"no-such-part{i}", f"no_such_part{i}/data/part{i:02d}.bin")
@@ -134,7 +134,7 @@ def test_a_split_model_with_missing_parts_names_every_one_and_no_wrong_extra(mon
 def test_model_extras_match_pyproject():
     import tomllib
 
-    from toolkit.core.models import EXTRA_OF, PACKAGED
+    from toolkit.runtime.models import EXTRA_OF, PACKAGED
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     carried = {key: name for name, dists in extras.items() for key, model in PACKAGED.items()

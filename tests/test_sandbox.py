@@ -734,7 +734,7 @@ def test_unsafe_mode_runs_unconfined_and_warns(no_bwrap, monkeypatch, capsys):
 
 def test_cli_refuses_pot_before_any_work(no_bwrap, tmp_path, tiny_model_dir):
     from tests.conftest import toolkit, write_tiny_recipe
-    from toolkit.teacher.llama_server import free_port
+    from toolkit.runtime.llama_server import free_port
 
     r = toolkit("eval", "pkg:smollm2-135m-instruct", "--suite", "multiarith", "--strategy", "pot",
                 "--out", str(tmp_path / "results.json"), cwd=tmp_path)
@@ -749,7 +749,7 @@ def test_cli_refuses_pot_before_any_work(no_bwrap, tmp_path, tiny_model_dir):
 
 def test_distill_unsafe_warns_and_is_recorded_in_the_manifest(no_bwrap, tmp_path, tiny_model_dir):
     from tests.conftest import toolkit, write_tiny_recipe
-    from toolkit.teacher.llama_server import free_port
+    from toolkit.runtime.llama_server import free_port
 
     # The teacher is unreachable: the run stops at the rationales, after the manifest is written.
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, f"http://127.0.0.1:{free_port()}/v1")

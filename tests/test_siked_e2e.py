@@ -17,7 +17,7 @@ SIKED = [f"data.root={DATA}", "distill.strategies=[cot, l2m, pot]", "distill.pat
 def one_thread_teacher(smollm2_gguf, tmp_path_factory):
     """A real llama.cpp server with SmolLM2-135M on 127.0.0.1, one thread: on a shared 2-core machine a
     spinning second thread makes every reply many times slower (DESIGN.md, contention trap)."""
-    from toolkit.teacher.llama_server import LlamaServer
+    from toolkit.runtime.llama_server import LlamaServer
 
     with LlamaServer(smollm2_gguf, tmp_path_factory.mktemp("teacher") / "server.log", n_ctx=1024,
                      threads=1) as srv:

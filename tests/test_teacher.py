@@ -7,7 +7,7 @@ import pytest
 
 from toolkit.teacher.cache import RequestCache, request_key
 from toolkit.core.errors import TeacherError
-from toolkit.teacher.llama_server import LlamaServer, free_port
+from toolkit.runtime.llama_server import LlamaServer, free_port
 from toolkit.core.recipe import TeacherConfig
 from toolkit.teacher.teachers import OpenAITeacher, open_teacher
 

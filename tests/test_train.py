@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from toolkit.core.memory import mmap_threshold
-from toolkit.core.models import resolve_model
+from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import TrainConfig
-from toolkit.training.loading import load_model_and_tokenizer
+from toolkit.runtime.loading import load_model_and_tokenizer
 from toolkit.training.train import IGNORE, Example, collate, pack, tokenize_example, train
 
 MESSAGES = [{"role": "user", "content": "Tom has 3 apples and buys 5 more. How many apples does he have?"}]

@@ -5,9 +5,9 @@ import json
 
 import torch
 
-from toolkit.core.models import resolve_model
+from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import TrainConfig
-from toolkit.training.loading import load_tokenizer
+from toolkit.runtime.loading import load_tokenizer
 from toolkit.training.train import tokenize_example, train
 from toolkit.training.train_job import launch, write_job
 
@@ -28,7 +28,7 @@ def _examples(tok, cfg: TrainConfig) -> list:
 def test_two_gloo_processes_match_one_process(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from toolkit.training.loading import load_model_and_tokenizer
+    from toolkit.runtime.loading import load_model_and_tokenizer
 
     # seq_len 48 keeps one example per packed sequence: 7 sequences, global batches of 3, 3 and 1,
     # so in the third batch the second process has nothing and still joins the all-reduce.

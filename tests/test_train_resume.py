@@ -26,8 +26,8 @@ def _examples(tok):
 
 
 def _fresh(tiny_model_dir):
-    from toolkit.training.loading import load_model_and_tokenizer
-    from toolkit.core.models import resolve_model
+    from toolkit.runtime.loading import load_model_and_tokenizer
+    from toolkit.runtime.models import resolve_model
 
     return load_model_and_tokenizer(resolve_model(str(tiny_model_dir)))
 

@@ -9,7 +9,6 @@ from google.protobuf.message import DecodeError
 from gguf import GGUFReader
 
 from toolkit.core.errors import ModelError
-from toolkit.core.models import ModelRef
 
 # A safetensors header is JSON of at most this many bytes (the format's own limit is 100 MB).
 _MAX_HEADER = 100 << 20
@@ -118,10 +117,3 @@ def check_onnx_folder(folder: Path) -> None:
     for path in graphs:
         check_onnx(path)
 
-
-def check_model(ref: ModelRef) -> None:
-    """Check a resolved local model reference; hub models are checked by transformers on download."""
-    if ref.kind == "gguf":
-        check_gguf(ref.path)
-    elif ref.kind == "hf":
-        check_hf_folder(ref.path)

@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from toolkit.core.errors import ExportError, ToolkitError
-from toolkit.core.integrity import check_model
+from toolkit.runtime.loading import check_model
 from toolkit.core.memory import PeakRSS, gb, release_memory
 from toolkit.core import defaults
-from toolkit.core.models import resolve_model
+from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import Recipe
 from toolkit.core.rundir import RunDir
 from toolkit.core.storage import write_failure
@@ -28,7 +28,7 @@ from toolkit.teacher.cache import RequestCache
 from toolkit.teacher.ledger import Ledger, merge_records, price_record
 from toolkit.teacher.teachers import open_teacher
 from toolkit.teacher.vllm_sampler import vllm_generator
-from toolkit.training.loading import load_model_and_tokenizer
+from toolkit.runtime.loading import load_model_and_tokenizer
 
 T = TypeVar("T")
 

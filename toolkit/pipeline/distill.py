@@ -10,7 +10,7 @@ from toolkit.data.hygiene import LeakageIndex, dedupe
 from toolkit.core.errors import DataError
 from toolkit.core import defaults
 from toolkit.core.memory import process_peak_bytes
-from toolkit.core.models import ALIASES, PACKAGED
+from toolkit.runtime.models import ALIASES, PACKAGED
 from toolkit.data.problems import Problem, load_file, load_hf, load_suite, read_jsonl, split_problems, write_jsonl
 from toolkit.core.recipe import DataSource, Recipe
 from toolkit.core.jsonio import atomic_write_jsonl

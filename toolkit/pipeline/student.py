@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.core.models import resolve_model
+from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import TrainConfig
 from toolkit.core.jsonio import atomic_write_jsonl
 from toolkit.data.problems import Problem
 from toolkit.data.strategies import is_tagged
 from toolkit.eval.accuracy import evaluate
 from toolkit.pipeline.context import RunContext, progress_bar
-from toolkit.training.loading import load_model_and_tokenizer
+from toolkit.runtime.loading import load_model_and_tokenizer
 from toolkit.training.train_job import launch, launch_cmd, write_job
 
 

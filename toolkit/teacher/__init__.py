@@ -1,1 +1,1 @@
-"""The teacher: OpenAI-compatible endpoints, the llama.cpp server we start, its binaries, the request cache, vLLM sampling."""
+"""The teacher: OpenAI-compatible endpoints, the request cache, the ledger, vLLM sampling."""

@@ -16,8 +16,8 @@ from toolkit.teacher.cache import RequestCache, request_key
 from toolkit.teacher.endpoints import ENDPOINT_REFUSALS, Endpoint, backoff_s, pick, retry_after_s
 from toolkit.teacher.ledger import Ledger, usage_of
 from toolkit.core.errors import TeacherError, redact
-from toolkit.teacher.llama_server import LlamaServer
-from toolkit.core.models import resolve_model
+from toolkit.runtime.llama_server import LlamaServer
+from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import TeacherConfig
 
 Messages = list[dict[str, str]]

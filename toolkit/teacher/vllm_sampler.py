@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 
 from toolkit.core.errors import TeacherError
-from toolkit.teacher.llama_server import LlamaServer
+from toolkit.runtime.llama_server import LlamaServer
 
 SERVED_NAME = "student"  # the name vLLM serves the student under, whatever its folder
 

@@ -1,1 +1,1 @@
-"""Student training: checkpoint loading, the training loop, data-parallel helpers and the training job a launcher runs."""
+"""Student training: the training loop, data-parallel helpers and the training job a launcher runs."""

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 from toolkit.core.errors import ToolkitError
 from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl, read_jsonl
 from toolkit.core.lifetime import ends_with_this_process
-from toolkit.core.models import resolve_model
+from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import TrainConfig
-from toolkit.training.loading import load_model_and_tokenizer
+from toolkit.runtime.loading import load_model_and_tokenizer
 
 if TYPE_CHECKING:  # train.py imports torch at its top; run_job imports it on first use
     from toolkit.training.train import Example

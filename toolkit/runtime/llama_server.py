@@ -14,7 +14,7 @@ from pathlib import Path
 from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError
 from toolkit.core.lifetime import ends_with_this_process
-from toolkit.teacher.llama_tools import require_tool
+from toolkit.runtime.llama_tools import require_tool
 
 
 def free_port() -> int:

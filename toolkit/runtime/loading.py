@@ -5,8 +5,8 @@ import logging
 from pathlib import Path
 
 from toolkit.core.errors import ModelError
-from toolkit.core.integrity import check_model
-from toolkit.core.models import ModelRef
+from toolkit.core.integrity import check_gguf, check_hf_folder
+from toolkit.runtime.models import ModelRef
 
 
 def _source(ref: ModelRef) -> tuple[str, dict]:
@@ -82,3 +82,11 @@ def fix_special_tokens(tok, model) -> None:
 def save_folder_ok(path: Path) -> bool:
     """A save_pretrained folder that holds a config and weights."""
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def check_model(ref: ModelRef) -> None:
+    """Check a resolved local model reference; hub models are checked by transformers on download."""
+    if ref.kind == "gguf":
+        check_gguf(ref.path)
+    elif ref.kind == "hf":
+        check_hf_folder(ref.path)
