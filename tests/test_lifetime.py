@@ -70,6 +70,28 @@ def test_a_bound_child_ends_when_its_parent_is_killed_and_keeps_its_pid():
             os.kill(child, signal.SIGKILL)
 
 
+def test_a_child_that_ignores_sigterm_is_bound_by_sigkill():
+    # Like uvicorn finishing a generation whose client is gone: SIGTERM alone would leave it running.
+    body = """
+        import signal, subprocess, sys, time
+        from toolkit.core.lifetime import ends_with_this_process
+        deaf = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"]
+        p = subprocess.Popen(ends_with_this_process(deaf, {sig}))
+        time.sleep(1.5)  # until the child has set SIG_IGN (a python start, tens of milliseconds)
+        print(p.pid)
+    """
+    survivors = []
+    for sig, should_end in ((signal.SIGTERM, False), (signal.SIGKILL, True)):
+        child = _kill_parent_and_get_child(_parent(body.format(sig=int(sig))))
+        try:
+            assert _gone_within(child, 5) is should_end, f"bound by {sig.name}"
+        finally:
+            if _alive(child):
+                survivors.append(child)
+                os.kill(child, signal.SIGKILL)
+    assert len(survivors) == 1  # the SIGTERM-bound one: the control that shows the child really ignores it
+
+
 def test_an_unbound_child_outlives_its_parent():
     """The control: without the launcher the same child is orphaned, so the test above can fail."""
     parent = _parent("""

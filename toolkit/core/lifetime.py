@@ -10,23 +10,28 @@ as before.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 
-# argv: the parent's pid, then the command. PR_SET_PDEATHSIG is 1. If the parent died before the prctl took
+# argv: the signal, the parent's pid, then the command. PR_SET_PDEATHSIG is 1. If the parent died before the prctl took
 # effect, getppid() is no longer its pid and the command is not started at all. A kernel that refuses the prctl
 # leaves the command running as before, without the guarantee.
 _LAUNCHER = (
     "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
+    "ctypes.CDLL(None).prctl(1, int(sys.argv[1]))\n"
+    "if os.getppid() != int(sys.argv[2]):\n"
     "    sys.exit(0)\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "os.execvp(sys.argv[3], sys.argv[3:])\n"
 )
 
 
-def ends_with_this_process(cmd: list[str]) -> list[str]:
+def ends_with_this_process(cmd: list[str], on_parent_death: int = signal.SIGTERM) -> list[str]:
     """`cmd`, behind the launcher, where the kernel can bind the child to this process (Linux, main thread).
+
+    `on_parent_death` is the signal the child gets: SIGTERM lets a torchrun job pass it on to its workers;
+    a child that treats SIGTERM as "finish what you are doing" (uvicorn, under a llama.cpp server, waits for
+    the generation in flight) needs SIGKILL to end at once.
 
     The kernel signals the child when the *thread* that forked it ends, not the process, so the binding is
     made only for children started from the main thread, whose end is the process's end. From any other
@@ -34,4 +39,4 @@ def ends_with_this_process(cmd: list[str]) -> list[str]:
     """
     if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
         return list(cmd)
-    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd]
+    return [sys.executable, "-c", _LAUNCHER, str(int(on_parent_death)), str(os.getpid()), *cmd]

@@ -64,8 +64,10 @@ class LlamaServer:
         cmd = self._command()
         log = open(self.log_path, "ab")
         # A session of its own: stop() signals the whole group, so no worker outlives the server. And it ends
-        # when this process is killed outright (toolkit/core/lifetime.py), which stop() cannot see.
-        self.proc = subprocess.Popen(ends_with_this_process(cmd), stdout=log, stderr=subprocess.STDOUT,
+        # when this process is killed outright (toolkit/core/lifetime.py), which stop() cannot see: by SIGKILL,
+        # since on SIGTERM llama_cpp.server's uvicorn first finishes the generation in flight, for minutes
+        # when its client is gone (a test's server spun at 97% for 10 minutes after pytest was killed).
+        self.proc = subprocess.Popen(ends_with_this_process(cmd, signal.SIGKILL), stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
         deadline = time.monotonic() + timeout_s
