@@ -27,6 +27,7 @@ from toolkit.eval.command import run_eval
 from toolkit.eval.config import BenchConfig, EvalConfig
 from toolkit.eval.report import build_report, paired_cells
 from toolkit.eval.rounds_report import round_rows
+from toolkit.eval.student_table import compare_runs
 from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
 from toolkit.pipeline.context import RunContext
@@ -206,7 +207,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    report = build_report([Path(p) for p in args.inputs], Path(args.out))
+    inputs = [Path(p) for p in args.inputs]
+    report = compare_runs(inputs, Path(args.out)) if args.compare else build_report(inputs, Path(args.out))
     if not args.quiet:
         print(f"report: {report}")
     return 0
@@ -343,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "student, the pick).")
     r.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_RESULTS", help="run folders, folders or JSON files")
     r.add_argument("--out", default="report", help="output folder (report.md and PNGs)")
+    r.add_argument("--compare", action="store_true",
+                   help="the inputs are distillation run folders: which student to ship, side by side (base and "
+                        "distilled accuracy paired, training time and memory, each export's size, accuracy and "
+                        "speed, Pareto plots) in compare.md, compare.json and compare-pareto.png")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_report)
 
