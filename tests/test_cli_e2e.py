@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import toolkit, write_tiny_recipe
+from toolkit.eval.machine import cpu_features, cpu_model
 
 
 @pytest.fixture()
@@ -68,6 +69,9 @@ def test_distill_end_to_end_then_cached_rerun_sends_nothing(recipe, tmp_path, te
     assert rat["requested"] == 12 and 1 <= rat["kept"] <= 12 and rat["teacher_requests_sent"] == 12
     assert stages["round-0/train"]["steps"] == 2
     assert manifest["recipe_sha256"] and manifest["versions"]["torch"] and manifest["seed"] == 0
+    # the CPU and its kernel flags, which speed and peak memory move with
+    assert manifest["machine"]["cpu"] == cpu_model() and manifest["machine"]["cpu_features"] == cpu_features()
+    assert cpu_features() or not Path("/proc/cpuinfo").is_file()
     assert (run / "round-0" / "student" / "config.json").is_file()
     kept = [json.loads(line) for line in (run / "round-0" / "train.jsonl").read_text().splitlines()]
     assert len(kept) == rat["kept"] and all(k["completion"].endswith(".") for k in kept)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from toolkit.core.errors import ExportError, ToolkitError
+from toolkit.eval.machine import cpu_features, cpu_model
 from toolkit.runtime.loading import check_model
 from toolkit.core.memory import PeakRSS, gb, release_memory
 from toolkit.core import defaults
@@ -71,6 +72,8 @@ class RunContext:
         self.run.open(recipe.digest(), recipe.model_dump(mode="json"), recipe.seed, fresh)
         # The rlimits hold per program; whether a cgroup caps the sandbox as a whole, and why not, is recorded too.
         self.run.manifest["sandbox"] = sandbox | cgroup_status()
+        # Speed and peak memory move with the CPU model and its kernel flags: every figure names them.
+        self.run.manifest["machine"].update(cpu=cpu_model(), cpu_features=cpu_features())
         self.run.save()
         self.threads = recipe.train.threads or defaults.default_threads()
         self.cache_path = defaults.cache_root(recipe.cache_dir)
