@@ -26,7 +26,19 @@ def load_tokenizer(ref: ModelRef):
         tok = AutoTokenizer.from_pretrained(src, **kw)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a tokenizer from {ref.ref}: {str(exc).splitlines()[0]}") from None
+    if _is_gguf(getattr(tok, "vocab_file", None)):
+        # transformers keeps the GGUF itself as the vocab file of a tokenizer it built from one (or from a folder
+        # saved that way), and save_pretrained copies that file into every saved folder as tokenizer.model (98 MB
+        # for SmolLM2). tokenizer.json alone reloads to the same ids, so the saved folders hold no GGUF copy.
+        tok.vocab_file = None
     return tok
+
+
+def _is_gguf(path: str | None) -> bool:
+    if not path or not Path(path).is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 def load_model_and_tokenizer(ref: ModelRef, dtype: str = "float32"):
