@@ -59,7 +59,9 @@ class TorchGenerator:
             enc = self.tok([rendered[i][0] for i in idx], return_tensors="pt", padding=True,
                            add_special_tokens=False)
             kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens,
-                          pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id)
+                          pad_token_id=self.tok.pad_token_id,
+                          # every end token (fix_special_tokens lists them): Llama 3 may end with <|eom_id|>
+                          eos_token_id=self.model.generation_config.eos_token_id)
             if temperature > 0:
                 kwargs["temperature"] = temperature
             else:  # silence the model's generation_config sampling defaults under greedy decoding

@@ -102,7 +102,7 @@ def export_model(model_ref: str, out_dir: str | Path, config: ExportConfig, *, b
     error = None
     with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-", dir=out.parent) as tmp:
         work = Path(tmp)
-        src = open_source(model_ref, work, tokenizer_gguf=config.tokenizer_gguf, base_dir=base_dir)
+        src = open_source(model_ref, work, fmt, tokenizer_gguf=config.tokenizer_gguf, base_dir=base_dir)
         notes = list(src.notes)
         if fmt == "onnx":
             notes += onnx.export_onnx(src.hf_dir, quant, out, work, block_size=config.block_size,

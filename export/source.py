@@ -13,8 +13,11 @@ from toolkit.core.errors import ExportError, ModelError
 from toolkit.runtime.models import resolve_model
 from toolkit.runtime.loading import load_model_and_tokenizer
 
-# Architectures every exporter handles (HF `model_type` == GGUF `general.architecture` for these).
-SUPPORTED = ("llama", "qwen2")
+# Architectures each format takes (HF `model_type` == GGUF `general.architecture` for these). Our GGUF writer maps
+# llama and qwen2 tensors only (export/gguf_writer.py). onnxruntime-genai's model builder and optimum build more
+# families (gemma3 too), but only llama and qwen2 are checked here for parity with the source.
+SUPPORTED = {"gguf": ("llama", "qwen2"), "genai": ("llama", "qwen2"), "onnx": ("llama", "qwen2")}
+WRITER = {"gguf": "our GGUF writer", "genai": "the onnxruntime-genai export", "onnx": "the optimum ONNX export"}
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,11 @@ class Source:
     notes: tuple[str, ...] = ()
 
 
-def _unsupported(arch: str, where: str) -> ExportError:
-    return ExportError(f"{where}: architecture {arch!r} is not supported for export; "
-                       f"supported: {', '.join(SUPPORTED)}")
+def check_architecture(fmt: str, arch: str, where: str) -> None:
+    """Refuse, before any weight is read, an architecture that `fmt`'s exporter cannot take."""
+    if arch not in SUPPORTED[fmt]:
+        raise ExportError(f"--format {fmt} cannot take architecture {arch!r} ({where}): {WRITER[fmt]} takes "
+                          f"{', '.join(SUPPORTED[fmt])}")
 
 
 def gguf_architecture(path: Path) -> str:
@@ -87,15 +92,14 @@ def _recorded_base(hf_dir: Path, config: dict) -> tuple[Path | None, str | None]
     return None, None
 
 
-def open_source(model_ref: str, work: Path, *, tokenizer_gguf: str | None = None,
+def open_source(model_ref: str, work: Path, fmt: str, *, tokenizer_gguf: str | None = None,
                 base_dir: Path | None = None) -> Source:
-    """Resolve `model_ref`, check its architecture and files; a GGUF is dequantized into `work`."""
+    """Resolve `model_ref`, check its architecture (one `fmt` takes) and files; a GGUF is dequantized into `work`."""
     ref = resolve_model(model_ref, base_dir)
     notes: list[str] = []
     if ref.kind == "gguf":
         arch = gguf_architecture(ref.path)
-        if arch not in SUPPORTED:
-            raise _unsupported(arch, str(ref.path))
+        check_architecture(fmt, arch, str(ref.path))
         model, tok = load_model_and_tokenizer(ref)
         hf_dir = work / "source"
         model.save_pretrained(hf_dir, safe_serialization=True)
@@ -113,8 +117,7 @@ def open_source(model_ref: str, work: Path, *, tokenizer_gguf: str | None = None
             hf_dir = ref.path
         config = read_config(hf_dir)
         arch = config.get("model_type", "?")
-        if arch not in SUPPORTED:
-            raise _unsupported(arch, str(hf_dir))
+        check_architecture(fmt, arch, str(hf_dir))
         check_weights(hf_dir)
         base, note = _recorded_base(hf_dir, config)
         if note:

@@ -91,8 +91,29 @@ def data_root() -> Path:
     return DATA
 
 
-def build_tiny_tokenizer(path: Path):
-    """A byte-level BPE tokenizer (~600 tokens) trained on MultiArith-like text, with ChatML specials."""
+# Llama 3's turn format (Llama-3.2-1B-Instruct's template without its date and tools preamble).
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# Gemma 3's turn format (gemma-3-1b-it's template without its system-prompt folding and image handling).
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+    "else message['role'] %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# Special tokens in the order of the real vocabularies (so their relative ids match): Llama-3.2's 128000, 128001,
+# 128006, 128007, 128008, 128009 and Gemma 3's 0, 1, 2, 3, 105, 106.
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+                   "<|eot_id|>"]
+GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def build_tiny_tokenizer(path: Path, specials: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+                         template: str = CHATML, **roles: str | None):
+    """A byte-level BPE tokenizer (~600 tokens) trained on MultiArith-like text; by default with ChatML specials
+    (`roles`: bos_token, eos_token, pad_token, unk_token; `specials` get the first ids, in order)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -107,12 +128,12 @@ def build_tiny_tokenizer(path: Path):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=list(specials),
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
-    fast.chat_template = CHATML
+    roles = roles or {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                      "unk_token": "<|endoftext|>"}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **roles)
+    fast.chat_template = template
     fast.save_pretrained(path)
     return fast
 
@@ -176,6 +197,44 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     GPT2LMHeadModel(config).save_pretrained(path)
     return path
+
+
+def build_turn_model(path: Path, family: str) -> Path:
+    """A 2-layer hidden-64 random model folder shaped like Llama-3.2-1B-Instruct ("llama3": end tokens
+    [<|end_of_text|>, <|eom_id|>, <|eot_id|>], tokenizer EOS <|eot_id|>) or gemma-3-1b-it ("gemma3": a
+    Gemma3ForCausalLM, end tokens [<eos>, <end_of_turn>], tokenizer EOS <eos>), each with its turn template;
+    the config and the generation config list every end token, as the hub's do."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024)
+    torch.manual_seed(0)
+    if family == "llama3":
+        tok = build_tiny_tokenizer(path, LLAMA3_SPECIALS, LLAMA3_TEMPLATE, bos_token="<|begin_of_text|>",
+                                   eos_token="<|eot_id|>")
+        ends = tok.convert_tokens_to_ids(["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"])
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=ends,
+                                             tie_word_embeddings=True, **sizes))
+    else:
+        tok = build_tiny_tokenizer(path, GEMMA3_SPECIALS, GEMMA3_TEMPLATE, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+        ends = tok.convert_tokens_to_ids(["<eos>", "<end_of_turn>"])
+        model = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tok), head_dim=16, bos_token_id=tok.bos_token_id,
+                                                   eos_token_id=ends, pad_token_id=tok.pad_token_id, **sizes))
+    assert model.generation_config.eos_token_id == ends
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama3_dir(tmp_path_factory) -> Path:
+    return build_turn_model(tmp_path_factory.mktemp("tiny-llama3"), "llama3")
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir(tmp_path_factory) -> Path:
+    return build_turn_model(tmp_path_factory.mktemp("tiny-gemma3"), "gemma3")
 
 
 @pytest.fixture(scope="session")

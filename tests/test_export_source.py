@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from tests.conftest import missing, one_line_error, toolkit
 from toolkit.core.errors import ExportError, ModelError
 from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
@@ -17,7 +18,8 @@ def test_unsupported_architecture_and_corrupt_inputs(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, gpt2)
     config = json.loads((gpt2 / "config.json").read_text())
     (gpt2 / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    with pytest.raises(ExportError, match="'gpt2' is not supported for export; supported: llama, qwen2"):
+    with pytest.raises(ExportError, match="--format gguf cannot take architecture 'gpt2' .*: our GGUF writer takes "
+                                          "llama, qwen2"):
         export_model(str(gpt2), tmp_path / "o1", ExportConfig(format="gguf", quant="f16"))
 
     truncated = tmp_path / "truncated"
@@ -37,3 +39,30 @@ def test_unsupported_architecture_and_corrupt_inputs(tmp_path, tiny_model_dir):
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 20)
     with pytest.raises(ModelError, match="not a readable GGUF file"):
         export_model(str(gguf), tmp_path / "o4", ExportConfig(format="gguf", quant="q8_0"))
+
+
+@pytest.mark.parametrize("fmt, quant, writer", [("gguf", "f16", "our GGUF writer"),
+                                                ("genai", "int4", "the onnxruntime-genai export"),
+                                                ("onnx", "int8", "the optimum ONNX export")])
+def test_toolkit_export_refuses_an_architecture_its_format_cannot_take_in_one_line(tmp_path, gemma3_dir, fmt, quant,
+                                                                                     writer):
+    """A Gemma3ForCausalLM folder (model_type gemma3_text, as gemma-3-270m saves): each format's refusal names
+    the format and the architecture, before any weight is read."""
+    r = toolkit("export", str(gemma3_dir), "--format", fmt, "--quant", quant, "--out", str(tmp_path / "out"),
+                "--threads", "1", cwd=tmp_path)
+    one_line_error(r, f"--format {fmt} cannot take architecture 'gemma3_text'", f"{writer} takes llama, qwen2")
+
+
+def test_toolkit_export_refuses_the_packaged_gemma3_gguf_in_one_line(tmp_path):
+    """The GGUF's general.architecture (gemma3) is refused before the 268M weights are dequantized."""
+    from toolkit.runtime.models import resolve_model
+
+    try:
+        resolve_model("pkg:gemma3-270m")  # joined into this test's cache, which the CLI below shares
+    except ModelError as exc:
+        if "not installed" not in str(exc):  # only a missing install skips
+            raise
+        missing(str(exc))
+    r = toolkit("export", "pkg:gemma3-270m", "--format", "gguf", "--quant", "q8_0", "--out", str(tmp_path / "out"),
+                cwd=tmp_path, timeout=60)
+    one_line_error(r, "--format gguf cannot take architecture 'gemma3'", "gemma-3-270m-q4_k_m.gguf")

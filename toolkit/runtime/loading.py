@@ -26,7 +26,19 @@ def load_tokenizer(ref: ModelRef):
         tok = AutoTokenizer.from_pretrained(src, **kw)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load a tokenizer from {ref.ref}: {str(exc).splitlines()[0]}") from None
+    if _is_gguf(getattr(tok, "vocab_file", None)):
+        # transformers keeps the GGUF itself as the vocab file of a tokenizer it built from one (or from a folder
+        # saved that way), and save_pretrained copies that file into every saved folder as tokenizer.model (98 MB
+        # for SmolLM2). tokenizer.json alone reloads to the same ids, so the saved folders hold no GGUF copy.
+        tok.vocab_file = None
     return tok
+
+
+def _is_gguf(path: str | None) -> bool:
+    if not path or not Path(path).is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
 
 
 def load_model_and_tokenizer(ref: ModelRef, dtype: str = "float32"):
@@ -55,28 +67,67 @@ def load_model_and_tokenizer(ref: ModelRef, dtype: str = "float32"):
 
 
 def fix_special_tokens(tok, model) -> None:
-    """Make the tokenizer's EOS/PAD agree with the model config, and keep BOS out of chat prompts.
+    """Make the tokenizer's EOS the token that ends a turn, stop generation at every end token, keep BOS out of
+    chat prompts.
 
     A tokenizer that transformers builds from a packaged GGUF may name `<|im_start|>` as both BOS
     and EOS, while the model config says EOS is `<|im_end|>` (DESIGN.md, tokenizer trap). Generation
-    would then never stop at the end of a turn and training would teach the wrong stop token.
+    would then never stop at the end of a turn and training would teach the wrong stop token. Configs that
+    list several end tokens do not put the end of a turn first: Llama-3.2-Instruct lists <|end_of_text|>,
+    <|eom_id|>, <|eot_id|> and gemma-3-it <eos>, <end_of_turn>; the chat template says which one ends a turn.
+    The tokenizer's EOS (what training appends and learns) becomes that token; the config and generation
+    config list it first, then the other end tokens, so generation stops at any of them.
     """
-    eos_id = model.config.eos_token_id
-    if isinstance(eos_id, list):
-        eos_id = eos_id[0]
-    template = getattr(tok, "chat_template", None) or ""
-    if "<|im_end|>" in template and "<|im_end|>" in tok.get_vocab():
-        eos_id = tok.convert_tokens_to_ids("<|im_end|>")  # ChatML: a turn ends with <|im_end|>
+    ends = list(dict.fromkeys(_as_ids(model.config.eos_token_id)
+                              + _as_ids(getattr(model.generation_config, "eos_token_id", None))))
+    eos_id = _end_of_turn(tok, ends)
+    if eos_id is None:  # no template, or none that closes a turn with a special token
+        eos_id = tok.eos_token_id if tok.eos_token_id in ends or not ends else ends[0]
     if eos_id is not None and tok.eos_token_id != eos_id:
         tok.eos_token = tok.convert_ids_to_tokens(eos_id)
-    model.config.eos_token_id = tok.eos_token_id
+    stops = [i for i in dict.fromkeys([tok.eos_token_id, *ends]) if i is not None]
+    model.config.eos_token_id = stops if len(stops) > 1 else tok.eos_token_id
     if model.generation_config is not None:
-        model.generation_config.eos_token_id = tok.eos_token_id
+        model.generation_config.eos_token_id = model.config.eos_token_id
     if tok.pad_token_id is None or tok.pad_token_id == tok.bos_token_id:
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
+
+
+_MARK = "Zq9 marker"  # an assistant turn's content that no template rewrites
+
+
+def _end_of_turn(tok, ends: list[int]) -> int | None:
+    """The token that the chat template writes right after an assistant turn's content, if it is a special token
+    or one of the config's end tokens `ends`. Otherwise (a template that cannot render this conversation, or
+    one whose turn end the tokenizer does not mark special) the ChatML rule: a ChatML template ends each turn
+    with `<|im_end|>`. None when neither says."""
+    template = getattr(tok, "chat_template", None)
+    if not template:
+        return None
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _MARK}]
+    try:
+        text = tok.apply_chat_template(conversation, tokenize=False)
+    except Exception:  # templates raise their own errors (jinja's, raise_exception) on conversations they refuse
+        text = ""
+    after = text.partition(_MARK)[2]
+    if after:
+        first = tok(after, add_special_tokens=False)["input_ids"][:1]
+        if first and (first[0] in ends or first[0] in tok.all_special_ids
+                      or getattr(tok.added_tokens_decoder.get(first[0]), "special", False)):
+            return first[0]
+    if "<|im_end|>" in template and "<|im_end|>" in tok.get_vocab():
+        return tok.convert_tokens_to_ids("<|im_end|>")
+    return None
+
+
+def _as_ids(value) -> list[int]:
+    """A config's eos_token_id (None, one id or a list) as a list."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def save_folder_ok(path: Path) -> bool:

