@@ -40,5 +40,5 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
         --no-binary llama-cpp-python -w "$WHEELS" "llama-cpp-python==$LLAMA_VERSION"
 fi
 .venv/bin/python -m pip install -q "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl
-.venv/bin/python -m pip install -q -e '.[demo,test]'
+.venv/bin/python -m pip install -q -e '.[demo,test,students]'
 echo "installed: $(.venv/bin/toolkit --version 2>/dev/null || echo toolkit)"
