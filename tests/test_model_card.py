@@ -10,7 +10,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from tests.conftest import build_export_model
+from tests.conftest import build_export_model, build_tiny_tokenizer, drop_chat_template
 from toolkit.core.errors import ToolkitError
 from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl, read_jsonl
 from toolkit.core.recipe import Recipe, load_recipe
@@ -164,6 +164,31 @@ def test_card_without_deploy_and_of_an_earlier_round(tmp_path):
     data = ModelCard(text).data
     assert [r.metric_value for r in data.eval_results] == [5.0] and "## Exports" not in text
     assert "the run's final student is round-1" in text
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "plain"])
+def test_how_to_use_asks_by_the_students_prompt_rule(tmp_path, chat):
+    """The card's transformers snippet, run against the student folder, builds the token ids the eval gives it:
+    the system prompt through the chat template, or the plain format for a student without one (its prompt.json)."""
+    from toolkit.data.prompt_rule import PROMPT_FILE, prompt_record, render
+    from toolkit.eval.prompts import build_messages
+
+    run = _run(tmp_path, deploy=False)
+    student = run / "round-1" / "student"
+    tok = build_tiny_tokenizer(student)
+    if not chat:
+        drop_chat_template(student)
+        tok.chat_template = None
+    atomic_write_json(student / PROMPT_FILE, prompt_record(["cot"], chat))
+    code = run_card(run, student).split("```python\n", 1)[1].split("```", 1)[0]
+    assert ("apply_chat_template" in code) == chat
+    # the snippet up to its ids, with the model left out (the folder holds only a tokenizer)
+    snippet = [line.replace('"."', repr(str(student))) for line in code.splitlines()
+               if "AutoModelForCausalLM.from_pretrained" not in line and not line.startswith(("out =", "print("))]
+    scope: dict = {}
+    exec("\n".join(snippet), scope)
+    expected = render(tok, build_messages(scope["question"], "cot"))[0]
+    assert scope["ids"][0].tolist() == tok(expected, add_special_tokens=False)["input_ids"]
 
 
 def test_calculator_both_gives_the_checkpoint_a_second_metric(tmp_path):
