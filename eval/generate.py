@@ -10,7 +10,7 @@ from toolkit.core.integrity import check_onnx_folder
 from toolkit.core.model_kind import BACKEND_OF_KIND, local_model
 from toolkit.runtime.models import ModelRef, resolve_model
 from toolkit.data.calculator import Sequence
-from toolkit.data.prompt_rule import has_chat_template, render
+from toolkit.data.prompt_rule import has_chat_template, read_record, render
 from toolkit.runtime.loading import fix_special_tokens, load_model_and_tokenizer
 
 from toolkit.eval.backend import BatchAnswers, Generator, length_sorted_batches, llama_prompt
@@ -191,6 +191,17 @@ def export_info(model: str) -> dict | None:
                 return json.loads(meta.read_text())
             except json.JSONDecodeError as exc:
                 raise ModelError(f"{meta}: not valid JSON ({exc})") from None
+    return None
+
+
+def prompt_info(model: str) -> dict | None:
+    """The prompt rule's record (prompt.json) of a local student or export folder, or of a .gguf in an export
+    folder; None for any other model."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return read_record(path)
+    if path.suffix == ".gguf" and (path.parent / "export.json").is_file():
+        return read_record(path.parent)
     return None
 
 

@@ -12,10 +12,13 @@ import pytest
 
 from tests.conftest import build_export_model, drop_chat_template
 from tests.test_export_bundle import _unpack
+from toolkit.core.jsonio import read_jsonl
 from toolkit.core.recipe import TrainConfig
 from toolkit.data.prompt_rule import PROMPT_FILE, prompt_record, render
 from toolkit.data.strategies import TAGS, is_tagged, student_strategies, training_completion, training_prompt
 from toolkit.eval.backend import llama_prompt
+from toolkit.eval.command import run_eval
+from toolkit.eval.config import EvalConfig
 from toolkit.eval.prompts import build_messages
 from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
@@ -109,3 +112,17 @@ def test_a_bundle_of_a_model_without_a_record_asks_with_the_default_cot_prompt(t
                           capture_output=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().startswith("<|im_start|>system\n" + m["prompt"]["system"] + "<|im_end|>\n")
+
+
+def test_toolkit_eval_of_a_tagged_student_offers_the_strategies_it_learned(tmp_path, data_root):
+    """`toolkit eval --strategy auto` on a [cot, pot] student folder, or on its GGUF export, asks with the prompt it
+    was trained on (its prompt.json's strategies), not the prompt offering all three."""
+    student = make_student(tmp_path, ["cot", "pot"], chat=True)
+    export_model(str(student), tmp_path / "out", ExportConfig(format="gguf", quant="f16", threads=1))
+    for model in (student, next((tmp_path / "out").glob("*.gguf"))):
+        out = tmp_path / f"eval-{model.suffix or 'torch'}" / "results.json"
+        run_eval(str(model), out, EvalConfig(suite="multiarith", limit=1, strategy="auto", max_new_tokens=2,
+                                             threads=1, data_root=str(data_root)), quiet=True)
+        (sample,) = read_jsonl(out.with_name("samples_multiarith.jsonl"))
+        assert sample["prompt"] == training_prompt(sample["prompt"][-1]["content"], ["cot", "pot"])
+        assert json.loads(out.read_text())["config"]["prompt_strategies"] == ["cot", "pot"]
