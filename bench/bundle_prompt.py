@@ -71,6 +71,9 @@ def main() -> None:
         safe_extract(Path(bundle), Path(tmp))
         (folder,) = Path(tmp).iterdir()
         runner = folder / "run.py"
+        if not (folder / "prompt.json").is_file():
+            sys.exit(f"{bundle} has no prompt.json: it predates issue 33's prompt rule; resume the run with this "
+                     f"toolkit (`toolkit distill RECIPE`), which exports and bundles the student again")
         record = json.loads((folder / "prompt.json").read_text())
         example = run_bundle(runner, problems[0].question, ["--print-prompt", *flags], args.timeout_s)
         outputs = []

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import TrainConfig
-from toolkit.core.jsonio import atomic_write_jsonl
+from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl
 from toolkit.data.problems import Problem
-from toolkit.data.prompt_rule import record_for
+from toolkit.data.prompt_rule import PROMPT_FILE, prompt_record, read_record, record_for
 from toolkit.data.strategies import is_tagged
 from toolkit.eval.accuracy import evaluate
 from toolkit.pipeline.context import RunContext, progress_bar
@@ -88,8 +88,15 @@ def train_student(ctx: RunContext, folder: str, rows: list[dict]) -> Path:
         atomic_write_jsonl(ctx.run.root / folder / "train_log.jsonl", stats.pop("curve"))
         info.update(stats, prompt_format=prompt["format"])
 
+    def trained() -> Path:
+        # A student trained before students carried their prompt rule was trained on its chat template (training
+        # needed one then): its record is written now, so that its exports and bundles ask it that way too.
+        if read_record(out) is None:
+            atomic_write_json(out / PROMPT_FILE, prompt_record(ctx.recipe.distill.strategies, chat=True))
+        return out
+
     return ctx.cached_stage(f"{folder}/train", f"train: fine-tune the student on {len(rows)} rationales",
-                            compute, lambda: out)
+                            compute, trained)
 
 
 def _train_processes(ctx: RunContext, folder: str, cfg: TrainConfig, examples: list, out: Path, log,
