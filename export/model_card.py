@@ -11,7 +11,7 @@ import yaml
 from toolkit.core.errors import ToolkitError
 from toolkit.core.jsonio import atomic_write_text
 from toolkit.runtime.models import ALIASES, PACKAGED, hub_license, origin_hub_id
-from toolkit.data.prompt_rule import prompt_record, read_record
+from toolkit.data.prompt_rule import read_record
 from toolkit.data.suites import SUITES
 from toolkit.eval.report import paired_cells
 from toolkit.eval.rounds_report import calculator_table, markdown_table, paired_table
@@ -322,8 +322,10 @@ def run_card(run_root: Path, student_dir: Path) -> str:
                  *_exports_table(deploy), "",
                  f"Picked: **{pick['chosen']}**, {pick['reason']}." if pick.get("chosen")
                  else f"No export picked: {pick['reason']}."]
-    # A student saved before prompt.json existed was trained on the chat template (training needed one then).
-    prompt = read_record(student_dir) or prompt_record(distill["strategies"], chat=True)
+    prompt = read_record(student_dir)
+    if prompt is None:
+        raise ToolkitError(f"{student_dir} has no prompt.json (how the student is asked): resume the run with "
+                           f"`toolkit distill`, which writes it")
     body += ["", *_usage(recipe, deploy, prompt), "", *_limitations(recipe, row, train_label), "",
              "## Reproduce", "",
              f"With toolkit installed, save this recipe as `{recipe['name']}.yaml` (`data.root` is relative to "
