@@ -132,7 +132,8 @@ class LlamaServerGenerator(OpenAIGenerator):
             if self.calculator:
                 text, forced, changed = stream_with_calculator(opener, assistant_prefix(p), max_new_tokens)
             else:
-                text, forced, changed = "".join(x for x in opener("", max_new_tokens, False) if isinstance(x, str)), 0, 0
+                text = "".join(x for x in opener("", max_new_tokens, False) if isinstance(x, str))  # pieces, then End
+                forced = changed = 0
             out.append(text)
             self.calc_counts.append((forced, changed))
             if on_done:
