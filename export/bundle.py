@@ -45,11 +45,13 @@ import calculator as calc  # noqa: E402
 # The prompt rule of prompt.json, rendered as create_chat_completion renders it so that a logits processor sees
 # every token and a prefix is continued: the system text and the question through the GGUF's chat template, no BOS
 # added, its end token as the stop; for a model without a template the plain format, its stop strings.
-eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
+special = [llm.detokenize([t], special=True).decode(errors="replace") if t != -1 else ""  # -1: the GGUF has none
+           for t in (llm.token_eos(), llm.token_bos())]
+eos = special[0]
 if rule["format"] == "chat":
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
+    bos = special[1]
     messages = [{{"role": "system", "content": rule["system"]}}, {{"role": "user", "content": args.question}}]
     prompt = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=eos,
                                  bos_token=bos)(messages=messages).prompt + args.prefix
