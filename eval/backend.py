@@ -5,7 +5,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from toolkit.data.calculator import Sequence
-from toolkit.eval.prompts import PLAIN_STOP, cut_at_stop, plain_text
+from toolkit.data.prompt_rule import PLAIN_STOP, plain_prompt, plain_text
+from toolkit.eval.prompts import cut_at_stop
 
 Messages = list[dict[str, str]]
 
@@ -68,9 +69,9 @@ class BatchAnswers:
 
 
 def llama_prompt(llm, messages: Messages) -> tuple[str, list[str]]:
-    """(prompt text, stop strings) for a llama-cpp-python model: its GGUF chat template rendered as its
-    create_chat_completion does, or the plain completion format; a trailing assistant message is
-    continued (the generation prompt, then its text)."""
+    """(prompt text, stop strings) for a llama-cpp-python model by the prompt rule (toolkit.data.prompt_rule.render,
+    with the GGUF's own template engine): its GGUF chat template rendered as its create_chat_completion does, or
+    the plain format; a trailing assistant message is continued (the generation prompt, then its text)."""
     # heavy optional runtime, imported on first use
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -79,7 +80,7 @@ def llama_prompt(llm, messages: Messages) -> tuple[str, list[str]]:
         messages, prefix = messages[:-1], messages[-1]["content"]
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
-        return plain_text(messages) + (" " + prefix if prefix else ""), list(PLAIN_STOP)
+        return plain_prompt(plain_text(messages), prefix), list(PLAIN_STOP)
     special = [llm._model.token_get_text(t) if t != -1 else "" for t in (llm.token_eos(), llm.token_bos())]
     result = Jinja2ChatFormatter(template=template, eos_token=special[0], bos_token=special[1])(messages=messages)
     return result.prompt + prefix, [special[0]] if special[0] else []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -13,11 +14,12 @@ from rich.text import Text
 from toolkit.core import defaults
 from toolkit.core.errors import ToolkitError
 from toolkit.data.problems import load_suite
+from toolkit.data.strategies import student_strategies
 from toolkit.data.suites import EVAL_SUITES
 from toolkit.sandbox.runner import prepare
 from toolkit.eval.accuracy import evaluate
 from toolkit.eval.config import EvalConfig
-from toolkit.eval.generate import export_info, open_generator
+from toolkit.eval.generate import export_info, open_generator, prompt_info
 from toolkit.eval.prompts import fewshot_examples
 
 
@@ -49,6 +51,8 @@ def run_eval(model: str, out: str | Path, config: EvalConfig, *, quiet: bool = F
     problems = {s: load_suite(s, data_root)[: config.limit] for s in suites}
     shots = {s: fewshot_examples(s, config.fewshot, data_root, problems[s], seed=config.seed) for s in suites}
     export = export_info(model) if not model.startswith("openai:") else None
+    # A student (or its export) is asked with the strategies it was trained on: a tagged prompt offers only those.
+    prompt = prompt_info(model)
     gen = open_generator(model, config.backend, batch_size=config.batch_size, threads=config.threads,
                          seed=config.seed, concurrency=config.concurrency, api_key_env=config.api_key_env,
                          calculator=config.calculator)
@@ -58,13 +62,16 @@ def run_eval(model: str, out: str | Path, config: EvalConfig, *, quiet: bool = F
         recorded["sandbox"] = sandbox
     if export:
         recorded["export"] = export
+    if prompt:
+        recorded["prompt_strategies"] = prompt["strategies"]
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task(f"eval {model} ({gen.name})", total=sum(len(p) for p in problems.values()))
-            report = evaluate(gen, problems, Path(out), model=model, max_new_tokens=config.max_new_tokens,
-                              strategy=config.strategy, shots=shots, config=recorded,
-                              on_done=lambda n: bar.advance(task, n))
+            with student_strategies(prompt["strategies"]) if prompt else nullcontext():
+                report = evaluate(gen, problems, Path(out), model=model, max_new_tokens=config.max_new_tokens,
+                                  strategy=config.strategy, shots=shots, config=recorded,
+                                  on_done=lambda n: bar.advance(task, n))
     finally:
         gen.close()
     if as_json:

@@ -11,9 +11,9 @@ from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_onnx_folder
 
 from toolkit.data.calculator import steer
+from toolkit.data.prompt_rule import has_chat_template, render
 from toolkit.eval.backend import BatchAnswers, equal_length_batches
 from toolkit.eval.calc_decode import assistant_prefix, hf_sequence
-from toolkit.eval.prompts import render
 
 
 class GenaiGenerator:
@@ -55,7 +55,7 @@ class GenaiGenerator:
         self.batch_size = batch_size
         self.seed = seed
         self.config = {"threads": self.threads, "batch_size": batch_size,
-                       "prompt_format": "chat template" if getattr(self.tok, "chat_template", None) else "plain"}
+                       "prompt_format": "chat template" if has_chat_template(self.tok) else "plain"}
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
         rendered = [render(self.tok, p) for p in prompts]

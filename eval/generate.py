@@ -10,6 +10,7 @@ from toolkit.core.integrity import check_onnx_folder
 from toolkit.core.model_kind import BACKEND_OF_KIND, local_model
 from toolkit.runtime.models import ModelRef, resolve_model
 from toolkit.data.calculator import Sequence
+from toolkit.data.prompt_rule import has_chat_template, read_record, render
 from toolkit.runtime.loading import fix_special_tokens, load_model_and_tokenizer
 
 from toolkit.eval.backend import BatchAnswers, Generator, length_sorted_batches, llama_prompt
@@ -17,7 +18,6 @@ from toolkit.eval.calc_decode import LlamaCppCalculator, TorchCalculator, assist
 from toolkit.eval.genai_backend import GenaiGenerator
 from toolkit.eval.gqa_attention import grouped_sdpa
 from toolkit.eval.openai_backend import LlamaServerGenerator, OpenAIGenerator
-from toolkit.eval.prompts import PLAIN_STOP, plain_text, render
 
 
 class TorchGenerator:
@@ -40,7 +40,7 @@ class TorchGenerator:
         self.batch_size = batch_size
         self.seed = seed
         self.config = {"threads": self.threads, "batch_size": batch_size,
-                       "prompt_format": "chat template" if getattr(tokenizer, "chat_template", None) else "plain"}
+                       "prompt_format": "chat template" if has_chat_template(tokenizer) else "plain"}
 
     @classmethod
     def from_ref(cls, ref: ModelRef, batch_size: int = 16, threads: int | None = None, seed: int = 0):
@@ -117,8 +117,8 @@ class OnnxGenerator(TorchGenerator):
 class LlamaCppGenerator:
     """An in-process llama.cpp model (llama-cpp-python) for GGUF files; one prompt at a time.
 
-    Chat prompts go through the chat template stored in the GGUF; a GGUF without one gets the
-    plain completion format.
+    Prompts follow the prompt rule: the chat template stored in the GGUF, or the plain format for a GGUF
+    without one.
     """
 
     name = "llama.cpp"
@@ -136,45 +136,28 @@ class LlamaCppGenerator:
         except ValueError as exc:
             raise ModelError(f"llama.cpp cannot load {path}: {exc}") from None
         self.seed = seed
-        self.chat = bool(self.llm.metadata.get("tokenizer.chat_template"))
+        chat = bool(self.llm.metadata.get("tokenizer.chat_template"))
         self.config = {"threads": self.threads, "batch_size": 1, "n_ctx": n_ctx,
-                       "prompt_format": "chat template" if self.chat else "plain"}
+                       "prompt_format": "chat template" if chat else "plain"}
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
-        if self.calculator:
-            return self._generate_with_calculator(prompts, max_new_tokens, temperature, on_done)
-        if any(p and p[-1]["role"] == "assistant" for p in prompts):
-            raise ModelError("a forced strategy tag (an assistant prefix) needs the torch, onnx or genai backend; "
-                             "use --strategy auto or cot with llama.cpp")
-        self.calc_counts = [(0, 0)] * len(prompts)
-        out = []
-        for p in prompts:
-            if self.chat:
-                resp = self.llm.create_chat_completion(p, max_tokens=max_new_tokens, temperature=temperature,
-                                                       seed=self.seed)
-                out.append(resp["choices"][0]["message"]["content"] or "")
-            else:
-                resp = self.llm.create_completion(plain_text(p), max_tokens=max_new_tokens,
-                                                  temperature=temperature, seed=self.seed, stop=list(PLAIN_STOP))
-                out.append(resp["choices"][0]["text"] or "")
-            if on_done:
-                on_done(1)
-        return out
-
-    def _generate_with_calculator(self, prompts, max_new_tokens, temperature, on_done):
-        """Raw completions of the prompt as create_chat_completion renders it (the GGUF's template, no
-        BOS added, the end token as stop), so that a logits processor sees every token and an assistant
-        prefix is continued, not closed."""
+        """Raw completions of each prompt as the prompt rule renders it for this GGUF (backend.llama_prompt: its
+        chat template as create_chat_completion renders it, no BOS added, its end token as the stop; or the plain
+        format), so that an assistant prefix (a forced tag) is continued, not closed, and with the calculator a
+        logits processor sees every token."""
         out, self.calc_counts = [], []
         for p in prompts:
             text, stops = llama_prompt(self.llm, p)
             ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
             seq = Sequence(lambda t: self.llm.detokenize(t).decode(errors="replace"),
-                           lambda t: self.llm.tokenize(t.encode(), add_bos=False, special=False), assistant_prefix(p))
+                           lambda t: self.llm.tokenize(t.encode(), add_bos=False, special=False),
+                           assistant_prefix(p)) if self.calculator else None
             resp = self.llm.create_completion(ids, max_tokens=max_new_tokens, temperature=temperature, seed=self.seed,
-                                              stop=stops, logits_processor=[LlamaCppCalculator(seq, len(ids))])
-            out.append((resp["choices"][0]["text"] or "") + seq.unwritten())  # a result cut by max_tokens, whole
-            self.calc_counts.append((seq.forced, seq.changed))
+                                              stop=stops, logits_processor=[LlamaCppCalculator(seq, len(ids))] if seq
+                                              else None)
+            # with the calculator, a result that max_tokens cut off is written whole
+            out.append((resp["choices"][0]["text"] or "") + (seq.unwritten() if seq else ""))
+            self.calc_counts.append((seq.forced, seq.changed) if seq else (0, 0))
             if on_done:
                 on_done(1)
         return out
@@ -210,6 +193,17 @@ def export_info(model: str) -> dict | None:
                 return json.loads(meta.read_text())
             except json.JSONDecodeError as exc:
                 raise ModelError(f"{meta}: not valid JSON ({exc})") from None
+    return None
+
+
+def prompt_info(model: str) -> dict | None:
+    """The prompt rule's record (prompt.json) of a local student or export folder, or of a .gguf in an export
+    folder; None for any other model."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return read_record(path)
+    if path.suffix == ".gguf" and (path.parent / "export.json").is_file():
+        return read_record(path.parent)
     return None
 
 

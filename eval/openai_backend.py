@@ -102,7 +102,8 @@ class LlamaServerGenerator(OpenAIGenerator):
 
     def __init__(self, path: Path, *, n_ctx: int = 2048, threads: int | None = None, seed: int = 0):
         self.path = Path(path)
-        self._vocab = None  # the GGUF's tokenizer and template, loaded when the calculator first needs them
+        self._vocab = None  # the GGUF's tokenizer and template, loaded on the first generate
+        self._no_extension = self._no_digits = None  # the calculator's logit_bias tables, built when first needed
         threads = threads or default_threads()
         self._logs = tempfile.TemporaryDirectory(prefix="toolkit-eval-server-")
         self.server = LlamaServer(path, Path(self._logs.name) / "server.log", n_ctx=n_ctx, threads=threads).start()
@@ -110,13 +111,15 @@ class LlamaServerGenerator(OpenAIGenerator):
         self.config.update(threads=threads, n_ctx=n_ctx, base_url="127.0.0.1 (started for this eval)")
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
-        if not self.calculator:
-            return super().generate(prompts, max_new_tokens, temperature, on_done)
+        """Raw completions of each prompt as the prompt rule renders it for this GGUF (backend.llama_prompt), not
+        chat completions: a GGUF without a chat template gets the plain format the student learned, not the
+        server's fallback chat format, and an assistant prefix (a forced tag) is continued."""
         if self._vocab is None:
             # heavy optional runtime, imported on first use
             from llama_cpp import Llama
 
-            self._vocab = Llama(str(self.path), vocab_only=True, verbose=False)
+            self._vocab = Llama(str(self.path), vocab_only=True, verbose=False)  # its tokenizer and template
+        if self.calculator and self._no_extension is None:
             # logit_bias that keeps a forced result's number from being extended: right after it no digit and
             # no `.5` or `,000` (self._no_extension); after a lone `.` or `,` no digit (self._no_digits)
             texts = [self._vocab.detokenize([t]).decode(errors="replace") for t in range(self._vocab.n_vocab())]
@@ -126,7 +129,11 @@ class LlamaServerGenerator(OpenAIGenerator):
         for p in prompts:
             prompt, stops = llama_prompt(self._vocab, p)
             opener = lambda gen, budget, guard: self._stream(prompt + gen, budget, stops, temperature, guard)  # noqa: E731
-            text, forced, changed = stream_with_calculator(opener, assistant_prefix(p), max_new_tokens)
+            if self.calculator:
+                text, forced, changed = stream_with_calculator(opener, assistant_prefix(p), max_new_tokens)
+            else:
+                text = "".join(x for x in opener("", max_new_tokens, False) if isinstance(x, str))  # pieces, then End
+                forced = changed = 0
             out.append(text)
             self.calc_counts.append((forced, changed))
             if on_done:

@@ -1,4 +1,4 @@
-"""Evaluation prompts: strategy messages, deterministic few-shot examples, chat or plain-completion text."""
+"""Evaluation prompts: strategy messages, deterministic few-shot examples (rendered by toolkit.data.prompt_rule)."""
 from __future__ import annotations
 
 import random
@@ -105,39 +105,6 @@ def fewshot_examples(suite: str, n: int, data_root: str | Path, evaluated: Itera
     if len(pool_fixed) < n:
         raise DataError(f"--fewshot {n}: suite {suite} has no train split and only {len(pool_fixed)} fixed examples")
     return pool_fixed[:n]
-
-
-# Plain completion format for models without a chat template: the instruction, then
-# "Question: …\nAnswer: …" blocks. Generation stops where the model starts another question.
-PLAIN_STOP = ("\nQuestion:",)
-
-
-def plain_text(messages: Messages) -> str:
-    """Messages as a completion prompt: system text first, user turns as questions, assistant turns as answers."""
-    parts = []
-    for m in messages:
-        if m["role"] == "system":
-            parts.append(m["content"].strip() + "\n\n")
-        elif m["role"] == "user":
-            parts.append(f"Question: {m['content'].strip()}\nAnswer:")
-        else:
-            parts.append(f" {m['content'].strip()}\n\n")
-    return "".join(parts)
-
-
-def render(tokenizer, messages: Messages) -> tuple[str, tuple[str, ...]]:
-    """(prompt text, stop strings): the model's own chat template when it has one, else plain completion.
-
-    A trailing assistant message is a prefix the model continues (a forced strategy tag), not a closed
-    turn: the generation prompt and then the prefix verbatim (continue_final_message would strip its
-    trailing newline, and "[pot]" then tokenizes differently from the "[pot]\n" the student learned).
-    """
-    prefix = ""
-    if messages and messages[-1]["role"] == "assistant":
-        messages, prefix = messages[:-1], messages[-1]["content"]
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix, ()
-    return plain_text(messages) + (" " + prefix if prefix else ""), PLAIN_STOP
 
 
 def cut_at_stop(text: str, stops: Iterable[str]) -> str:

@@ -1,4 +1,4 @@
-"""Edge bundle: a .tar.gz with the model, its tokenizer, a runtime-only runner, SHA256SUMS and a README."""
+"""Edge bundle: a .tar.gz with the model, its tokenizer and prompt rule, a runtime-only runner, SHA256SUMS, a README."""
 from __future__ import annotations
 
 import hashlib
@@ -7,17 +7,20 @@ import tarfile
 from pathlib import Path
 
 from toolkit.data import calculator
+from toolkit.data.prompt_rule import PROMPT_FILE
 from toolkit.core.errors import ExportError
 from toolkit.export.manifest import MANIFEST, PARTIAL, sha256
 
 # Runners import only the runtime: llama_cpp (GGUF) or onnxruntime_genai (genai folder), never toolkit,
 # and the calculator module, which the bundle carries as a copy of toolkit/data/calculator.py.
 _GGUF_RUNNER = '''#!/usr/bin/env python3
-"""Answer one question with this GGUF model; needs only llama-cpp-python (pip install llama-cpp-python).
+\"\"\"Answer one question with this GGUF model; needs only llama-cpp-python (pip install llama-cpp-python).
 
-The calculator beside this file computes the arithmetic the model writes before '=' and writes the
-result for it (--no-calculator: the model alone)."""
+The question is asked as the model was trained and evaluated (prompt.json beside this file; --print-prompt
+shows the prompt). The calculator beside this file computes the arithmetic the model writes before '=' and
+writes the result for it (--no-calculator: the model alone).\"\"\"
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -30,24 +33,37 @@ ap.add_argument("question", nargs="?", default="What is 12 * 7 - 4?")
 ap.add_argument("--max-tokens", type=int, default=256)
 ap.add_argument("--threads", type=int, default=os.cpu_count())
 ap.add_argument("--no-calculator", action="store_true", help="let the model do its own arithmetic")
-ap.add_argument("--prefix", default="", help="text the answer starts with (the model continues it)")
+ap.add_argument("--prefix", default="", help="text the answer starts with (the model continues it), e.g. a "
+                "strategy tag of prompt.json's tags")
+ap.add_argument("--print-prompt", action="store_true", help="print the prompt the model would get, then exit")
 args = ap.parse_args()
-llm = Llama(str(here / "{model}"), n_ctx=2048, n_threads=args.threads, verbose=False)
-messages = [{{"role": "user", "content": args.question}}]
+rule = json.loads((here / "prompt.json").read_text(encoding="utf-8"))
+llm = Llama(str(here / "{model}"), n_ctx=2048, n_threads=args.threads, verbose=False,
+            vocab_only=args.print_prompt)
 sys.path.insert(0, str(here))  # calculator.py ships beside this file (python -I leaves the folder off sys.path)
 import calculator as calc  # noqa: E402
-# A raw completion of the prompt as create_chat_completion renders it, so that a logits processor sees
-# every token and a prefix is continued: the GGUF's chat template, no BOS added, its end token as the stop.
-template = llm.metadata.get("tokenizer.chat_template")
-eos = llm.detokenize([llm.token_eos()], special=True).decode(errors="replace")
-if template:
+# The prompt rule of prompt.json, rendered as create_chat_completion renders it so that a logits processor sees
+# every token and a prefix is continued: the system text and the question through the GGUF's chat template, no BOS
+# added, its end token as the stop; for a model without a template the plain format, its stop strings.
+special = [llm.detokenize([t], special=True).decode(errors="replace") if t != -1 else ""  # -1: the GGUF has none
+           for t in (llm.token_eos(), llm.token_bos())]
+eos = special[0]
+if rule["format"] == "chat":
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    bos = llm.detokenize([llm.token_bos()], special=True).decode(errors="replace")
-    prompt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)(messages=messages).prompt
+    bos = special[1]
+    messages = [{{"role": "system", "content": rule["system"]}}, {{"role": "user", "content": args.question}}]
+    prompt = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=eos,
+                                 bos_token=bos)(messages=messages).prompt + args.prefix
+    stop = [eos] if eos else []
 else:
-    prompt = "Question: " + args.question + "\\nAnswer:"
-ids = llm.tokenize((prompt + args.prefix).encode(), add_bos=False, special=True)
+    prompt = rule["plain_template"].format(system=rule["system"], question=args.question.strip())
+    prompt += rule["plain_answer_prefix"] + args.prefix if args.prefix else ""
+    stop = rule["plain_stop"]
+if args.print_prompt:
+    sys.stdout.write(prompt)
+    sys.exit(0)
+ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
 seq = calc.Sequence(lambda t: llm.detokenize(t).decode(errors="replace"),
                     lambda text: llm.tokenize(text.encode(), add_bos=False, special=False), args.prefix)
 
@@ -58,7 +74,7 @@ def steer(input_ids, scores):
     return calc.steer(seq, scores)
 
 
-out = llm.create_completion(ids, max_tokens=args.max_tokens, temperature=0.0, stop=[eos] if eos else [],
+out = llm.create_completion(ids, max_tokens=args.max_tokens, temperature=0.0, stop=stop,
                             logits_processor=None if args.no_calculator else [steer])
 # a result the --max-tokens limit cut off is written whole (a cut "13969" would read as the answer)
 print(out["choices"][0]["text"] + ("" if args.no_calculator else seq.unwritten()))
@@ -67,10 +83,11 @@ if not args.no_calculator:
 '''
 
 _GENAI_RUNNER = '''#!/usr/bin/env python3
-"""Answer one question with this ONNX model; needs only onnxruntime-genai (pip install onnxruntime-genai).
+\"\"\"Answer one question with this ONNX model; needs only onnxruntime-genai (pip install onnxruntime-genai).
 
-The calculator beside this file computes the arithmetic the model writes before '=' and writes the
-result for it (--no-calculator: the model alone)."""
+The question is asked as the model was trained and evaluated (prompt.json beside this file; --print-prompt
+shows the prompt). The calculator beside this file computes the arithmetic the model writes before '=' and
+writes the result for it (--no-calculator: the model alone).\"\"\"
 import argparse
 import json
 import sys
@@ -83,16 +100,27 @@ ap = argparse.ArgumentParser()
 ap.add_argument("question", nargs="?", default="What is 12 * 7 - 4?")
 ap.add_argument("--max-tokens", type=int, default=256)
 ap.add_argument("--no-calculator", action="store_true", help="let the model do its own arithmetic")
-ap.add_argument("--prefix", default="", help="text the answer starts with (the model continues it)")
+ap.add_argument("--prefix", default="", help="text the answer starts with (the model continues it), e.g. a "
+                "strategy tag of prompt.json's tags")
+ap.add_argument("--print-prompt", action="store_true", help="print the prompt the model would get, then exit")
 args = ap.parse_args()
+rule = json.loads((here / "prompt.json").read_text(encoding="utf-8"))
 model = og.Model(str(here))
 tok = og.Tokenizer(model)
-try:
-    prompt = tok.apply_chat_template(json.dumps([{{"role": "user", "content": args.question}}]),
-                                     add_generation_prompt=True)
-except Exception:  # no chat template shipped: plain text prompt
-    prompt = args.question
-ids = tok.encode(prompt + args.prefix)
+# The prompt rule of prompt.json: the system text and the question through the model's chat template with the
+# generation prompt, or for a model without a template the plain format (its stop strings cut the answer).
+stops = []
+if rule["format"] == "chat":
+    messages = [{{"role": "system", "content": rule["system"]}}, {{"role": "user", "content": args.question}}]
+    prompt = tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True) + args.prefix
+else:
+    prompt = rule["plain_template"].format(system=rule["system"], question=args.question.strip())
+    prompt += rule["plain_answer_prefix"] + args.prefix if args.prefix else ""
+    stops = rule["plain_stop"]
+if args.print_prompt:
+    sys.stdout.write(prompt)
+    sys.exit(0)
+ids = tok.encode(prompt)
 params = og.GeneratorParams(model)
 params.set_search_options(max_length=len(ids) + args.max_tokens, do_sample=False)
 gen = og.Generator(model, params)
@@ -111,7 +139,10 @@ while not gen.is_done():
     if seq is not None:
         seq.push(int(gen.get_next_tokens()[0]))
 # a result the --max-tokens limit cut off is written whole (a cut "13969" would read as the answer)
-print(tok.decode(gen.get_sequence(0)[len(ids):]) + (seq.unwritten() if seq is not None else ""))
+text = tok.decode(gen.get_sequence(0)[len(ids):]) + (seq.unwritten() if seq is not None else "")
+for stop in stops:
+    text = text.split(stop)[0]
+print(text)
 if seq is not None:
     print(f"calculator: {{seq.forced}} result(s) written, {{seq.changed}} differed from the model's", file=sys.stderr)
 '''
@@ -130,7 +161,9 @@ python3 run.py "Tom has 3 apples and buys 5 more. How many apples does he have?"
 |---|---|---|
 {rows}
 
-`export.json` records the source model, the parity checks against it, and the tool versions.
+`prompt.json` is how the model was asked in training and evaluation (its system text, chat template or plain
+format); `run.py` asks the same way (`--print-prompt` shows the prompt). `export.json` records the source model,
+the parity checks against it, and the tool versions.
 """
 
 _ROWS = {
@@ -178,7 +211,7 @@ def write_bundle(out: Path, fmt: str, quant: str, name: str, card: str | None = 
     files = sorted(p for p in out.iterdir() if p.is_file() and p.name != PARTIAL and not p.name.endswith(".tar.gz"))
     if fmt == "gguf":
         model = next(p.name for p in files if p.suffix == ".gguf")
-        files = [p for p in files if p.suffix == ".gguf" or p.name == MANIFEST]
+        files = [p for p in files if p.suffix == ".gguf" or p.name in (MANIFEST, PROMPT_FILE)]
         runner, what = _GGUF_RUNNER.format(model=model), "A GGUF model for llama.cpp"
     else:
         runner, what = _GENAI_RUNNER.format(), "An ONNX model for onnxruntime-genai"

@@ -11,7 +11,7 @@ import yaml
 from toolkit.core.errors import ToolkitError
 from toolkit.core.jsonio import atomic_write_text
 from toolkit.runtime.models import ALIASES, PACKAGED, hub_license, origin_hub_id
-from toolkit.data.strategies import training_prompt
+from toolkit.data.prompt_rule import read_record
 from toolkit.data.suites import SUITES
 from toolkit.eval.report import paired_cells
 from toolkit.eval.rounds_report import calculator_table, markdown_table, paired_table
@@ -151,26 +151,45 @@ def _exports_table(deploy: dict) -> list[str]:
     return lines
 
 
-def _usage(recipe: dict, deploy: dict | None) -> list[str]:
-    system = training_prompt("QUESTION", recipe["distill"]["strategies"])[0]["content"]
+def _asking(prompt: dict) -> list[str]:
+    """Python lines that build `ids` for `question` by the student's prompt rule (its prompt.json)."""
+    system = json.dumps(prompt["system"])
+    if prompt["format"] == "chat":
+        return [f"messages = [{{\"role\": \"system\", \"content\": {system}}},",
+                '            {"role": "user", "content": question}]',
+                'ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")']
+    return ["# no chat template: the plain format it was trained on (the reply follows after a space)",
+            f"prompt = {json.dumps(prompt['plain_template'])}.format(",
+            f"    system={system}, question=question.strip())",
+            'ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids']
+
+
+def _usage(recipe: dict, deploy: dict | None, prompt: dict) -> list[str]:
     max_new = recipe["eval"]["max_new_tokens"]
     lines = ["## How to use", "",
              "With transformers, from the student folder (whose README.md this card is) or the hub repo it was "
-             "pushed to, with the system prompt the student was trained and evaluated with:", "",
+             "pushed to, asked exactly as the student was trained and evaluated (the rule is in its `prompt.json`: "
+             + ("the system prompt and the question through the chat template" if prompt["format"] == "chat" else
+                "its tokenizer has no chat template, so the system text and the question in a plain format")
+             + "):", "",
              "```python",
              "from transformers import AutoModelForCausalLM, AutoTokenizer",
              "",
              'path = "."  # the student folder, or the hub repo id it was pushed to',
              "tok = AutoTokenizer.from_pretrained(path)",
              "model = AutoModelForCausalLM.from_pretrained(path)",
-             f"messages = [{{\"role\": \"system\", \"content\": {json.dumps(system)}}},",
-             '            {"role": "user", "content": "Tom has 3 apples and buys 5 more. How many does he have?"}]',
-             'ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")',
+             'question = "Tom has 3 apples and buys 5 more. How many does he have?"',
+             *_asking(prompt),
              f"out = model.generate(ids, max_new_tokens={max_new}, do_sample=False)",
              "print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))",
-             "```", "",
-             "To score it on a suite: `toolkit eval PATH --suite gsm8k` (strict and flexible answer extraction, "
-             "with 95% intervals)."]
+             "```", ""]
+    if prompt["tags"]:
+        tags = ", ".join(f"`{json.dumps(t)[1:-1]}`" for t in prompt["tags"].values())
+        lines += ["The student begins its reply with the tag of the strategy it picks; to make it use one, append "
+                  f"that tag to the prompt text ({tags})"
+                  + (" after a space" if prompt["format"] == "plain" else "") + ".", ""]
+    lines.append("To score it on a suite: `toolkit eval PATH --suite gsm8k` (strict and flexible answer extraction, "
+                 "with 95% intervals).")
     if "pot" in recipe["distill"]["strategies"]:
         lines += ["", "A reply tagged `[pot]` is a Python program: its answer is the variable `answer` after "
                       "running it (toolkit runs it in a sandbox)."]
@@ -179,17 +198,21 @@ def _usage(recipe: dict, deploy: dict | None) -> list[str]:
         lines += ["", "The exports above run without torch:"]
         if "gguf" in formats:
             lines.append("- GGUF: llama.cpp (`llama-cli -m FILE.gguf`) or llama-cpp-python "
-                         "(`Llama(\"FILE.gguf\").create_chat_completion(messages)`).")
+                         + ("(`Llama(\"FILE.gguf\").create_chat_completion(messages)`, the messages above)."
+                            if prompt["format"] == "chat" else
+                            "(`Llama(\"FILE.gguf\").create_completion(prompt, stop=[\"\\nQuestion:\"])`, the "
+                            "prompt above)."))
         if "genai" in formats:
-            lines.append("- genai: onnxruntime-genai (`og.Model(FOLDER)`, the folder's `genai_config.json` "
-                         "carries the chat settings).")
+            lines.append("- genai: onnxruntime-genai (`og.Model(FOLDER)`), with the same "
+                         + ("messages through `og.Tokenizer(model).apply_chat_template`." if prompt["format"] == "chat"
+                            else "prompt."))
         if "onnx" in formats:
             lines.append("- onnx: optimum's `ORTModelForCausalLM.from_pretrained(FOLDER)` on onnxruntime.")
         bundle = deploy["pick"].get("bundle")
         if bundle:
             lines.append(f"- `{Path(bundle).name}`: the picked export as an edge bundle, with a runtime-only "
-                         f"`run.py`, the calculator and SHA256SUMS; its README says how to run it on a Raspberry "
-                         f"Pi, an Android phone (Termux) or a laptop.")
+                         f"`run.py` that asks by the same `prompt.json`, the calculator and SHA256SUMS; its README "
+                         f"says how to run it on a Raspberry Pi, an Android phone (Termux) or a laptop.")
     return lines
 
 
@@ -299,7 +322,11 @@ def run_card(run_root: Path, student_dir: Path) -> str:
                  *_exports_table(deploy), "",
                  f"Picked: **{pick['chosen']}**, {pick['reason']}." if pick.get("chosen")
                  else f"No export picked: {pick['reason']}."]
-    body += ["", *_usage(recipe, deploy), "", *_limitations(recipe, row, train_label), "",
+    prompt = read_record(student_dir)
+    if prompt is None:
+        raise ToolkitError(f"{student_dir} has no prompt.json (how the student is asked): resume the run with "
+                           f"`toolkit distill`, which writes it")
+    body += ["", *_usage(recipe, deploy, prompt), "", *_limitations(recipe, row, train_label), "",
              "## Reproduce", "",
              f"With toolkit installed, save this recipe as `{recipe['name']}.yaml` (`data.root` is relative to "
              f"that file; `$TOOLKIT_DATA` overrides it) and run `toolkit distill {recipe['name']}.yaml`.", "",

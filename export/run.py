@@ -9,7 +9,9 @@ from pathlib import Path
 
 from toolkit.core import defaults
 from toolkit.core.errors import ExportError
+from toolkit.core.jsonio import atomic_write_json
 from toolkit.core.rundir import versions
+from toolkit.data.prompt_rule import PROMPT_FILE
 from toolkit.export import genai, onnx, parity
 from toolkit.export.accuracy import accuracy_delta, eval_problems
 from toolkit.export.bundle import check_bundle_format, write_bundle
@@ -18,7 +20,7 @@ from toolkit.export.gguf_quant import ftypes, quantize, stored_types
 from toolkit.export.gguf_vocab import built_metadata, carried_metadata
 from toolkit.export.gguf_writer import write_gguf
 from toolkit.export.manifest import MANIFEST, PARTIAL, TOOLS, file_rows, write_manifest
-from toolkit.export.source import Source, open_source, read_config
+from toolkit.export.source import Source, open_source, read_config, source_prompt
 
 _SCRATCH = ".export-scratch-"  # + pid + "-" + random: the dequantized source and unquantized files, beside OUT
 
@@ -113,6 +115,8 @@ def export_model(model_ref: str, out_dir: str | Path, config: ExportConfig, *, b
         else:
             gguf_notes, gguf_types = _export_gguf(src, quant, out, work, threads)
             notes += gguf_notes
+        prompt = source_prompt(src.hf_dir)
+        atomic_write_json(out / PROMPT_FILE, prompt)  # shipped with the model: the bundle runners ask it this way
         ref = parity.Reference(src.hf_dir, threads, config.max_new_tokens)
         runtime = {"onnx": parity.onnx_outputs, "genai": parity.genai_outputs, "gguf": parity.gguf_outputs}[fmt]
         target = next(out.glob("*.gguf")) if fmt == "gguf" else out
@@ -134,7 +138,7 @@ def export_model(model_ref: str, out_dir: str | Path, config: ExportConfig, *, b
         "format": fmt, "quant": quant, "files": files, "total_bytes": sum(r["bytes"] for r in files),
         "versions": versions(TOOLS), "threads": threads, "seconds": round(time.perf_counter() - start, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "parity": result, "notes": notes, "passed": bool(result["passed"]),
+        "parity": result, "prompt": prompt, "notes": notes, "passed": bool(result["passed"]),
     }
     if gguf_types:
         manifest["gguf_tensor_types"] = gguf_types

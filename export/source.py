@@ -10,6 +10,7 @@ from huggingface_hub import snapshot_download
 from safetensors import safe_open
 
 from toolkit.core.errors import ExportError, ModelError
+from toolkit.data.prompt_rule import read_record, record_for
 from toolkit.runtime.models import resolve_model
 from toolkit.runtime.loading import load_model_and_tokenizer
 
@@ -127,3 +128,14 @@ def open_source(model_ref: str, work: Path, fmt: str, *, tokenizer_gguf: str | N
         if base is None or base.suffix != ".gguf":
             raise ExportError(f"--tokenizer-gguf {tokenizer_gguf}: not a GGUF file")
     return Source(model_ref, ref.kind, hf_dir, arch, base, tuple(notes))
+
+
+def source_prompt(hf_dir: Path) -> dict:
+    """The prompt rule's record for an export of `hf_dir`: the strategies of a student's own record (its
+    prompt.json), else those of `toolkit eval`'s default CoT prompt (a base model, a GGUF), in the format of its
+    tokenizer (chat template or plain), the one every runtime of the export renders the prompt in."""
+    # heavy optional runtime, imported on first use
+    from transformers import AutoTokenizer
+
+    recorded = read_record(hf_dir)
+    return record_for(AutoTokenizer.from_pretrained(hf_dir), recorded["strategies"] if recorded else ["cot"])

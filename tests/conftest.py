@@ -138,6 +138,15 @@ def build_tiny_tokenizer(path: Path, specials: tuple[str, ...] = ("<|endoftext|>
     return fast
 
 
+def drop_chat_template(folder: Path) -> None:
+    """Make `folder`'s tokenizer one without a chat template (a base model's), wherever transformers keeps it."""
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, hidden-64 random llama saved as a save_pretrained folder with its tokenizer."""

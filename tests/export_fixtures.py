@@ -19,10 +19,11 @@ def hf_ids(model_dir: Path, text: str) -> list[int]:
 
 def exported(source: Path, out: Path, fmt: str, quant: str) -> dict:
     """The manifest of a one-thread export of `source`, checked for what every export.json holds: an exact
-    tokenizer round trip and hashed files."""
+    tokenizer round trip, hashed files and the prompt rule (also beside the model as prompt.json)."""
     m = export_model(str(source), out, ExportConfig(format=fmt, quant=quant, threads=1))
     assert m["format"] == fmt and m["quant"] == quant
-    assert {"source", "files", "versions", "seconds", "parity", "notes", "passed"} <= set(m)
+    assert {"source", "files", "versions", "seconds", "parity", "prompt", "notes", "passed"} <= set(m)
+    assert json.loads((Path(out) / "prompt.json").read_text()) == m["prompt"]
     assert m["parity"]["tokenizer"]["exact"], m["parity"]["tokenizer"]
     for f in m["files"]:
         assert f["bytes"] > 0 and len(f["sha256"]) == 64

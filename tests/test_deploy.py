@@ -16,6 +16,7 @@ from tests.conftest import kill_when, one_line_error, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher
 from toolkit.core.errors import RecipeError
 from toolkit.core.recipe import load_recipe
+from toolkit.data.prompt_rule import prompt_record, read_record
 from toolkit.pipeline.deploy import check_deploy, pick, within_drop
 
 # Two formats that export, load and bench in a few seconds each on the tiny student; the bench is minimal.
@@ -222,6 +223,13 @@ def test_deploy_stages_rows_pick_bundle_and_report(finished):
     with tarfile.open(bundle) as tar:
         card = tar.extractfile(f"{bundle.name.removesuffix('.tar.gz')}/README.md").read().decode()
     assert card.startswith("---\n") and all(f"({name.replace('-', ' ')})" in card for name in EXPORTS)
+    # The bundle and every export carry the student's prompt rule, which the bundle's run.py asks by.
+    record = json.loads((run / "round-0" / "student" / "prompt.json").read_text())
+    assert record == prompt_record(["cot"], chat=True)
+    with tarfile.open(bundle) as tar:
+        assert json.load(tar.extractfile(f"{bundle.name.removesuffix('.tar.gz')}/prompt.json")) == record
+    assert all(json.loads((run / "deploy" / name / "model" / "export.json").read_text())["prompt"] == record
+               for name in EXPORTS)
     student_card = (run / "round-0" / "student" / "README.md").read_text()
     assert student_card.split("\n---\n")[0] == card.split("\n---\n")[0]  # the same front matter
     report = (run / "report" / "report.md").read_text().splitlines()
@@ -258,6 +266,20 @@ def test_resume_redoes_nothing_and_a_bench_setting_redoes_only_what_reads_it(fin
                       "points", "deploy: the run's report (report/report.md and plots)"]
     assert after["deploy/pick"]["settings"] != before["deploy/pick"]["settings"]
     assert json.loads((run / "deploy" / "deploy.json").read_text())["pick"]["chosen"]
+
+
+def test_a_student_saved_before_its_prompt_rule_gets_one_on_resume(finished):
+    """A run whose students predate prompt.json (they were all trained on their chat template) gets the record on
+    resume; the same record, so nothing runs again."""
+    work, recipe, _ = finished
+    run = work / "runs" / "tiny"
+    assert _distill(work, recipe).returncode == 0  # as the recipe says (an earlier test changed a bench setting)
+    before = _stages(run)
+    (run / "round-0" / "student" / "prompt.json").unlink()
+    again = _distill(work, recipe)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_record(run / "round-0" / "student") == prompt_record(["cot"], chat=True)
+    assert _stages(run) == before and "▶" not in again.stdout
 
 
 def test_kill_9_during_deploy_then_resume_redoes_nothing_finished(tmp_path, tiny_model_dir, teacher, monkeypatch):

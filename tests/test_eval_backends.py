@@ -14,7 +14,8 @@ from tests.conftest import build_tiny_tokenizer, toolkit
 from toolkit.eval.accuracy import evaluate
 from toolkit.eval.backend import equal_length_batches
 from toolkit.eval.generate import detect_backend, export_info, open_generator
-from toolkit.eval.prompts import PLAIN_STOP, build_messages, cut_at_stop, fewshot_examples, plain_text
+from toolkit.data.prompt_rule import PLAIN_STOP, plain_text
+from toolkit.eval.prompts import build_messages, cut_at_stop, fewshot_examples
 from toolkit.data.problems import load_suite
 
 QUESTIONS = ["Tom has 3 apples and buys 5 more. How many apples does he have?",

@@ -22,7 +22,7 @@ def test_gguf(tiny_source, tmp_path, quant):
 
     out = tmp_path / "out"
     m = exported(tiny_source, out, "gguf", quant)
-    assert [f["path"] for f in m["files"]] == [f"model-{quant}.gguf"]
+    assert [f["path"] for f in m["files"]] == [f"model-{quant}.gguf", "prompt.json"]
     saved = json.loads((out / "export.json").read_text())
     assert saved["passed"] == m["passed"] and saved["files"] == m["files"]
     if quant == "f16":  # unquantized: the whole greedy continuation equals torch's

@@ -50,7 +50,7 @@ def test_kill_9_mid_export_then_the_same_command_finishes(tmp_path, tiny_model_d
     assert sorted(p.name for p in out.parent.iterdir()) == ["gguf"]  # the killed run's scratch is gone
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["passed"] and not (out / ".export-incomplete").exists()
-    assert [f["path"] for f in manifest["files"]] == ["model-q8_0.gguf"]
+    assert [f["path"] for f in manifest["files"]] == ["model-q8_0.gguf", "prompt.json"]
 
 
 def test_cli(tmp_path, tiny_model_dir):

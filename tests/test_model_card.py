@@ -10,12 +10,13 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from tests.conftest import build_export_model
+from tests.conftest import build_export_model, build_tiny_tokenizer, drop_chat_template
 from toolkit.core.errors import ToolkitError
 from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl, read_jsonl
 from toolkit.core.recipe import Recipe, load_recipe
 from toolkit.core.rundir import RUN_KIND
 from toolkit.core.stats import wilson_of_rate
+from toolkit.data.prompt_rule import PROMPT_FILE, prompt_record
 from toolkit.eval.rounds_report import SAMPLES, compare, write_round_report
 from toolkit.eval.safetar import safe_extract
 from toolkit.export.bundle import write_bundle
@@ -69,8 +70,10 @@ def _run(tmp_path: Path, *overrides: str, deploy: bool = True) -> Path:
                                 results_no_calculator=plain["results"])
     for name, (problems, rationales) in {"base": (0, 0), "round-0": (30, 24), "round-1": (41, 35)}.items():
         rounds[name].update(problems=problems, rationales=rationales)
-    for k in (0, 1):
-        (run / f"round-{k}" / "student").mkdir(parents=True)
+    for k in (0, 1):  # each student folder with the prompt rule it was trained by
+        student = run / f"round-{k}" / "student"
+        student.mkdir(parents=True)
+        atomic_write_json(student / PROMPT_FILE, prompt_record(recipe.distill.strategies, chat=True))
     stages = {"eval/base": dict(rounds["base"], status="done", seconds=75.3)}
     stages |= {f"round-{k}/eval": dict(rounds[f"round-{k}"], status="done", seconds=60.0) for k in (0, 1)}
     manifest = {"kind": RUN_KIND, "recipe_sha256": recipe.digest(), "recipe": recipe.model_dump(mode="json"),
@@ -166,6 +169,31 @@ def test_card_without_deploy_and_of_an_earlier_round(tmp_path):
     assert "the run's final student is round-1" in text
 
 
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "plain"])
+def test_how_to_use_asks_by_the_students_prompt_rule(tmp_path, chat):
+    """The card's transformers snippet, run against the student folder, builds the token ids the eval gives it:
+    the system prompt through the chat template, or the plain format for a student without one (its prompt.json)."""
+    from toolkit.data.prompt_rule import render
+    from toolkit.eval.prompts import build_messages
+
+    run = _run(tmp_path, deploy=False)
+    student = run / "round-1" / "student"
+    tok = build_tiny_tokenizer(student)
+    if not chat:
+        drop_chat_template(student)
+        tok.chat_template = None
+    atomic_write_json(student / PROMPT_FILE, prompt_record(["cot"], chat))
+    code = run_card(run, student).split("```python\n", 1)[1].split("```", 1)[0]
+    assert ("apply_chat_template" in code) == chat
+    # the snippet up to its ids, with the model left out (the folder holds only a tokenizer)
+    snippet = [line.replace('"."', repr(str(student))) for line in code.splitlines()
+               if "AutoModelForCausalLM.from_pretrained" not in line and not line.startswith(("out =", "print("))]
+    scope: dict = {}
+    exec("\n".join(snippet), scope)
+    expected = render(tok, build_messages(scope["question"], "cot"))[0]
+    assert scope["ids"][0].tolist() == tok(expected, add_special_tokens=False)["input_ids"]
+
+
 def test_calculator_both_gives_the_checkpoint_a_second_metric(tmp_path):
     run = _run(tmp_path, "eval.calculator=both", deploy=False)
     text = run_card(run, run / "round-1" / "student")
@@ -204,9 +232,12 @@ def test_write_card_and_bad_student_folder(tmp_path):
     text = run_card(run, student)
     path = write_card(student, text)
     assert path == student / "README.md" and path.read_text() == text
-    assert [p.name for p in student.iterdir()] == ["README.md"]  # no temporary left beside it
+    assert sorted(p.name for p in student.iterdir()) == ["README.md", PROMPT_FILE]  # no temporary left beside it
     with pytest.raises(ToolkitError, match=r"is not a student folder of run .* one of round-0, round-1"):
         run_card(run, tmp_path / "elsewhere")
+    (student / PROMPT_FILE).unlink()
+    with pytest.raises(ToolkitError, match="has no prompt.json"):
+        run_card(run, student)
     (run / "rounds.json").unlink()
     with pytest.raises(ToolkitError, match="has no rounds.json"):
         run_card(run, student)

@@ -87,7 +87,8 @@ def test_forced_tag_renders_as_the_start_of_the_assistant_turn(tiny_model_dir):
     """The forced prompt is the trained prompt plus the tag: the same tokens the student saw in training."""
     from transformers import AutoTokenizer
 
-    from toolkit.eval.prompts import build_messages, render
+    from toolkit.data.prompt_rule import render
+    from toolkit.eval.prompts import build_messages
     from toolkit.training.train import tokenize_example
 
     from toolkit.data.strategies import student_strategies

@@ -7,6 +7,7 @@ import torch
 
 from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import TrainConfig
+from toolkit.data.prompt_rule import prompt_record, read_record
 from toolkit.runtime.loading import load_tokenizer
 from toolkit.training.train import tokenize_example, train
 from toolkit.training.train_job import launch, write_job
@@ -78,6 +79,8 @@ def test_distill_trains_with_two_processes(tmp_path, tiny_model_dir, teacher_ser
     assert stage["processes"] == 2 and stage["steps"] == 3
     assert len((run / "round-0" / "train_log.jsonl").read_text().splitlines()) == 3
     assert (run / "round-0" / "student" / "model.safetensors").is_file()
+    # the job carries the prompt rule's record to the process that saves the student
+    assert read_record(run / "round-0" / "student") == prompt_record(["cot"], chat=True)
     assert "round-0/eval" in json.loads((run / "manifest.json").read_text())["stages"]
 
 

@@ -16,6 +16,7 @@ from toolkit.core.jsonio import atomic_write_json, atomic_write_text
 from toolkit.core.recipe import DeployConfig, DeployFormat, Recipe
 from toolkit.core.stats import wilson_interval
 from toolkit.data.problems import Problem
+from toolkit.data.prompt_rule import read_record
 from toolkit.data.strategies import is_tagged
 from toolkit.eval.accuracy import evaluate
 from toolkit.eval.bench import run_sweep
@@ -169,8 +170,10 @@ class _Export:
         self.model_dir = self.folder / "model"
         self.stage = f"deploy/{fmt.name}"
         e = ctx.recipe.eval
-        # Each digest chains the one before: a redone export redoes its eval and bench.
-        self.settings = {"export": _digest("export", fmt.format, fmt.quant, str(student_dir))}
+        # Each digest chains the one before: a redone export redoes its eval and bench. The student's prompt rule
+        # is in it: an export (and bundle) made before students carried one is made again, with it.
+        prompt = read_record(student_dir)
+        self.settings = {"export": _digest("export", fmt.format, fmt.quant, str(student_dir), prompt)}
         self.settings["eval"] = _digest(self.settings["export"], [p.id for p in problems], e.max_new_tokens,
                                         e.batch_size, bool(e.calculator))
         self.settings["bench"] = _digest(self.settings["export"], bench.model_dump(mode="json"))

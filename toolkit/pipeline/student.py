@@ -5,8 +5,9 @@ from pathlib import Path
 
 from toolkit.runtime.models import resolve_model
 from toolkit.core.recipe import TrainConfig
-from toolkit.core.jsonio import atomic_write_jsonl
+from toolkit.core.jsonio import atomic_write_json, atomic_write_jsonl
 from toolkit.data.problems import Problem
+from toolkit.data.prompt_rule import PROMPT_FILE, prompt_record, read_record, record_for
 from toolkit.data.strategies import is_tagged
 from toolkit.eval.accuracy import evaluate
 from toolkit.pipeline.context import RunContext, progress_bar
@@ -64,6 +65,7 @@ def train_student(ctx: RunContext, folder: str, rows: list[dict]) -> Path:
         # Loaded inside the stage: the load's own peak (a GGUF is dequantized) is this stage's.
         model, tok = ctx.base_student()
         examples = [tokenize_example(tok, r["messages"], r["completion"], ctx.recipe.train.seq_len) for r in rows]
+        prompt = record_for(tok, ctx.recipe.distill.strategies)  # how they were rendered: the student's prompt.json
         cfg = ctx.recipe.train.model_copy(update={"threads": ctx.threads})
         with progress_bar(ctx.console) as bar:
             total = planned_steps(len(pack(examples, cfg.seq_len, ctx.recipe.seed)), cfg)
@@ -74,9 +76,9 @@ def train_student(ctx: RunContext, folder: str, rows: list[dict]) -> Path:
 
             if cfg.processes > 1 or cfg.nodes > 1:  # torchrun workers; this process only waits and reports
                 del model  # each worker loads its own copy; free this one
-                stats = _train_processes(ctx, folder, cfg, examples, out, log)
+                stats = _train_processes(ctx, folder, cfg, examples, out, log, prompt)
             else:
-                stats = train(model, tok, examples, cfg, out, seed=ctx.recipe.seed, log=log)
+                stats = train(model, tok, examples, cfg, out, seed=ctx.recipe.seed, log=log, prompt=prompt)
                 # The base's weights changed in place: drop every reference so the next stage
                 # starts without this model (one model in memory at a time); it is reloaded if needed again.
                 ctx.forget_base_student()
@@ -84,17 +86,25 @@ def train_student(ctx: RunContext, folder: str, rows: list[dict]) -> Path:
         if stats.get("resumed_from_step"):
             ctx.console.print(f"  resumed from step {stats['resumed_from_step']} of {stats['steps']}")
         atomic_write_jsonl(ctx.run.root / folder / "train_log.jsonl", stats.pop("curve"))
-        info.update(stats)
+        info.update(stats, prompt_format=prompt["format"])
+
+    def trained() -> Path:
+        # A student trained before students carried their prompt rule was trained on its chat template (training
+        # needed one then): its record is written now, so that its exports and bundles ask it that way too.
+        if read_record(out) is None:
+            atomic_write_json(out / PROMPT_FILE, prompt_record(ctx.recipe.distill.strategies, chat=True))
+        return out
 
     return ctx.cached_stage(f"{folder}/train", f"train: fine-tune the student on {len(rows)} rationales",
-                            compute, lambda: out)
+                            compute, trained)
 
 
-def _train_processes(ctx: RunContext, folder: str, cfg: TrainConfig, examples: list, out: Path, log) -> dict:
+def _train_processes(ctx: RunContext, folder: str, cfg: TrainConfig, examples: list, out: Path, log,
+                     prompt: dict) -> dict:
     """Training under torchrun: this process writes the job, launches the workers and reports their steps."""
     rdir = ctx.run.root / folder
     job = write_job(rdir / "train-job.json", student=ctx.recipe.student.model, base_dir=str(ctx.recipe.base_dir),
-                    examples=examples, cfg=cfg, out=out, seed=ctx.recipe.seed)
+                    examples=examples, cfg=cfg, out=out, seed=ctx.recipe.seed, prompt=prompt)
     ctx.forget_base_student()  # each worker loads its own copy; free this one
     if cfg.nodes > 1:
         others = " ".join(launch_cmd(job.path, cfg, node_rank=1)).replace("--node-rank 1", "--node-rank R")

@@ -19,6 +19,7 @@ from toolkit.core import untrusted_json
 from toolkit.core.errors import ToolkitError
 from toolkit.core.memory import pin_mmap_threshold, release_memory, unpin_mmap_threshold
 from toolkit.core.recipe import TrainConfig
+from toolkit.data.prompt_rule import PROMPT_FILE, training_texts
 from toolkit.training import dist
 
 IGNORE = -100  # label value torch's cross-entropy skips: prompt tokens carry no loss
@@ -33,25 +34,39 @@ class Example:
 
 
 def tokenize_example(tokenizer, messages: list[dict], completion: str, max_len: int) -> Example:
-    """Chat-format `messages` + the assistant's `completion`; labels mask everything but the completion.
+    """`messages` + the assistant's `completion` as the prompt rule renders them (toolkit.data.prompt_rule: the
+    chat template, or the plain format for a tokenizer without one); labels mask everything but the completion.
 
-    The prompt is rendered with the generation prompt, exactly as at inference, and the completion
-    is followed by the template's end-of-turn token so the student learns to stop.
+    The prompt is rendered with the generation prompt, exactly as at inference, and the completion is followed by
+    the end of its turn so the student learns to stop. The labels start where the prompt's text ends: where the
+    prompt's own token ids are a prefix of the example's, after them; where a merge across the boundary makes
+    them differ, at the first token that starts at or after that character (fast tokenizers' offsets), so that
+    no prompt text is labelled and no completion token is skipped.
     """
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(
-        messages + [{"role": "assistant", "content": completion}], tokenize=False)
-    if not full.startswith(prompt):  # templates that rewrite earlier turns: fall back to appending
-        full = prompt + completion + (tokenizer.eos_token or "")
+    prompt, full = training_texts(tokenizer, messages, completion)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    n_prompt = len(prompt_ids)
+    if ids[:n_prompt] != prompt_ids:
+        n_prompt = _first_token_at(tokenizer, full, len(prompt))
     # Drop trailing whitespace/newline tokens after the end-of-turn token: they carry no signal.
     eos = tokenizer.eos_token_id
-    if eos in ids[len(prompt_ids):]:
+    if eos in ids[n_prompt:]:
         ids = ids[: len(ids) - ids[::-1].index(eos)]
     ids = ids[:max_len]
-    labels = [IGNORE] * min(len(prompt_ids), len(ids)) + ids[len(prompt_ids):]
+    labels = [IGNORE] * min(n_prompt, len(ids)) + ids[n_prompt:]
     return Example(ids, labels)
+
+
+def _first_token_at(tokenizer, text: str, char: int) -> int:
+    """The index of the first token of `text` that starts at or after character `char` (a token that straddles
+    it holds prompt text, so it is not the completion's)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ToolkitError(f"the tokenizer {type(tokenizer).__name__} merges the prompt's last characters with the "
+                           f"answer's first, and only a fast tokenizer says where each token starts: load its fast "
+                           f"version (tokenizer.json)")
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return next((i for i, (start, _) in enumerate(offsets) if start >= char), len(offsets))
 
 
 def pack(examples: list[Example], seq_len: int, seed: int) -> list[list[Example]]:
@@ -273,8 +288,10 @@ def train(model, *args, pin_heap: bool = True, **kwargs) -> dict:
 def _train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
            log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None,
            answer_only: bool = True, pin_heap: bool = True, fused_optimizer: bool = True,
-           loss_chunk: int | None = LOSS_CHUNK_TOKENS, embedding_grad: bool = True) -> dict:
-    """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`.
+           loss_chunk: int | None = LOSS_CHUNK_TOKENS, embedding_grad: bool = True,
+           prompt: dict | None = None) -> dict:
+    """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`, with `prompt` (the
+    prompt rule's record of how the examples were rendered, toolkit.data.prompt_rule) as its prompt.json.
 
     The folder appears only when complete (written beside it, then renamed). Every
     `cfg.checkpoint_every` optimizer steps the whole training state is saved in `checkpoint_dir`
@@ -389,7 +406,7 @@ def _train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir:
         model = model.merge_and_unload()  # a plain HF folder that every exporter and runtime loads
     model.eval()
     if rank == 0:
-        _save(model, tokenizer, out_dir, {"steps": steps, "bins": len(bins), "examples": len(examples)})
+        _save(model, tokenizer, out_dir, {"steps": steps, "bins": len(bins), "examples": len(examples)}, prompt)
         ckpt.remove()  # the finished folder supersedes it
     dist.barrier()
     stats = {"steps": steps, "examples": len(examples), "packed_sequences": len(bins), "tokens": tokens,
@@ -512,11 +529,13 @@ class BatchOrder:
         self.at = state["at"]
 
 
-def _save(model, tokenizer, out_dir: Path, info: dict) -> None:
+def _save(model, tokenizer, out_dir: Path, info: dict, prompt: dict | None) -> None:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    if prompt is not None:  # inside the folder before it appears: a student is never without its prompt rule
+        (tmp / PROMPT_FILE).write_text(json.dumps(prompt, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)

@@ -43,15 +43,16 @@ class TrainJob:
 
 
 def write_job(path: Path, *, student: str, base_dir: str | None, examples: list[Example], cfg: TrainConfig,
-              out: Path, seed: int) -> TrainJob:
+              out: Path, seed: int, prompt: dict | None = None) -> TrainJob:
     """The job file, and the launching process's tokenized examples beside it (`train-examples.jsonl`):
-    everything a process needs for the same training run, without tokenizing again."""
+    everything a process needs for the same training run, without tokenizing again; `prompt`: the prompt rule's
+    record the examples were rendered by, saved with the student (train.train)."""
     examples_path = path.with_name("train-examples.jsonl")
     atomic_write_jsonl(examples_path, ({"input_ids": e.input_ids, "labels": e.labels} for e in examples))
     job = TrainJob(path, cfg, path.with_name("train-result.json"), path.with_name("train-progress.jsonl"))
     atomic_write_json(path, {"student": student, "base_dir": base_dir, "examples": str(examples_path),
                              "train": cfg.model_dump(mode="json"), "out": str(out), "seed": seed,
-                             "result": str(job.result), "progress": str(job.progress)})
+                             "result": str(job.result), "progress": str(job.progress), "prompt": prompt})
     return job
 
 
@@ -75,7 +76,7 @@ def run_job(job_path: Path) -> dict:
             with open(progress, "a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    stats = train(model, tok, examples, cfg, Path(job["out"]), seed=job["seed"], log=log)
+    stats = train(model, tok, examples, cfg, Path(job["out"]), seed=job["seed"], log=log, prompt=job["prompt"])
     if rank == 0:
         atomic_write_json(Path(job["result"]), stats)
     return stats
