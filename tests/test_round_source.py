@@ -55,7 +55,7 @@ def test_auto_spends_rounds_on_unused_originals_then_writes_questions(tmp_path, 
     with FaultTeacher(tmp_path / "server.jsonl") as srv:
         recipe = _recipe(tmp_path, srv.base_url, tiny_model_dir)
         args = [f"data.root={DATA}", "distill.rounds=4", "distill.round_source=auto", "distill.originals_per_round=3",
-                "distill.label_solves=2", "distill.vote_min=1", "eval.base=false"]
+                "distill.originals_pick=wrong_first", "distill.label_solves=2", "distill.vote_min=1", "eval.base=false"]
         r = toolkit("distill", str(recipe), *args, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         answered = sum(srv.answered().values())
@@ -98,4 +98,22 @@ def test_dry_run_says_when_a_generated_round_leaves_originals_unused(tmp_path, t
     r = toolkit("distill", str(recipe), f"data.root={DATA}", "distill.rounds=2", "distill.round_source=auto",
                 "--dry-run", cwd=tmp_path)
     assert r.returncode == 0 and "NOTE" not in r.stdout
+    assert "of the 4 unused original problems, in seeded order" in _flat(r.stdout)
+    r = toolkit("distill", str(recipe), f"data.root={DATA}", "distill.rounds=2", "distill.round_source=auto",
+                "distill.originals_pick=wrong_first", "--dry-run", cwd=tmp_path)
     assert "of the 4 unused original problems, those the student gets wrong first" in _flat(r.stdout)
+
+
+def test_seeded_pick_takes_the_next_unused_originals_without_asking_the_student(tmp_path, tiny_model_dir):
+    with FaultTeacher(tmp_path / "server.jsonl") as srv:
+        recipe = _recipe(tmp_path, srv.base_url, tiny_model_dir)
+        r = toolkit("distill", str(recipe), f"data.root={DATA}", "distill.rounds=2", "distill.round_source=originals",
+                    "distill.originals_per_round=3", "eval.base=false", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "tiny"
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    assert "round-1/select" not in stages and stages["round-1/rationales"]["requested"] == 6
+    # the same 3 a train_size larger by 3 would take: the first of the unused originals in seeded order
+    want = {p.id for p in unused_originals(load_recipe(recipe))[:3]}
+    assert {r["problem_id"] for r in _rows(run / "round-1" / "new_train.jsonl")} <= want
+    assert "the next 3 unused original problems in seeded order" in r.stdout

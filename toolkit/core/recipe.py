@@ -314,11 +314,16 @@ class DistillConfig(_Section):
     round_source: Literal["generated", "originals", "auto"] = Field("generated", description=(
         "where a round after round 0 finds its new training problems. `generated`: FDD's teacher-written questions "
         "(harder / similar, above). `originals`: unused original problems of the training source (gold answers "
-        "known): the previous student answers the next 4 per problem to take, in seeded order (student compute "
-        "only), and the round takes those it got wrong first, then those it got right (feedback-driven "
-        "selection); their teacher paths are kept when they reach the gold answer, as in round 0. `auto`: `originals` while unused originals remain, `generated` "
-        "once they have run out (bench/results/fdd-cpu-powered: while originals remain, a generated round is the "
-        "worse use of a teacher request)"))
+        "known), picked as originals_pick says; their teacher paths are kept when they reach the gold answer, as in "
+        "round 0. `auto`: `originals` while unused originals remain, `generated` once they have run out "
+        "(bench/results/fdd-cpu-powered: while originals remain, a generated round is the worse use of a teacher "
+        "request)"))
+    originals_pick: Literal["seeded", "wrong_first"] = Field("seeded", description=(
+        "with round_source originals / auto, which unused originals a round takes. `seeded`: the next ones in the "
+        "data seed's order (what a larger train_size would take). `wrong_first`: feedback-driven selection: the "
+        "previous student answers the next 4 per problem to take (student compute only) and the round takes those "
+        "it got wrong first, then those it got right. bench/results/fdd-selected measured wrong_first at -3.2 "
+        "points (-7.2 to +0.8, p 0.15) against seeded at the same teacher budget, so seeded is the default"))
     originals_per_round: int | None = Field(None, ge=1, description=(
         "with round_source originals / auto, how many unused original problems a round adds; absent: "
         "new_per_problem per training problem, the count a generated round would ask for"))
@@ -586,7 +591,8 @@ class DeployConfig(_Section):
 LATE_FIELDS: tuple[tuple[str, str], ...] = (("eval", "backend"), ("train", "micro_batch_size"),
                                             ("train", "precision"), ("distill", "label_check"),
                                             ("eval", "base"), ("distill", "question_check"),
-                                            ("distill", "round_source"), ("distill", "originals_per_round"))
+                                            ("distill", "round_source"), ("distill", "originals_per_round"),
+                                            ("distill", "originals_pick"))
 
 
 class Recipe(_Section):

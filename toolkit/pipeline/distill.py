@@ -254,8 +254,9 @@ def _describe_rounds(dc, unused: int) -> str:
                    f"≥ {dc.vote_fraction:.0%})"
                  + (" and the PoT program gives the same answer" if dc.label_check == "pot" else "")
                  + (" and the writer's program gives the same answer" if dc.question_check == "program" else ""))
+    order = "those the student gets wrong first" if dc.originals_pick == "wrong_first" else "in seeded order"
     originals = (f"{dc.originals_per_round or f'{dc.new_per_problem} per training problem'} of the {unused} unused "
-                 f"original problems, those the student gets wrong first, {dc.paths_per_problem} teacher paths each")
+                 f"original problems, {order}, {dc.paths_per_problem} teacher paths each")
     if dc.round_source == "originals":
         return f": each later round takes {originals}"
     if dc.round_source == "auto":

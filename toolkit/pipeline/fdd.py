@@ -83,9 +83,14 @@ def wrong_first(candidates: list[Problem], wrong: set[str], count: int) -> list[
 
 
 def pick_originals(ctx: RunContext, k: int, unused: list[Problem], student_dir: Path, count: int) -> list[Problem]:
-    """Feedback-driven selection: the round k-1 student answers the next CANDIDATES_PER_PICK x `count` unused
-    original problems (seeded order); the round takes `count` of them, those it got wrong first (DART-Math's
-    "hard problems get the budget"), then those it got right, each group in seeded order."""
+    """`count` unused original problems for round k. `seeded` (distill.originals_pick): the next ones in seeded
+    order. `wrong_first`, feedback-driven selection: the round k-1 student answers the next CANDIDATES_PER_PICK x
+    `count` (seeded order) and the round takes those it got wrong first (DART-Math's "hard problems get the
+    budget"), then those it got right, each group in seeded order."""
+    if ctx.recipe.distill.originals_pick == "seeded":
+        picked = unused[:count]
+        ctx.console.print(f"round {k}: the next {len(picked)} unused original problems in seeded order")
+        return picked
     candidates = unused[:CANDIDATES_PER_PICK * count]
     if not candidates:
         return []
