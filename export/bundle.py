@@ -11,6 +11,16 @@ from toolkit.data.prompt_rule import PROMPT_FILE
 from toolkit.core.errors import ExportError
 from toolkit.export.manifest import MANIFEST, PARTIAL, sha256
 
+# Both runners: the plain format of a model without a chat template (toolkit.data.prompt_rule renders the same
+# text), and --print-prompt. Inserted into each runner's source; it holds no braces, which .format() would read.
+_PLAIN_PROMPT = '''else:
+    prompt = rule["plain_template"].format(system=rule["system"], question=args.question.strip())
+    prompt += rule["plain_answer_prefix"] + args.prefix if args.prefix else ""
+    stop = rule["plain_stop"]
+if args.print_prompt:
+    sys.stdout.write(prompt)
+    sys.exit(0)'''
+
 # Runners import only the runtime: llama_cpp (GGUF) or onnxruntime_genai (genai folder), never toolkit,
 # and the calculator module, which the bundle carries as a copy of toolkit/data/calculator.py.
 _GGUF_RUNNER = '''#!/usr/bin/env python3
@@ -56,13 +66,7 @@ if rule["format"] == "chat":
     prompt = Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=eos,
                                  bos_token=bos)(messages=messages).prompt + args.prefix
     stop = [eos] if eos else []
-else:
-    prompt = rule["plain_template"].format(system=rule["system"], question=args.question.strip())
-    prompt += rule["plain_answer_prefix"] + args.prefix if args.prefix else ""
-    stop = rule["plain_stop"]
-if args.print_prompt:
-    sys.stdout.write(prompt)
-    sys.exit(0)
+{plain_prompt}
 ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
 seq = calc.Sequence(lambda t: llm.detokenize(t).decode(errors="replace"),
                     lambda text: llm.tokenize(text.encode(), add_bos=False, special=False), args.prefix)
@@ -109,17 +113,11 @@ model = og.Model(str(here))
 tok = og.Tokenizer(model)
 # The prompt rule of prompt.json: the system text and the question through the model's chat template with the
 # generation prompt, or for a model without a template the plain format (its stop strings cut the answer).
-stops = []
 if rule["format"] == "chat":
     messages = [{{"role": "system", "content": rule["system"]}}, {{"role": "user", "content": args.question}}]
     prompt = tok.apply_chat_template(json.dumps(messages), add_generation_prompt=True) + args.prefix
-else:
-    prompt = rule["plain_template"].format(system=rule["system"], question=args.question.strip())
-    prompt += rule["plain_answer_prefix"] + args.prefix if args.prefix else ""
-    stops = rule["plain_stop"]
-if args.print_prompt:
-    sys.stdout.write(prompt)
-    sys.exit(0)
+    stop = []
+{plain_prompt}
 ids = tok.encode(prompt)
 params = og.GeneratorParams(model)
 params.set_search_options(max_length=len(ids) + args.max_tokens, do_sample=False)
@@ -140,8 +138,8 @@ while not gen.is_done():
         seq.push(int(gen.get_next_tokens()[0]))
 # a result the --max-tokens limit cut off is written whole (a cut "13969" would read as the answer)
 text = tok.decode(gen.get_sequence(0)[len(ids):]) + (seq.unwritten() if seq is not None else "")
-for stop in stops:
-    text = text.split(stop)[0]
+for end in stop:
+    text = text.split(end)[0]
 print(text)
 if seq is not None:
     print(f"calculator: {{seq.forced}} result(s) written, {{seq.changed}} differed from the model's", file=sys.stderr)
@@ -212,9 +210,9 @@ def write_bundle(out: Path, fmt: str, quant: str, name: str, card: str | None = 
     if fmt == "gguf":
         model = next(p.name for p in files if p.suffix == ".gguf")
         files = [p for p in files if p.suffix == ".gguf" or p.name in (MANIFEST, PROMPT_FILE)]
-        runner, what = _GGUF_RUNNER.format(model=model), "A GGUF model for llama.cpp"
+        runner, what = _GGUF_RUNNER.format(model=model, plain_prompt=_PLAIN_PROMPT), "A GGUF model for llama.cpp"
     else:
-        runner, what = _GENAI_RUNNER.format(), "An ONNX model for onnxruntime-genai"
+        runner, what = _GENAI_RUNNER.format(plain_prompt=_PLAIN_PROMPT), "An ONNX model for onnxruntime-genai"
     folder = bundle_name(name, fmt, quant).removesuffix(".tar.gz")
     rows = "\n".join(f"| {d} | {i} | {r} |" for d, i, r in _ROWS[fmt])
     readme = _README.format(name=folder, what=what, fmt=fmt, quant=quant, rows=rows)
