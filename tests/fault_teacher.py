@@ -46,6 +46,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from toolkit.core.lifetime import ends_with_this_process
+
 FAULTS = ("rate_limit", "server_error", "hang", "disconnect", "malformed", "empty")
 _NAMES = ("Tom", "Lena", "Omar", "Mia", "Ravi", "Zoe", "Ken", "Ada")
 _ITEMS = ("apples", "pencils", "stickers", "marbles", "cards", "shells", "stamps", "coins")
@@ -316,8 +318,10 @@ class FaultTeacher:
 
     def __enter__(self) -> FaultTeacher:
         root = Path(__file__).resolve().parents[1]
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fault_teacher", *self.args], cwd=root,
-                                     stdout=subprocess.PIPE, text=True, start_new_session=True)
+        # Bound to this process like the toolkit's own servers: a killed pytest, which never runs __exit__, left
+        # one serving on 127.0.0.1 under init.
+        cmd = ends_with_this_process([sys.executable, "-m", "tests.fault_teacher", *self.args], signal.SIGKILL)
+        self.proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True, start_new_session=True)
         line = self.proc.stdout.readline()
         if not line.startswith("PORT "):
             self.proc.kill()

@@ -92,6 +92,20 @@ def test_a_child_that_ignores_sigterm_is_bound_by_sigkill():
     assert len(survivors) == 1  # the SIGTERM-bound one: the control that shows the child really ignores it
 
 
+def test_the_fault_teacher_ends_with_a_killed_test_process(tmp_path):
+    parent = _parent(f"""
+        from tests.fault_teacher import FaultTeacher
+        srv = FaultTeacher({str(tmp_path / "server.jsonl")!r}).__enter__()
+        print(srv.proc.pid)
+    """)
+    child = _kill_parent_and_get_child(parent)
+    try:
+        assert _gone_within(child, 10), "the fault teacher outlived the test process that started it"
+    finally:
+        if _alive(child):
+            os.killpg(child, signal.SIGKILL)
+
+
 def test_an_unbound_child_outlives_its_parent():
     """The control: without the launcher the same child is orphaned, so the test above can fail."""
     parent = _parent("""
