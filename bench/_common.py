@@ -13,8 +13,9 @@ import torch
 def machine(threads: int) -> dict:
     """What every result row carries, so figures from different machines are never mixed up."""
     from toolkit import __version__
+    from toolkit.eval.machine import cpu_features, cpu_model
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
+    return {"cpu": cpu_model(), "cpu_features": cpu_features(), "cores": os.cpu_count(), "threads": threads,
             "python": platform.python_version(), "torch": torch.__version__, "toolkit": __version__,
             "load_avg_1m": round(os.getloadavg()[0], 2)}
 
