@@ -92,18 +92,21 @@ def test_a_child_that_ignores_sigterm_is_bound_by_sigkill():
     assert len(survivors) == 1  # the SIGTERM-bound one: the control that shows the child really ignores it
 
 
-def test_the_fault_teacher_ends_with_a_killed_test_process(tmp_path):
-    parent = _parent(f"""
-        from tests.fault_teacher import FaultTeacher
-        srv = FaultTeacher({str(tmp_path / "server.jsonl")!r}).__enter__()
-        print(srv.proc.pid)
-    """)
-    child = _kill_parent_and_get_child(parent)
+def _server_ends_with_its_parent(start: str, seconds: float, what: str) -> None:
+    """`start` (code that sets `srv`, whose `proc` is the server) runs in a parent that is then SIGKILLed: the
+    server must be gone within `seconds`."""
+    child = _kill_parent_and_get_child(_parent(start + "\nprint(srv.proc.pid)\n"))
     try:
-        assert _gone_within(child, 10), "the fault teacher outlived the test process that started it"
+        assert _gone_within(child, seconds), f"{what} outlived the process that started it"
     finally:
         if _alive(child):
             os.killpg(child, signal.SIGKILL)
+
+
+def test_the_fault_teacher_ends_with_a_killed_test_process(tmp_path):
+    _server_ends_with_its_parent(f"from tests.fault_teacher import FaultTeacher\n"
+                                 f"srv = FaultTeacher({str(tmp_path / 'server.jsonl')!r}).__enter__()",
+                                 10, "the fault teacher")
 
 
 def test_an_unbound_child_outlives_its_parent():
@@ -131,14 +134,6 @@ def test_only_the_main_thread_binds():
 
 
 def test_a_teacher_server_ends_when_the_distill_process_is_killed(smollm2_gguf, tmp_path):
-    parent = _parent(f"""
-        from toolkit.runtime.llama_server import LlamaServer
-        srv = LlamaServer({str(smollm2_gguf)!r}, {str(tmp_path / "server.log")!r}, n_ctx=512, threads=1).start()
-        print(srv.proc.pid)
-    """)
-    child = _kill_parent_and_get_child(parent)
-    try:
-        assert _gone_within(child, 20), "the llama.cpp server outlived the process that started it"
-    finally:
-        if _alive(child):
-            os.killpg(child, signal.SIGKILL)
+    _server_ends_with_its_parent(f"from toolkit.runtime.llama_server import LlamaServer\n"
+                                 f"srv = LlamaServer({str(smollm2_gguf)!r}, {str(tmp_path / 'server.log')!r}, "
+                                 f"n_ctx=512, threads=1).start()", 20, "the llama.cpp server")
