@@ -3,8 +3,9 @@
 An arm is one evaluated model: its per-sample file (a run's round-K/eval/samples_heldout.jsonl, or a committed
 .jsonl.gz) and the manifest of the run that made it, read up to that model's round for the teacher requests and
 completion tokens it cost (sent or answered from the cache) and the training problems and rows it learned from.
-Every arm is paired with the reference arm (round 0) and with the control arm (the equal-budget rival): difference
-in strict match with its 95% bootstrap interval and the exact McNemar p. Writes into --out: rounds.md (the tables), comparison.json, and
+Every arm is paired with the reference arm (round 0) and with the control arm (the equal-budget rival), and --pair
+adds any other pairing (an arm against the rival given its own budget): difference in strict match with its 95%
+bootstrap interval and the exact McNemar p. Writes into --out: rounds.md (the tables), comparison.json, and
 samples/<arm>.jsonl.gz for every arm, so that any pairing can be recomputed.
 
     python bench/seed_limited.py --out bench/results/fdd-seed-limited \\
@@ -73,13 +74,16 @@ def main() -> None:
     ap.add_argument("--arm", action="append", required=True, help="LABEL=SAMPLES,MANIFEST,MODEL")
     ap.add_argument("--reference", required=True, help="the arm every other is paired against first (round 0)")
     ap.add_argument("--control", required=True, help="the equal-budget rival every feedback arm is paired against")
+    ap.add_argument("--pair", action="append", default=[], metavar="ARM=AGAINST",
+                    help="one more pairing, e.g. an arm against the rival given its own budget")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     arms = {}
     for item in args.arm:
         label, _, spec = item.partition("=")
         arms[label] = load_arm(label, spec)
-    for name in (args.reference, args.control):
+    extra = [tuple(p.split("=", 1)) for p in args.pair]
+    for name in (args.reference, args.control, *(n for pair in extra for n in pair)):
         if name not in arms:
             sys.exit(f"no arm named {name!r}")
     (args.out / "samples").mkdir(parents=True, exist_ok=True)
@@ -93,6 +97,9 @@ def main() -> None:
         for against in (args.reference, args.control):
             # base is the floor, not an arm: its own pairing with round 0 is in the run's rounds.md
             if label != "base" and against != label and not (label == args.reference and against == args.control):
+                paired.append(compare(label, arm["scores"], against, arms[against]["scores"]) | {"model": label})
+        for arm_label, against in extra:
+            if arm_label == label:
                 paired.append(compare(label, arm["scores"], against, arms[against]["scores"]) | {"model": label})
         with gzip.GzipFile(args.out / "samples" / f"{_slug(label)}.jsonl.gz", "wb", mtime=0) as f:
             f.write("".join(json.dumps(r) + "\n" for r in arm["raw"]).encode())
