@@ -7,6 +7,7 @@ from pathlib import Path
 from toolkit.core.errors import ModelError
 from toolkit.core.integrity import check_gguf, check_hf_folder
 from toolkit.runtime.models import ModelRef
+from toolkit.runtime.spm_tokenizer import needs_rebuild, read_tokenizer_meta, spm_bpe_tokenizer
 
 
 def _source(ref: ModelRef) -> tuple[str, dict]:
@@ -21,6 +22,8 @@ def load_tokenizer(ref: ModelRef):
     # heavy optional runtime, imported on first use
     from transformers import AutoTokenizer
 
+    if ref.kind == "gguf" and needs_rebuild(ref.path):
+        return spm_bpe_tokenizer(read_tokenizer_meta(ref.path))
     src, kw = _source(ref)
     try:
         tok = AutoTokenizer.from_pretrained(src, **kw)
