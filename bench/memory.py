@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from _common import emit, machine
+from old_paths import old_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -134,10 +135,10 @@ def one(variant: str, args) -> dict:
         cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch, seq_len=args.seq_len, lr=1e-4,
                           threads=args.threads, checkpoint_every=0, gradient_checkpointing=checkpointing,
                           micro_batch_size=v["micro"] or args.batch, precision=v["precision"])
-        with stage("train"), grouped_sdpa(model, v["gqa"]):
-            stats = train(model, tok, examples, cfg, Path(tmp) / "student", seed=args.seed,
-                          answer_only=answer_only, pin_heap=release, fused_optimizer=v["fused"],
-                          loss_chunk=v["chunk"], embedding_grad=v["embed"])
+        with stage("train"), grouped_sdpa(model, v["gqa"]), old_paths(answer=answer_only, release=release,
+                                                                      fused=v["fused"], chunk=v["chunk"],
+                                                                      embed=v["embed"]):
+            stats = train(model, tok, examples, cfg, Path(tmp) / "student", seed=args.seed)
         stages["train"].update(tokens_per_s=stats["tokens_per_s"], tokens=stats["tokens"],
                                final_loss=stats["final_loss"], first_loss=stats["first_loss"])
         if release:

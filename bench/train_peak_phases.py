@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from _common import emit, machine
+from old_paths import old_paths
 
 
 class PhaseSampler:
@@ -49,7 +50,7 @@ def main() -> None:
     ap.add_argument("recipe", type=Path)
     ap.add_argument("--output-dir", type=Path, required=True, help="a fresh folder for the run")
     ap.add_argument("--autograd-embedding", action="store_true",
-                    help="leave a tied embedding's gradient to autograd (train(embedding_grad=False))")
+                    help="leave a tied embedding's gradient to autograd (bench/old_paths.py)")
     ap.add_argument("--top", type=int, default=8, help="phases to report, highest RSS first")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -81,9 +82,8 @@ def main() -> None:
             layer.register_forward_pre_hook(functools.partial(_mark_layer, sampler, i))
         start = rss_bytes()
         sampler.phase = "train setup"
-        if args.autograd_embedding:
-            k["embedding_grad"] = False
-        real_train(model, *a, **k)
+        with old_paths(embed=not args.autograd_embedding):
+            real_train(model, *a, **k)
         hwm = hwm_bytes()
         top = sorted(sampler.peaks.items(), key=lambda kv: -kv[1])[: args.top]
         emit({"command": command, "recipe": str(args.recipe),

@@ -9,7 +9,8 @@ import torch
 
 from tests.conftest import DATA, toolkit, write_tiny_recipe
 from toolkit.core.recipe import TrainConfig
-from toolkit.training.train import IGNORE, batch_loss, collate, tokenize_example, train
+import toolkit.training.train as train_module
+from toolkit.training.train import IGNORE, _shifted_loss, batch_loss, collate, tokenize_example, train
 
 QA = [("Tom has 3 apples and buys 5 more. How many apples does he have?", "3 + 5 = 8. The answer is 8."),
       ("Divide 28 pencils by 4 boxes.", "28 / 4 = 7. The answer is 7."),
@@ -79,10 +80,15 @@ def test_answer_only_loss_equals_the_full_loss_and_gradients(arch, tiny_model_di
     rows = []
     hook = head.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape))
 
+    def full_logits_loss():  # the reference: the model's own forward, logits at every position
+        logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
+                       use_cache=False).logits
+        return _shifted_loss(logits, t["labels"])
+
     def loss_and_grads(answer_only: bool):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(0)  # GPT-2 has dropout: the same masks in both passes
-        loss = batch_loss(model, t, answer_only)
+        loss = batch_loss(model, t) if answer_only else full_logits_loss()
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -99,7 +105,7 @@ def test_answer_only_loss_equals_the_full_loss_and_gradients(arch, tiny_model_di
         torch.testing.assert_close(part_grads[name], full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_chunked_head_loss_equals_one_pass_and_recomputes_each_chunk(tiny_model_dir):
+def test_chunked_head_loss_equals_one_pass_and_recomputes_each_chunk(tiny_model_dir, monkeypatch):
     """The LM head and its cross-entropy a few answer tokens at a time: same loss and gradients as one pass,
     and no chunk's logits kept for the backward pass (the head runs again on each chunk there)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,12 +122,13 @@ def test_chunked_head_loss_equals_one_pass_and_recomputes_each_chunk(tiny_model_
     def loss_and_grads(loss_chunk):
         model.zero_grad(set_to_none=True)
         rows.clear()
-        loss = batch_loss(model, t, True, loss_chunk)
+        monkeypatch.setattr(train_module, "LOSS_CHUNK_TOKENS", loss_chunk)
+        loss = batch_loss(model, t)
         forward_rows = list(rows)
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, forward_rows, rows[len(forward_rows):]
 
-    whole, whole_grads, whole_fwd, whole_bwd = loss_and_grads(None)
+    whole, whole_grads, whole_fwd, whole_bwd = loss_and_grads(answer_tokens)  # all in one pass
     part, part_grads, part_fwd, part_bwd = loss_and_grads(chunk)
     assert whole_fwd == [answer_tokens] and whole_bwd == []
     assert max(part_fwd) <= chunk and sum(part_fwd) == answer_tokens
@@ -217,14 +224,13 @@ def test_adamw_is_fused(tiny_model_dir, tmp_path, monkeypatch):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(torch.optim, "AdamW", Spy)
-    for fused in (True, False):
-        model, tok, examples = _tiny(tiny_model_dir)
-        cfg = TrainConfig(max_steps=1, batch_size=2, seq_len=64, threads=1, checkpoint_every=0)
-        train(model, tok, examples, cfg, tmp_path / f"fused-{fused}", seed=0, fused_optimizer=fused)
-    assert made == [True, False]
+    model, tok, examples = _tiny(tiny_model_dir)
+    cfg = TrainConfig(max_steps=1, batch_size=2, seq_len=64, threads=1, checkpoint_every=0)
+    train(model, tok, examples, cfg, tmp_path / "fused", seed=0)
+    assert made == [True]
 
 
-def test_tied_embedding_gradient_is_added_in_place_and_trains_the_same_weights(tiny_model_dir, tmp_path):
+def test_tied_embedding_gradient_is_added_in_place_and_trains_the_same_weights(tiny_model_dir, tmp_path, monkeypatch):
     """The tiny llama ties its embedding to the LM head: the lookup runs outside autograd (so autograd never
     makes the embedding's dense gradient, 113 MB for SmolLM2) and its gradient is added to the head's in
     place; losses and saved weights equal autograd's path to float rounding."""
@@ -236,7 +242,10 @@ def test_tied_embedding_gradient_is_added_in_place_and_trains_the_same_weights(t
         grad_mode = []
         model.get_input_embeddings().register_forward_hook(lambda m, a, o: grad_mode.append(torch.is_grad_enabled()))
         cfg = TrainConfig(max_steps=3, batch_size=2, seq_len=64, threads=1, checkpoint_every=0)
-        stats = train(model, tok, examples, cfg, tmp_path / f"in-place-{in_place}", seed=0, embedding_grad=in_place)
+        with monkeypatch.context() as patch:
+            if not in_place:  # the reference: autograd makes the embedding's gradient
+                patch.setattr(train_module.EmbeddingGrad, "of", classmethod(lambda cls, model: None))
+            stats = train(model, tok, examples, cfg, tmp_path / f"in-place-{in_place}", seed=0)
         assert grad_mode and set(grad_mode) == {not in_place}
         curves[in_place] = [r["loss"] for r in stats["curve"]]
         weights[in_place] = AutoModelForCausalLM.from_pretrained(tmp_path / f"in-place-{in_place}").state_dict()

@@ -73,10 +73,11 @@ def test_the_header_gate_reads_the_two_keys_and_takes_damaged_headers_as_no(tmp_
         return needs_rebuild(path)
 
     tokens = _string(b"tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 2) + _string(b"a") + _string(b"b")
-    assert gate(_header(_kv_string(b"general.architecture", b"gemma3"), tokens,
-                        _kv_string(b"tokenizer.ggml.model", b"llama")))
-    assert not gate(_header(_kv_string(b"general.architecture", b"gemma3"), _kv_string(b"tokenizer.ggml.model", b"gpt2")))
-    assert not gate(_header(_kv_string(b"general.architecture", b"llama"), _kv_string(b"tokenizer.ggml.model", b"llama")))
+    def arch_and_model(arch: bytes, model: bytes, *between: bytes) -> bytes:
+        return _header(_kv_string(b"general.architecture", arch), *between, _kv_string(b"tokenizer.ggml.model", model))
+
+    assert gate(arch_and_model(b"gemma3", b"llama", tokens)) and gate(arch_and_model(b"gemma2", b"llama"))
+    assert not gate(arch_and_model(b"gemma3", b"gpt2")) and not gate(arch_and_model(b"llama", b"llama"))
     hostile = [
         _header(struct.pack("<Q", 1 << 62) + b"x"),  # a key claiming 4 EiB
         _header(_string(b"k") + struct.pack("<IIQ", 9, 8, 1 << 40)),  # a string array of 2**40 items

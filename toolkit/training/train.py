@@ -169,16 +169,16 @@ def _head_loss(head, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return torch.nn.functional.cross_entropy(head(hidden).float(), target, reduction="sum")
 
 
-def _chunked_head_loss(head, hidden: torch.Tensor, target: torch.Tensor, chunk: int | None) -> torch.Tensor:
+def _chunked_head_loss(head, hidden: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
     """Sum of cross-entropies of `head(hidden)` against `target`, `chunk` tokens at a time.
 
     Each chunk's logits are recomputed in the backward pass instead of kept (activation checkpointing
     of the head): in one pass, the logits, their log-softmax and its gradient for every answer token of
     a batch are held at once (SmolLM2, 1,000 answer tokens: 49,152 x 4 bytes each = 0.2 GB per tensor).
     Chunks of 256 took the training peak from 2.87 to 2.75 GB (bench/README.md, Memory). The recompute
-    costs one more forward of the head per chunk. None: one pass, nothing recomputed.
+    costs one more forward of the head per chunk. At most `chunk` tokens: one pass, nothing recomputed.
     """
-    if chunk is None or hidden.size(0) <= chunk:
+    if hidden.size(0) <= chunk:
         return _head_loss(head, hidden, target)
     from torch.utils.checkpoint import checkpoint
 
@@ -186,20 +186,19 @@ def _chunked_head_loss(head, hidden: torch.Tensor, target: torch.Tensor, chunk: 
                for h, y in zip(hidden.split(chunk), target.split(chunk)))
 
 
-def batch_loss(model, t: dict[str, torch.Tensor], answer_only: bool = True,
-               loss_chunk: int | None = LOSS_CHUNK_TOKENS, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+def batch_loss(model, t: dict[str, torch.Tensor], inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of next-token cross-entropies over the answer tokens of a collated batch.
 
-    answer_only: run the LM head only at the positions whose next token carries a label, instead of
-    batch × seq_len × vocab logits (SmolLM2: 4 × 512 × 49,152 fp32 = 0.4 GB, plus as much again for the
-    softmax and the gradient) of which the prompt's and the padding's are thrown away. The position
-    that predicts token i+1 is i: hidden[:, :-1] pairs with labels[:, 1:]. Same sum as the full path,
-    to float rounding (tests/test_train.py). False: the model's own forward over every position.
-    loss_chunk: answer tokens per pass of the head (_chunked_head_loss); None: all in one pass.
+    The LM head runs only at the positions whose next token carries a label, LOSS_CHUNK_TOKENS at a time,
+    instead of batch × seq_len × vocab logits (SmolLM2: 4 × 512 × 49,152 fp32 = 0.4 GB, plus as much again
+    for the softmax and the gradient) of which the prompt's and the padding's are thrown away. The position
+    that predicts token i+1 is i: hidden[:, :-1] pairs with labels[:, 1:]. Same sum as the model's own
+    forward over every position, to float rounding (tests/test_memory.py); that forward is the path for a
+    model whose head cannot be run apart (_body_and_head).
     inputs_embeds: the batch's embeddings, looked up by the caller (EmbeddingGrad), instead of the input ids.
     """
     tokens = {"input_ids": t["input_ids"]} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
-    parts = _body_and_head(model) if answer_only else None
+    parts = _body_and_head(model)
     if parts is None:
         logits = model(**tokens, attention_mask=t["attention_mask"], position_ids=t["position_ids"],
                        use_cache=False).logits
@@ -209,7 +208,7 @@ def batch_loss(model, t: dict[str, torch.Tensor], answer_only: bool = True,
                   use_cache=False).last_hidden_state
     target = t["labels"][:, 1:]
     keep = target != IGNORE
-    return _chunked_head_loss(head, hidden[:, :-1][keep], target[keep], loss_chunk)  # (answer tokens, hidden)
+    return _chunked_head_loss(head, hidden[:, :-1][keep], target[keep], LOSS_CHUNK_TOKENS)  # (answer tokens, hidden)
 
 
 class EmbeddingGrad:
@@ -270,25 +269,22 @@ def micro_batches(share: list, size: int | None) -> list[list]:
     return [share[i:i + size] for i in range(0, len(share), size)]
 
 
-def train(model, *args, pin_heap: bool = True, **kwargs) -> dict:
+def train(model, *args, **kwargs) -> dict:
     """`_train` (same arguments), and whichever way it ends, the process's malloc pin and the model's gradient
     checkpointing are undone: after an exception a library caller's later generation would otherwise run
     2.2x slower (bench/memory.py) and with checkpointing still on."""
     checkpointing_before = bool(getattr(model, "is_gradient_checkpointing", False))
     try:
-        return _train(model, *args, pin_heap=pin_heap, **kwargs)
+        return _train(model, *args, **kwargs)
     finally:
         # On success `_train` has done both already; these repeat it harmlessly (one mallopt call).
         if getattr(model, "is_gradient_checkpointing", False) and not checkpointing_before:
             model.gradient_checkpointing_disable()  # LoRA enables it on this same base model, through peft
-        if pin_heap:
-            unpin_mmap_threshold()
+        unpin_mmap_threshold()
 
 
 def _train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir: Path, *, seed: int,
            log: Callable[[dict], None] | None = None, checkpoint_dir: Path | None = None,
-           answer_only: bool = True, pin_heap: bool = True, fused_optimizer: bool = True,
-           loss_chunk: int | None = LOSS_CHUNK_TOKENS, embedding_grad: bool = True,
            prompt: dict | None = None) -> dict:
     """Fine-tune `model` on `examples` and save it as a save_pretrained folder at `out_dir`, with `prompt` (the
     prompt rule's record of how the examples were rendered, toolkit.data.prompt_rule) as its prompt.json.
@@ -298,16 +294,12 @@ def _train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir:
     (default: `<out_dir>.checkpoint`); a later call with the same inputs resumes from it and ends
     with the same weights as an uninterrupted run. Under torchrun / accelerate launch each process
     trains on its share of every batch (see toolkit/training/dist.py). Returns statistics: steps, tokens
-    seen, loss curve, seconds, and `resumed_from_step` when it resumed. `answer_only=False` computes
-    the logits at every position, the old path; `pin_heap=False` leaves glibc's malloc as it was;
-    `fused_optimizer=False` takes AdamW's foreach path; `loss_chunk=None` runs the LM head over all answer
-    tokens at once; `embedding_grad=False` leaves a tied embedding's gradient to autograd (EmbeddingGrad;
-    bench/memory.py compares them).
+    seen, loss curve, seconds, and `resumed_from_step` when it resumed. (bench/old_paths.py keeps the
+    paths this replaced, for bench/memory.py to compare.)
     """
     rank, world = dist.setup()
     device = dist.device()
-    if pin_heap:
-        pin_mmap_threshold()  # freed activations go back to the OS instead of piling up in malloc's arenas
+    pin_mmap_threshold()  # freed activations go back to the OS instead of piling up in malloc's arenas
     torch.manual_seed(seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -324,7 +316,7 @@ def _train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir:
         # works with frozen embeddings under LoRA, no input that needs a gradient).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    embedding = EmbeddingGrad.of(model) if embedding_grad else None
+    embedding = EmbeddingGrad.of(model)
     bins = pack(examples, cfg.seq_len, seed)
     steps = planned_steps(len(bins), cfg)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -332,7 +324,7 @@ def _train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir:
     # fused: one kernel per parameter instead of foreach's lists of temporaries: 1.11x the tokens/s of
     # foreach for SmolLM2-135M on CPU, same peak (bench/README.md, "Memory").
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=fused_optimizer and device.type in ("cpu", "cuda")
+                            fused=device.type in ("cpu", "cuda")
                             and all(p.dtype.is_floating_point for p in params))
     amp = torch.bfloat16 if cfg.precision == "bf16" else None  # autocast's matmul dtype; None: plain fp32
     warmup = int(steps * cfg.warmup_ratio)
@@ -367,7 +359,7 @@ def _train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir:
                 t = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
                 embeds = embedding.lookup(t["input_ids"]) if embedding is not None else None
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    loss_sum = batch_loss(model, t, answer_only, loss_chunk, embeds)
+                    loss_sum = batch_loss(model, t, embeds)
                 (loss_sum / max(1, n_tokens)).backward()
                 if embedding is not None:
                     embedding.add_grad(t["input_ids"], embeds)
@@ -400,8 +392,7 @@ def _train(model, tokenizer, examples: list[Example], cfg: TrainConfig, out_dir:
     release_memory()
     if checkpointing:
         model.gradient_checkpointing_disable()  # the saved config and later generation run without it
-    if pin_heap:
-        unpin_mmap_threshold()  # training's activations are gone; generation reuses the heap again
+    unpin_mmap_threshold()  # training's activations are gone; generation reuses the heap again
     if cfg.lora:
         model = model.merge_and_unload()  # a plain HF folder that every exporter and runtime loads
     model.eval()
