@@ -161,3 +161,16 @@ def test_every_module_has_a_layer_and_a_line_in_the_map():
             continue
         assert layer(name) is not None, name
         assert f"`{name}`" in text, f"docs/architecture.md has no line for {name}"
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """pyproject lists its packages by hand: a package folder missing from that list is left out of a wheel
+    (`pip install .`), while the editable install the tests use still finds it (toolkit.runtime was missed so)."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert {name: ROOT / folder for name, folder in setup["package-dir"].items()} == FOLDERS
+    on_disk = {top + "." + ".".join(init.parent.relative_to(folder).parts) if init.parent != folder else top
+               for top, folder in FOLDERS.items() for init in folder.rglob("__init__.py")
+               if "__pycache__" not in init.parts}
+    assert on_disk - set(setup["packages"]) == set(), "package folders that a wheel would leave out"
