@@ -38,9 +38,11 @@ def check_request(fmt: str, quant: str, bundle: bool, int4_head_bits: int | None
                           f"--quant {quant}")
 
 
-def _prepare_out(out: Path) -> None:
+def _prepare_out(out: Path) -> bool:
     """An empty OUT, or one holding a previous or stopped export (replaced); never someone else's files.
-    Scratch folders of exports into the same parent that were killed (their process is gone) are swept."""
+    Scratch folders of exports into the same parent that were killed (their process is gone) are swept.
+    True when OUT did not exist before."""
+    created = not out.exists()
     if out.exists() and any(out.iterdir()):
         if not ((out / MANIFEST).is_file() or (out / PARTIAL).is_file()):
             raise ExportError(f"{out} is not empty and holds no previous export; give an empty or new folder")
@@ -51,6 +53,16 @@ def _prepare_out(out: Path) -> None:
         pid = stale.name[len(_SCRATCH):].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
+    return created
+
+
+def _drop_if_untouched(out: Path, created: bool) -> None:
+    """After a failure: OUT holding nothing but the incomplete-marker goes back to how it was (removed if this
+    export made it, else left empty). Anything written stays, marked incomplete."""
+    if [p.name for p in out.iterdir()] == [PARTIAL]:
+        (out / PARTIAL).unlink()
+        if created:
+            out.rmdir()
 
 
 def _alive(pid: int) -> bool:
@@ -98,39 +110,43 @@ def export_model(model_ref: str, out_dir: str | Path, config: ExportConfig, *, b
         problems = eval_problems(eval_suite, config.eval_limit, defaults.data_root(config.data_root))
     threads = config.threads or min(8, defaults.default_threads())
     out = Path(out_dir)
-    _prepare_out(out)
+    created = _prepare_out(out)
     start = time.perf_counter()
     gguf_types: dict = {}
     error = None
-    with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-", dir=out.parent) as tmp:
-        work = Path(tmp)
-        src = open_source(model_ref, work, fmt, tokenizer_gguf=config.tokenizer_gguf, base_dir=base_dir)
-        notes = list(src.notes)
-        if fmt == "onnx":
-            notes += onnx.export_onnx(src.hf_dir, quant, out, work, block_size=config.block_size,
-                                      head_bits=int4_head_bits or 8)
-        elif fmt == "genai":
-            notes += genai.export_genai(src.hf_dir, quant, out, work, block_size=config.block_size,
-                                        head_bits=int4_head_bits or 8)
-        else:
-            gguf_notes, gguf_types = _export_gguf(src, quant, out, work, threads)
-            notes += gguf_notes
-        prompt = source_prompt(src.hf_dir)
-        atomic_write_json(out / PROMPT_FILE, prompt)  # shipped with the model: the bundle runners ask it this way
-        ref = parity.Reference(src.hf_dir, threads, config.max_new_tokens)
-        runtime = {"onnx": parity.onnx_outputs, "genai": parity.genai_outputs, "gguf": parity.gguf_outputs}[fmt]
-        target = next(out.glob("*.gguf")) if fmt == "gguf" else out
-        try:
-            text_ids, greedy = runtime(ref, target, threads)
-            result = parity.compare(ref, text_ids, greedy, quant, config.min_first_token_match,
-                                    config.min_token_agreement)
-        except ExportError as exc:
-            error, result = exc, {"error": str(exc), "passed": False}
-        if eval_suite and error is None:
-            del ref  # the reference torch model is not needed beside the two scorers' models
-            result["accuracy"] = accuracy_delta(src.hf_dir, target, eval_suite, problems, work, threads,
-                                                max_drop_points=config.max_accuracy_drop)
-            result["passed"] = bool(result["passed"] and result["accuracy"]["passed"])
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{_SCRATCH}{os.getpid()}-", dir=out.parent) as tmp:
+            work = Path(tmp)
+            src = open_source(model_ref, work, fmt, tokenizer_gguf=config.tokenizer_gguf, base_dir=base_dir)
+            notes = list(src.notes)
+            if fmt == "onnx":
+                notes += onnx.export_onnx(src.hf_dir, quant, out, work, block_size=config.block_size,
+                                          head_bits=int4_head_bits or 8)
+            elif fmt == "genai":
+                notes += genai.export_genai(src.hf_dir, quant, out, work, block_size=config.block_size,
+                                            head_bits=int4_head_bits or 8)
+            else:
+                gguf_notes, gguf_types = _export_gguf(src, quant, out, work, threads)
+                notes += gguf_notes
+            prompt = source_prompt(src.hf_dir)
+            atomic_write_json(out / PROMPT_FILE, prompt)  # shipped with the model: the bundle runners ask it this way
+            ref = parity.Reference(src.hf_dir, threads, config.max_new_tokens)
+            runtime = {"onnx": parity.onnx_outputs, "genai": parity.genai_outputs, "gguf": parity.gguf_outputs}[fmt]
+            target = next(out.glob("*.gguf")) if fmt == "gguf" else out
+            try:
+                text_ids, greedy = runtime(ref, target, threads)
+                result = parity.compare(ref, text_ids, greedy, quant, config.min_first_token_match,
+                                        config.min_token_agreement)
+            except ExportError as exc:
+                error, result = exc, {"error": str(exc), "passed": False}
+            if eval_suite and error is None:
+                del ref  # the reference torch model is not needed beside the two scorers' models
+                result["accuracy"] = accuracy_delta(src.hf_dir, target, eval_suite, problems, work, threads,
+                                                    max_drop_points=config.max_accuracy_drop)
+                result["passed"] = bool(result["passed"] and result["accuracy"]["passed"])
+    except BaseException:
+        _drop_if_untouched(out, created)  # refused before writing anything: no folder that looks half-done
+        raise
     files = file_rows(out)
     manifest = {
         "source": {"ref": model_ref, "kind": src.kind, "architecture": src.arch,

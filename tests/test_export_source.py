@@ -51,6 +51,14 @@ def test_toolkit_export_refuses_an_architecture_its_format_cannot_take_in_one_li
     r = toolkit("export", str(gemma3_dir), "--format", fmt, "--quant", quant, "--out", str(tmp_path / "out"),
                 "--threads", "1", cwd=tmp_path)
     one_line_error(r, f"--format {fmt} cannot take architecture 'gemma3_text'", f"{writer} takes llama, qwen2")
+    assert not (tmp_path / "out").exists()  # refused before writing: no folder marked as a half-done export
+
+
+def test_a_refusal_leaves_an_existing_empty_out_folder_empty(tmp_path, gemma3_dir):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ExportError, match="cannot take architecture"):
+        export_model(str(gemma3_dir), tmp_path / "out", ExportConfig(format="gguf", quant="q8_0"))
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_toolkit_export_refuses_the_packaged_gemma3_gguf_in_one_line(tmp_path):
