@@ -3,6 +3,7 @@ answer-only labels when a merge crosses the prompt/answer boundary, and the reco
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -87,3 +88,23 @@ def test_the_record_and_its_checks(tmp_path):
         with pytest.raises(ToolkitError, match="is not a prompt record"):
             read_record(tmp_path)
 
+    (tmp_path / PROMPT_FILE).unlink()
+    (tmp_path / PROMPT_FILE).symlink_to("/dev/zero")  # a record that is there but not a file: refused, not skipped
+    with pytest.raises(ToolkitError, match="not a regular file"):
+        read_record(tmp_path)
+
+
+def test_an_unreadable_record_is_one_error(tmp_path):
+    """A record the user may not read (root reads anything, so the denial is simulated at the open)."""
+    (tmp_path / PROMPT_FILE).write_text("{}")
+    real_open = os.open
+
+    def denied(path, *a, **k):
+        if str(path).endswith(PROMPT_FILE):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "open", denied)
+        with pytest.raises(ToolkitError, match="cannot read the prompt record \\(Permission denied\\)"):
+            read_record(tmp_path)

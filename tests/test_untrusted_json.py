@@ -3,6 +3,7 @@ RecursionError; properties (hypothesis) over generated values and hostile text."
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -76,6 +77,22 @@ def test_size_is_checked_before_anything_is_read(tmp_path):
         loads(b"[1, 2, 3, 4, 5]", "x", expect=list, max_bytes=10)
     with pytest.raises(UntrustedJSONError, match=r"not UTF-8 \(byte 1\)"):
         loads(b'"\xff"', "x", expect=str)
+
+
+@pytest.mark.parametrize("reader", [load, load_jsonl])
+def test_a_fifo_or_device_in_place_of_a_file_is_one_error_not_a_hang(tmp_path, reader):
+    """A folder from elsewhere may hold a FIFO (whose open waits for a writer, for ever) or a link to /dev/zero
+    (endless bytes of size 0) where a JSON file belongs; both are refused at once, even when swapped in after
+    the caller's own is_file() check."""
+    fifo = tmp_path / "manifest.json"
+    os.mkfifo(fifo)
+    zero = tmp_path / "state.json"
+    zero.symlink_to("/dev/zero")
+    start = time.monotonic()
+    for hostile in (fifo, zero):
+        with pytest.raises(UntrustedJSONError, match=f"{hostile}: not a regular file"):
+            reader(hostile)
+    assert time.monotonic() - start < 5
 
 
 def test_jsonl_errors_name_the_line(tmp_path):

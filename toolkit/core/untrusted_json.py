@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -63,20 +65,35 @@ def loads(data: str | bytes, source: str, *, expect: type | tuple[type, ...] = d
     return value
 
 
+def read_bounded(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file at `path`, at most `max_bytes` of them, else UntrustedJSONError.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO or device swapped in after any
+    earlier check cannot hang the reader (a FIFO's open waits for a writer), and read no further than the
+    limit, so a file that grows after its size was seen cannot fill memory. OSError passes through: the
+    caller knows whether a missing file is an error."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UntrustedJSONError(str(path), "not a regular file")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UntrustedJSONError(str(path), f"larger than {max_bytes} bytes")
+    return data
+
+
 def load(path: Path, *, expect: type | tuple[type, ...] = dict, max_bytes: int = MAX_BYTES,
          max_depth: int = MAX_DEPTH) -> Any:
-    """The JSON file at `path` through loads(); its size is checked before it is read. OSError passes through:
-    the caller knows whether a missing file is an error."""
-    path = Path(path)
-    if path.stat().st_size > max_bytes:
-        raise UntrustedJSONError(str(path), f"larger than {max_bytes} bytes")
-    return loads(path.read_bytes(), str(path), expect=expect, max_bytes=max_bytes, max_depth=max_depth)
+    """The JSON file at `path` (a regular file, read_bounded) through loads(). OSError passes through: the
+    caller knows whether a missing file is an error."""
+    return loads(read_bounded(Path(path), max_bytes), str(path), expect=expect, max_bytes=max_bytes,
+                 max_depth=max_depth)
 
 
 def load_jsonl(path: Path, *, expect: type | tuple[type, ...] = dict, max_bytes: int = MAX_BYTES,
-               max_depth: int = MAX_DEPTH) -> list[Any]:
+               max_depth: int = MAX_DEPTH, max_file_bytes: int = 1 << 30) -> list[Any]:
     """Every non-blank line of the JSONL file at `path` through loads() (`max_bytes` per line: a run's rationales
-    file may be larger than any one JSON file); an error names the file and line."""
+    file may be larger than any one JSON file; `max_file_bytes` in all); an error names the file and line."""
     path = Path(path)
     return [loads(line, f"{path} line {n}", expect=expect, max_bytes=max_bytes, max_depth=max_depth)
-            for n, line in enumerate(path.read_bytes().splitlines(), 1) if line.strip()]
+            for n, line in enumerate(read_bounded(path, max_file_bytes).splitlines(), 1) if line.strip()]

@@ -105,9 +105,12 @@ def read_record(folder: Path) -> dict | None:
     """The prompt record in `folder` (a student or export folder; it may come from elsewhere), or None when it
     has none. Only its strategies and format are read back: the rest follows from them by prompt_record."""
     path = Path(folder) / PROMPT_FILE
-    if not path.is_file():
-        return None
-    data = untrusted_json.load(path, max_bytes=1 << 16)  # ours is ~1 KB
+    if not path.exists() and not path.is_symlink():
+        return None  # anything else there (a FIFO, a device, a link) is read_bounded's to refuse, not to skip
+    try:
+        data = untrusted_json.load(path, max_bytes=1 << 16)  # ours is ~1 KB
+    except OSError as exc:  # unreadable (permissions, a dangling link swapped in): one line, not a traceback
+        raise ToolkitError(f"{path}: cannot read the prompt record ({exc.strerror or exc})") from None
     strategies, fmt = data.get("strategies"), data.get("format")
     if (data.get("kind") != KIND or fmt not in ("chat", "plain") or not isinstance(strategies, list) or not strategies
             or any(s not in STRATEGIES for s in strategies) or len(set(strategies)) != len(strategies)):
