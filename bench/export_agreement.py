@@ -21,6 +21,7 @@ from _common import hf_folder, machine, require_quiet
 from export_formats import decode_genai, decode_gguf, decode_onnx
 
 from toolkit.export import parity
+from toolkit.export.source import source_prompt
 from toolkit.export.accuracy import eval_problems
 from toolkit.data.strategies import student_messages
 
@@ -30,7 +31,7 @@ DECODE = {"onnx": decode_onnx, "genai": decode_genai, "gguf": decode_gguf}
 
 def reference(source: Path, questions: list[str], threads: int, max_new_tokens: int) -> parity.Reference:
     """The torch source's greedy continuations of `questions` in the student's chat prompt."""
-    ref = parity.Reference(source, threads, max_new_tokens)
+    ref = parity.Reference(source, threads, max_new_tokens, source_prompt(source))
     ref.prompt_ids = [ref.tok.apply_chat_template(student_messages(q), add_generation_prompt=True)
                       for q in questions]
     ref.greedy = [ref.generate(ref.model, ids) for ids in ref.prompt_ids]

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from toolkit.core.errors import ExportError
+from toolkit.data.prompt_rule import render
+from toolkit.data.strategies import training_prompt
 
 # Math prompts plus texts that stress a tokenizer: digits, thousands separators, unicode, code, whitespace.
 PROMPTS = [
@@ -22,12 +24,10 @@ EXTRA_TEXTS = [
 EXACT_QUANTS = ("fp32", "f32", "f16", "fp16", "bf16")
 
 
-def sample_texts(tok) -> tuple[list[str], list[str]]:
-    """(texts whose token ids must agree, generation prompts): chat-formatted where the tokenizer has a template."""
-    prompts = list(PROMPTS)
-    if getattr(tok, "chat_template", None):
-        prompts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                           tokenize=False) for p in PROMPTS]
+def sample_texts(tok, record: dict) -> tuple[list[str], list[str]]:
+    """(texts whose token ids must agree, generation prompts). The prompts are the questions as the export will
+    be asked them: by the prompt rule of `record` (the export's prompt.json), system text and format included."""
+    prompts = [render(tok, training_prompt(p, record["strategies"]))[0] for p in PROMPTS]
     return list(dict.fromkeys(PROMPTS + prompts + EXTRA_TEXTS)), prompts
 
 
@@ -43,7 +43,7 @@ def _cut(ids: list[int], eos: set[int], n: int) -> list[int]:
 class Reference:
     """The source model in torch: its tokenizer's ids and greedy continuations are the reference."""
 
-    def __init__(self, hf_dir: Path, threads: int, max_new_tokens: int):
+    def __init__(self, hf_dir: Path, threads: int, max_new_tokens: int, record: dict):
         # heavy optional runtime, imported on first use
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -54,7 +54,7 @@ class Reference:
         self.max_new_tokens = max_new_tokens
         eos = self.model.config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) | {self.tok.eos_token_id} - {None}
-        self.texts, prompts = sample_texts(self.tok)
+        self.texts, prompts = sample_texts(self.tok, record)
         self.prompt_ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         self.text_ids = [self.tok(t, add_special_tokens=False)["input_ids"] for t in self.texts]
         self.greedy = [self.generate(self.model, ids) for ids in self.prompt_ids]

@@ -130,7 +130,7 @@ def export_model(model_ref: str, out_dir: str | Path, config: ExportConfig, *, b
                 notes += gguf_notes
             prompt = source_prompt(src.hf_dir)
             atomic_write_json(out / PROMPT_FILE, prompt)  # shipped with the model: the bundle runners ask it this way
-            ref = parity.Reference(src.hf_dir, threads, config.max_new_tokens)
+            ref = parity.Reference(src.hf_dir, threads, config.max_new_tokens, prompt)
             runtime = {"onnx": parity.onnx_outputs, "genai": parity.genai_outputs, "gguf": parity.gguf_outputs}[fmt]
             target = next(out.glob("*.gguf")) if fmt == "gguf" else out
             try:

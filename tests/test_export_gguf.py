@@ -56,11 +56,13 @@ def test_packaged_gguf_tokenizer_round_trip(tmp_path, smollm2_gguf):
     model.save_pretrained(student, safe_serialization=True)
     tok.save_pretrained(student)
     assert json.loads((student / "config.json").read_text())["toolkit_base"]["ref"] == "pkg:smollm2-135m-instruct"
+    # f16: the weights themselves are checked by greedy agreement. (q8_0 flips a near-tie first token on one of the
+    # three prompt-rule prompts, "12" against "To", which parity's quantized thresholds allow.)
     m = export_model(str(student), tmp_path / "out",
-                     ExportConfig(format="gguf", quant="q8_0", threads=1, max_new_tokens=8))
+                     ExportConfig(format="gguf", quant="f16", threads=1, max_new_tokens=8))
     assert m["source"]["tokenizer_gguf"] == str(smollm2_gguf)
     assert m["parity"]["tokenizer"]["exact"] and m["parity"]["tokenizer"]["texts"] >= 6
-    assert m["parity"]["greedy"]["first_token_match"] == 1.0, m["parity"]["greedy"]
-    llm = Llama(str(tmp_path / "out" / "model-q8_0.gguf"), n_ctx=256, n_threads=1, vocab_only=True, verbose=False)
+    assert m["parity"]["greedy"]["exact_sequences"] == 1.0, m["parity"]["greedy"]
+    llm = Llama(str(tmp_path / "out" / "model-f16.gguf"), n_ctx=256, n_threads=1, vocab_only=True, verbose=False)
     text = tok.apply_chat_template([{"role": "user", "content": TEXT}], add_generation_prompt=True, tokenize=False)
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False)["input_ids"]
