@@ -19,11 +19,22 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_rounds_grow_the_data_and_report_each_round(tmp_path, tiny_model_dir, teacher_server):
+    """Two rounds, then the same recipe with a third: the finished run goes on (raising distill.rounds alone
+    changes nothing already done), and a recipe with fewer rounds than the run has is refused."""
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, teacher_server.base_url)
+    first = toolkit("distill", str(recipe), *TWO_ROUNDS, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "runs" / "tiny"
+    before = json.loads((run / "manifest.json").read_text())["stages"]
     r = toolkit("distill", str(recipe), *TWO_ROUNDS, "distill.rounds=3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    run = tmp_path / "runs" / "tiny"
-    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert {name: stages[name] for name in before} == before  # rounds 0 and 1 untouched
+    assert [e["change"] for e in manifest["extended"]] == ["distill.rounds 2 -> 3"]
+    assert manifest["recipe"]["distill"]["rounds"] == 3
+    fewer = toolkit("distill", str(recipe), *TWO_ROUNDS, cwd=tmp_path)
+    assert fewer.returncode == 2 and "different recipe" in fewer.stderr
     later = [f"round-{k}/{s}" for k in (1, 2) for s in ("feedback", "questions", "labels", "train", "eval")]
     assert list(stages) == ["data", "round-0/rationales", "eval/base", "round-0/train", "round-0/eval", *later]
     # Round 2 asks the same seed problems again: it must get fresh problems, not round 1's cached ones.

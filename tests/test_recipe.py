@@ -117,3 +117,21 @@ def test_digest_changes_with_content(tmp_path):
     b = load_recipe(write(tmp_path, MINIMAL), ["seed=1"])
     assert a.digest() != b.digest()
     assert a.digest() == load_recipe(write(tmp_path, MINIMAL)).digest()
+
+
+def test_a_recipe_extends_a_run_only_by_more_rounds(tmp_path):
+    """A finished run goes on under a recipe that only raises distill.rounds; any other change, fewer rounds,
+    or a run's recipe that is not one (it comes from a manifest, which may come from elsewhere) is refused."""
+    path = write(tmp_path, MINIMAL)
+    two = load_recipe(path, ["distill.rounds=2"]).model_dump(mode="json")
+    assert load_recipe(path, ["distill.rounds=4"]).extends(two) == "distill.rounds 2 -> 4"
+    assert load_recipe(path, ["distill.rounds=2"]).extends(two) is None  # the same recipe: nothing to extend
+    assert load_recipe(path, ["distill.rounds=1"]).extends(two) is None
+    assert load_recipe(path, ["distill.rounds=4", "seed=1"]).extends(two) is None
+    assert load_recipe(path, ["distill.rounds=4", "distill.paths_per_problem=6"]).extends(two) is None
+    # a run made before a late field existed (absent from its recipe) still extends while the field is default
+    old = {**two, "distill": {k: v for k, v in two["distill"].items() if k != "originals_pick"}}
+    assert load_recipe(path, ["distill.rounds=3"]).extends(old) == "distill.rounds 2 -> 3"
+    for hostile in ({}, {"distill": []}, {**two, "distill": {**two["distill"], "rounds": "x"}},
+                    {**two, "surprise": 1}, {**two, "distill": {**two["distill"], "rounds": 10 ** 100}}):
+        assert load_recipe(path, ["distill.rounds=4"]).extends(hostile) is None

@@ -658,6 +658,22 @@ class Recipe(_Section):
         text = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def extends(self, earlier: dict) -> str | None:
+        """What this recipe adds to the run that `earlier` (a run manifest's recipe, untrusted) made, when it is
+        that recipe with more rounds and nothing else changed: the finished rounds are this one's first rounds,
+        so the run goes on from them (e.g. "distill.rounds 2 -> 4"). None for any other difference."""
+        try:
+            before = Recipe.model_validate(earlier)
+        except (ValidationError, TypeError, ValueError):
+            return None
+        if before.distill.rounds >= self.distill.rounds:
+            return None
+        widened = before.model_copy(update={"distill": before.distill.model_copy(
+            update={"rounds": self.distill.rounds})})
+        if widened.digest() != self.digest():
+            return None
+        return f"distill.rounds {before.distill.rounds} -> {self.distill.rounds}"
+
 
 def _key_lines(node: yaml.Node, prefix: tuple = (), seen: set[int] | None = None) -> dict[tuple, int]:
     """Map every key path in a composed YAML document to its 1-based line number.

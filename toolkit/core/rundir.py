@@ -8,7 +8,7 @@ import shutil
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from toolkit.core import untrusted_json
 from toolkit.core.errors import ToolkitError
@@ -54,7 +54,11 @@ class RunDir:
         self.manifest_path = self.root / "manifest.json"
         self.manifest: dict[str, Any] = {}
 
-    def open(self, recipe_digest: str, recipe_dump: dict, seed: int, fresh: bool) -> None:
+    def open(self, recipe_digest: str, recipe_dump: dict, seed: int, fresh: bool,
+             extends: Callable[[dict], str | None] | None = None) -> None:
+        """Open or create the run folder for a recipe. A finished stage of another recipe refuses it, unless
+        `extends(the run's recipe)` names what the new recipe only adds (more rounds): the run then goes on
+        under the new recipe, and the manifest's `extended` list records the change."""
         # Only a folder that is ours (our manifest) or empty is deleted by --fresh or written into: a
         # name or output_dir that points at someone's documents must not cost them their files.
         ours = self._inspect()
@@ -73,10 +77,16 @@ class RunDir:
         if self.manifest_path.is_file():
             self.manifest = self._read_manifest()
         if self.manifest.get("stages") and self.manifest.get("recipe_sha256") != recipe_digest:
-            raise ToolkitError(
-                f"{self.root} was made by a different recipe; use --fresh to start over "
-                f"or give the run another name"
-            )
+            earlier = self.manifest.get("recipe")
+            change = extends(earlier) if extends is not None and isinstance(earlier, dict) else None
+            if change is None:
+                raise ToolkitError(
+                    f"{self.root} was made by a different recipe; use --fresh to start over "
+                    f"or give the run another name (raising distill.rounds alone continues a run)"
+                )
+            self.manifest["recipe_sha256"], self.manifest["recipe"] = recipe_digest, recipe_dump
+            self.manifest.setdefault("extended", []).append(
+                {"change": change, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         if not self.manifest.get("stages"):  # nothing finished yet: (re)start under this recipe
             self.manifest = {"kind": RUN_KIND, "recipe_sha256": recipe_digest, "recipe": recipe_dump, "seed": seed,
                              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": {}}

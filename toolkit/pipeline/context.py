@@ -69,7 +69,7 @@ class RunContext:
         sandbox = self._check_sandbox()
         self._check_models()
         self.run = RunDir(Path(recipe.output_dir) / recipe.name)
-        self.run.open(recipe.digest(), recipe.model_dump(mode="json"), recipe.seed, fresh)
+        self.run.open(recipe.digest(), recipe.model_dump(mode="json"), recipe.seed, fresh, extends=recipe.extends)
         # The rlimits hold per program; whether a cgroup caps the sandbox as a whole, and why not, is recorded too.
         self.run.manifest["sandbox"] = sandbox | cgroup_status()
         # Speed and peak memory move with the CPU model and its kernel flags: every figure names them.
