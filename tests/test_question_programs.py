@@ -52,6 +52,9 @@ def test_parser_pairs_each_question_with_the_program_after_it():
     # The instruction's placeholder copied as written is a label too, not part of the question.
     copied = "Problem K: Ann has 3 red and 4 blue pens. How many pens does she have?\n```python\nanswer = 3 + 4\n```"
     assert parse_question_programs(copied, 1)[0][0][0] == "Ann has 3 red and 4 blue pens. How many pens does she have?"
+    numbered = "\n".join(copied.replace("Problem K:", f"Problem K{i}:") for i in (1, 2))  # asked for several at once
+    assert [q for q, _ in parse_question_programs(numbered, 2)[0]] == [
+        "Ann has 3 red and 4 blue pens. How many pens does she have?"] * 2
     assert parse_question_programs(None, 2) == ([], 0) and parse_question_programs("```python\n", 2) == ([], 1)
 
 
