@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tarfile
 
 import pytest
 
@@ -16,6 +15,7 @@ from tests.conftest import build_export_model, build_turn_model, toolkit, write_
 from tests.fault_teacher import FaultTeacher
 from toolkit.data.prompt_rule import render
 from toolkit.data.strategies import training_prompt
+from toolkit.eval.safetar import safe_extract
 
 DEPLOY = """\
 deploy:
@@ -55,8 +55,7 @@ def test_a_family_distills_exports_scores_and_bundles_through_the_cli(tmp_path, 
 
     # The bundle's runner asks the question exactly as the round's eval did.
     bundle = doc["pick"]["bundle"]
-    with tarfile.open(bundle) as tar:
-        tar.extractall(tmp_path / "unpacked", filter="data")
+    safe_extract(bundle, tmp_path / "unpacked")  # tarfile's filter= is not in Debian's python 3.11.2
     (folder,) = (tmp_path / "unpacked").iterdir()
     question = "Tom has 3 apples and buys 5 more. How many apples does he have?"
     shown = subprocess.run([sys.executable, "-I", str(folder / "run.py"), question, "--print-prompt"],
