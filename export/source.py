@@ -5,11 +5,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gguf import GGUFReader
 from huggingface_hub import snapshot_download
 from safetensors import safe_open
 
 from toolkit.core.errors import ExportError, ModelError
+from toolkit.core.gguf_header import DAMAGE, read_metadata
 from toolkit.data.prompt_rule import read_record, record_for
 from toolkit.runtime.models import resolve_model
 from toolkit.runtime.loading import load_model_and_tokenizer
@@ -46,12 +46,14 @@ def check_architecture(fmt: str, arch: str, where: str) -> None:
 
 
 def gguf_architecture(path: Path) -> str:
-    """general.architecture of a GGUF file, refusing files that do not parse (truncated, not a GGUF)."""
+    """general.architecture of a GGUF file, from its header alone (the tensors are checked when the model loads)."""
     try:
-        reader = GGUFReader(path)
-        return str(reader.fields["general.architecture"].contents())
-    except (ValueError, KeyError, IndexError, OSError) as exc:
+        arch = read_metadata(path, lambda key: key == "general.architecture", stop_after=1).get("general.architecture")
+    except DAMAGE as exc:
         raise ModelError(f"{path}: not a readable GGUF file (truncated or corrupt?): {exc}") from None
+    if not isinstance(arch, str):
+        raise ModelError(f"{path}: not a readable GGUF file (truncated or corrupt?): no general.architecture")
+    return arch
 
 
 def read_config(hf_dir: Path) -> dict:

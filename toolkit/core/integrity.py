@@ -6,9 +6,9 @@ import struct
 from pathlib import Path
 
 from google.protobuf.message import DecodeError
-from gguf import GGUFReader
 
 from toolkit.core.errors import ModelError
+from toolkit.core.gguf_header import DAMAGE, tensor_data_end
 
 # A safetensors header is JSON of at most this many bytes (the format's own limit is 100 MB).
 _MAX_HEADER = 100 << 20
@@ -21,11 +21,9 @@ def check_gguf(path: Path) -> None:
     if magic != b"GGUF":
         raise ModelError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
     try:
-        reader = GGUFReader(path)
-        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as exc:  # the reader fails in many ways on a cut file: index, reshape, struct errors
-        raise ModelError(f"{path}: truncated or corrupt GGUF ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); download it again") from None
+        end = tensor_data_end(path)
+    except DAMAGE as exc:
+        raise ModelError(f"{path}: truncated or corrupt GGUF ({exc}); download it again") from None
     size = path.stat().st_size
     if end > size:
         raise ModelError(f"{path}: truncated GGUF: its tensors need {end} bytes, the file has {size}")

@@ -1,0 +1,127 @@
+"""Read a GGUF's header (metadata and tensor table) without mapping its tensors.
+
+gguf's GGUFReader builds a numpy view of every field and tensor: 7 s for SmolLM2-135M's file here and 18 s for
+Qwen2.5-0.5B's, each time a model is checked or an export asks its architecture. Reading the header's bytes
+sequentially takes well under a second. The file is untrusted (a download, a bundle from elsewhere): every length
+and count is bounded, so a hostile header is a quick ValueError, not a hang or a huge allocation.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+# GGUF value types: the struct format of each scalar type, and the codes of strings and arrays
+_SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+_MAX_STRING = 1 << 20  # bytes; a header string longer than this is damage, not a name (and read() would allocate it)
+_MAX_ITEMS = 1 << 22  # items of an array read or walked (the largest vocabularies hold about 262k)
+_MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
+_DEFAULT_ALIGNMENT = 32  # bytes; tensor data starts at this alignment unless general.alignment says otherwise
+
+DAMAGE = (OSError, ValueError, OverflowError)  # what reading a damaged or hostile header raises
+
+
+class _Header:
+    """Sequential, bounded reads of one open GGUF file (little-endian, GGUF v2/v3)."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+
+    def unpack(self, fmt: str, count: int = 1) -> tuple:
+        layout = f"<{fmt * count}" if count < 8 else f"<{count}{fmt}"  # unpadded
+        raw = self.f.read(struct.calcsize(layout))
+        if len(raw) < struct.calcsize(layout):
+            raise ValueError("the GGUF header ends early")
+        return struct.unpack(layout, raw)
+
+    def string(self) -> str:
+        size = self.unpack("Q")[0]
+        if size > _MAX_STRING:
+            raise ValueError(f"a GGUF header string of {size} bytes")
+        raw = self.f.read(size)
+        if len(raw) < size:
+            raise ValueError("the GGUF header ends early")
+        return raw.decode("utf-8", "replace")
+
+    def value(self, kind: int, keep: bool):
+        """One metadata value; an unkept scalar array is skipped without being read."""
+        if kind == _STRING:
+            return self.string()
+        if kind in _SCALAR:
+            return self.unpack(_SCALAR[kind])[0]
+        if kind != _ARRAY:
+            raise ValueError(f"unknown GGUF value type {kind}")
+        item, count = self.unpack("IQ")
+        if item == _ARRAY or count > _MAX_ITEMS:
+            raise ValueError(f"a GGUF array of {count} items of type {item}")
+        if item in _SCALAR and not keep:
+            self.f.seek(struct.calcsize("<" + _SCALAR[item]) * count, 1)
+            return None
+        if item in _SCALAR:
+            return list(self.unpack(_SCALAR[item], count))
+        return [self.value(item, keep) for _ in range(count)]
+
+    def start(self) -> tuple[int, int] | None:
+        """(tensor count, metadata count), or None when the file is not a GGUF of version 2 or later."""
+        if self.f.read(4) != b"GGUF" or self.unpack("I")[0] < 2:
+            return None
+        return self.unpack("QQ")
+
+    def metadata(self, count: int, wanted: Callable[[str], bool], stop_after: int | None) -> dict:
+        found: dict = {}
+        for _ in range(count):
+            key = self.string()
+            kind = self.unpack("I")[0]
+            keep = wanted(key)
+            got = self.value(kind, keep)
+            if keep:
+                found[key] = got
+                if stop_after is not None and len(found) == stop_after:
+                    break
+        return found
+
+
+def read_metadata(path: Path, wanted: Callable[[str], bool], stop_after: int | None = None) -> dict:
+    """The values of the metadata keys for which `wanted(key)` holds, in file order; {} for a file that is not a
+    GGUF. Raises one of DAMAGE for a damaged or hostile header."""
+    with open(path, "rb") as f:
+        header = _Header(f)
+        counts = header.start()
+        return {} if counts is None else header.metadata(counts[1], wanted, stop_after)
+
+
+def tensor_data_end(path: Path) -> int:
+    """The byte offset at which the file's last tensor ends: a whole file is at least this long. Raises ValueError
+    for a file that is not a GGUF, and one of DAMAGE for a damaged header or tensor table."""
+    with open(path, "rb") as f:
+        header = _Header(f)
+        counts = header.start()
+        if counts is None:
+            raise ValueError("not a GGUF file of version 2 or later")
+        tensors, kv_count = counts
+        if tensors > _MAX_ITEMS:
+            raise ValueError(f"a GGUF table of {tensors} tensors")
+        alignment = header.metadata(kv_count, lambda key: key == "general.alignment", None).get(
+            "general.alignment", _DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0:
+            raise ValueError(f"general.alignment {alignment!r}")
+        end = 0
+        for _ in range(tensors):
+            header.string()  # the tensor's name
+            n_dims = header.unpack("I")[0]
+            if n_dims > _MAX_DIMS:
+                raise ValueError(f"a tensor of {n_dims} dimensions")
+            elements = 1
+            for dim in header.unpack("Q", n_dims):
+                elements *= dim
+            kind, offset = header.unpack("IQ")
+            try:
+                block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+            except (ValueError, KeyError):
+                raise ValueError(f"unknown ggml tensor type {kind}") from None
+            end = max(end, offset + elements // block * block_bytes)
+        data_start = -(-f.tell() // alignment) * alignment
+        return data_start + end
