@@ -96,7 +96,6 @@ def test_all_mixing_with_forced_and_free_samples_end_to_end(tmp_path, tiny_model
     (["distill.self_guided.mixing=alpha_schedule"], "mixing 'alpha_schedule' needs alpha"),
     (["distill.strategies=[cot]"], "only a student of several strategies learns"),
     (["distill.self_guided.backend=llama.cpp"], "the llama.cpp sampler cannot continue"),
-    (["student.sampler=vllm"], "the vLLM chat sampler closes"),
 ])
 def test_bad_self_guided_options_stop_with_one_line(tmp_path, tiny_model_dir, overrides, message):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, "http://127.0.0.1:9/v1")  # never reached

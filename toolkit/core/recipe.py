@@ -199,7 +199,7 @@ class StudentConfig(_Section):
     sampler: Literal["transformers", "vllm"] = Field("transformers", description=(
         "where the student's own answers (feedback and evaluation) are generated: `transformers` in this "
         "process, or `vllm`, a local vLLM server started for each stage on the base or the round's student (GPU; "
-        "`pip install vllm`)"))
+        "`pip install vllm`), asked on its completions endpoint with the text the prompt rule renders"))
     vllm_args: list[str] = Field(default_factory=list, description=(
         "extra command-line flags for that vLLM server, e.g. [--gpu-memory-utilization, \"0.5\"]"))
     sampler_concurrency: int = Field(256, ge=1, description="requests in flight to the vLLM server")
@@ -227,8 +227,8 @@ class SelfGuidedConfig(_Section):
         "how the student draws its own solutions: `free` (its own choice of strategy, `samples` per problem), "
         "`forced` (each recipe strategy's tag forced in turn, `samples` per problem and strategy, so strategies it "
         "stops choosing still yield data), `both` (the free samples and the forced ones). forced and both need a "
-        "tagged student (more strategies than cot) and a backend that continues an assistant prefix (torch or "
-        "genai; not llama.cpp, not student.sampler vllm)"))
+        "tagged student (more strategies than cot) and a backend that continues an assistant prefix (torch, "
+        "genai or student.sampler vllm; not llama.cpp)"))
     backend: Literal["auto", "torch", "genai", "genai-int4", "llama.cpp"] = Field("auto", description=(
         "what the student samples with: `torch` (the trained folder in transformers, batched), `genai` / "
         "`genai-int4` (the student exported to onnxruntime-genai fp32 / int4 each iteration, batched C++ "
@@ -628,15 +628,6 @@ class Recipe(_Section):
             raise ValueError("eval.backend genai decodes the student in this process, but student.sampler vllm "
                              "serves it with vLLM; use one of them (eval.backend: torch or student.sampler: "
                              "transformers)")
-        return self
-
-    @model_validator(mode="after")
-    def _forced_sampling_needs_a_local_sampler(self) -> Recipe:
-        sg = self.distill.self_guided
-        if sg is not None and sg.sampling != "free" and self.student.sampler == "vllm":
-            raise ValueError(f"distill.self_guided.sampling '{sg.sampling}' forces a strategy tag as an assistant "
-                             "prefix, which the vLLM chat sampler closes instead of continuing; use "
-                             "student.sampler: transformers or sampling: free")
         return self
 
     # Set by load_recipe: the folder relative paths in the recipe are resolved against.

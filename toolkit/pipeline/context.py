@@ -29,7 +29,7 @@ from toolkit.teacher.cache import RequestCache
 from toolkit.teacher.ledger import Ledger, merge_records, price_record
 from toolkit.teacher.teachers import open_teacher
 from toolkit.teacher.vllm_sampler import vllm_generator
-from toolkit.runtime.loading import load_model_and_tokenizer
+from toolkit.runtime.loading import load_model_and_tokenizer, load_tokenizer
 
 T = TypeVar("T")
 
@@ -230,12 +230,12 @@ class RunContext:
         (`sampler_export`) and the note of a fallback."""
         st = self.recipe.student
         if st.sampler == "vllm":
+            ref = resolve_model(st.model, self.recipe.base_dir) if path is None else resolve_model(str(path))
             if path is None:
-                ref = resolve_model(st.model, self.recipe.base_dir)
                 path = ref.path if ref.path is not None else ref.hub_id
             log = self.run.root / "logs" / f"vllm-{stage.replace('/', '-')}.log"
             max_len = self.recipe.train.seq_len + self.recipe.eval.max_new_tokens
-            with vllm_generator(path, log, seed=self.recipe.seed, max_model_len=max_len,
+            with vllm_generator(path, load_tokenizer(ref), log, seed=self.recipe.seed, max_model_len=max_len,
                                 concurrency=st.sampler_concurrency, extra_args=st.vllm_args) as gen:
                 if info is not None:
                     info["backend"] = "vllm"
