@@ -1,16 +1,20 @@
-"""PoT sandbox throughput: programs per second for 200 small programs, with 1 and 2 workers, median of 3 runs."""
+"""PoT sandbox throughput: programs per second for 200 small programs, with 1 and 2 workers, median of 3 runs;
+where a cgroup caps each program (toolkit.sandbox.cgroup), also with it switched off, to price it in one run."""
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
 import time
+from contextlib import nullcontext
+from unittest import mock
 
 from _common import require_quiet
 
 from toolkit.core.errors import ToolkitError
 from toolkit.eval.machine import busy_check
-from toolkit.sandbox.runner import prepare, run_programs
+from toolkit.sandbox import cgroup
+from toolkit.sandbox.runner import cgroup_status, prepare, run_programs
 
 
 def programs(n: int) -> list[str]:
@@ -42,11 +46,15 @@ def main() -> None:
     except ToolkitError as exc:
         raise SystemExit(f"error: {exc}") from None
     codes = programs(args.programs)
-    for workers in (1, 2):
-        busy = busy_check(workers)["busy"]
-        rates = [round(rate(codes, workers), 1) for _ in range(args.repeats)]
-        print(json.dumps({"programs": args.programs, "workers": workers, "confined": confined, "runs": rates,
-                          "programs_per_s": statistics.median(rates), "busy": busy}), flush=True)
+    for with_cgroup in ((True, False) if cgroup_status()["cgroup"] else (False,)):
+        switch = nullcontext() if with_cgroup else mock.patch.object(cgroup, "_layout", lambda: (None, "off"))
+        with switch:
+            for workers in (1, 2):
+                busy = busy_check(workers)["busy"]
+                rates = [round(rate(codes, workers), 1) for _ in range(args.repeats)]
+                print(json.dumps({"programs": args.programs, "workers": workers, "confined": confined,
+                                  "cgroup": with_cgroup, "runs": rates, "programs_per_s": statistics.median(rates),
+                                  "busy": busy}), flush=True)
 
 
 if __name__ == "__main__":

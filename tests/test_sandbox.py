@@ -368,7 +368,8 @@ try:
                                                         timeout_s=request["timeout_s"])]
 except BaseException as exc:
     results = f"{type(exc).__name__}: {exc}"
-print(json.dumps({"results": results, "survivors": survivors(request["marker"]) if request["marker"] else []}))
+print(json.dumps({"results": results, "survivors": survivors(request["marker"]) if request["marker"] else [],
+                  "cgroup": sandbox.cgroup_status()}))
 '''
 
 
@@ -420,7 +421,7 @@ def attack_kit():
     folder = Path(tempfile.mkdtemp(prefix="sandbox-attack-"))
     folder.chmod(0o755)
     for name in ("__init__.py", "core/__init__.py", "core/errors.py", "core/untrusted_json.py", "sandbox/__init__.py",
-                 "sandbox/runner.py", "sandbox/seccomp.py"):
+                 "sandbox/runner.py", "sandbox/seccomp.py", "sandbox/cgroup.py"):
         (folder / "toolkit" / name).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         shutil.copy(ROOT / "toolkit" / name, folder / "toolkit" / name)
     (folder / "helper.py").write_text(HELPER)
@@ -460,6 +461,19 @@ def _kill_marked(marker: str) -> list[int]:
 
 def _text(result: dict) -> str:
     return f"{result['answer']}\n{result['output']}\n{result['error']}"
+
+
+def test_attack_forked_processes_share_one_memory_cap(attacker):
+    """The rlimits hold per process; a program's cgroup caps its processes together (here at 312 MiB), so not
+    all six 150 MiB children live. Without a cgroup (an ordinary user on a cgroup v1 host) all six do: the
+    manifest's cgroup_reason says so."""
+    out = attacker.run([FORKED_MEMORY], timeout_s=30)
+    result, status = out["results"][0], out["cgroup"]
+    assert result["error_kind"] is None, result
+    if status["cgroup"]:
+        assert int(result["answer"]) < 6, (status, result)
+    else:
+        assert status["cgroup_reason"] and int(result["answer"]) == 6, (status, result)
 
 
 def test_attack_hook_off_prelude_really_disables_the_tripwire(attacker):
@@ -720,10 +734,37 @@ def test_an_old_bubblewrap_is_told_to_upgrade(no_bwrap, monkeypatch, host_folder
     assert "user namespaces" not in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_cgroup_status_says_why_there_is_no_cgroup_cap():
-    """The manifest records whether a cgroup caps the sandbox as a whole; here it never does, with the reason."""
+def test_cgroup_status_names_the_cap_or_why_there_is_none():
+    """The manifest records whether a cgroup caps each program as a whole: its version, or the reason in one line."""
     status = sandbox.cgroup_status()
-    assert status["cgroup"] is False and status["cgroup_reason"] and "\n" not in status["cgroup_reason"]
+    assert status in ({"cgroup": True, "cgroup_version": 1}, {"cgroup": True, "cgroup_version": 2}) or (
+        status["cgroup"] is False and status["cgroup_reason"] and "\n" not in status["cgroup_reason"])
+
+
+def test_every_program_cgroup_is_removed():
+    from toolkit.sandbox import cgroup
+
+    layout, why = cgroup._layout()
+    if layout is None:
+        pytest.skip(f"no cgroup for the sandbox here: {why}")
+    results = run_programs(["answer = 1", "raise ValueError('x')", "while True:\n    pass"], workers=2,
+                           timeout_s=2)
+    assert [r.error_kind for r in results] == [None, "exception", "timeout"]
+    assert not [p for folder in {layout.memory, layout.pids} for p in folder.glob("toolkit-sandbox-*")]
+    # What a toolkit killed with SIGKILL leaves (its pid gone) is removed when the next one looks for its layout.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = [folder / f"toolkit-sandbox-{dead.pid}-0" for folder in {layout.memory, layout.pids}]
+    for folder in stale:
+        folder.mkdir()
+    cgroup._layout.cache_clear()
+    assert cgroup._layout()[0] == layout and not [folder for folder in stale if folder.exists()]
+
+
+# Six processes (the tripwire off), each holding 150 MiB: 900 MiB, each within the 256 MiB address-space limit.
+FORKED_MEMORY = ("import os, time\nkids = []\nfor _ in range(6):\n    pid = os.fork()\n    if pid == 0:\n"
+                 "        block = b'\\x01' * (150 << 20)\n        time.sleep(1.5)\n        os._exit(0)\n"
+                 "    kids.append(pid)\nanswer = sum(os.waitpid(pid, 0)[1] == 0 for pid in kids)\n")
 
 
 def test_unsafe_mode_runs_unconfined_and_warns(no_bwrap, monkeypatch, capsys):

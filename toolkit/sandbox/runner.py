@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.sandbox import seccomp
+from toolkit.sandbox import cgroup, seccomp
+from toolkit.sandbox.cgroup import ProgramCgroup
 from toolkit.core.errors import ToolkitError
 from toolkit.core.untrusted_json import UntrustedJSONError, loads
 
@@ -56,6 +57,7 @@ TMPFS_FILES = 1024
 _FOLDERS = (("work", WORKDIR), ("tmp", "/tmp"), ("shm", "/dev/shm"))  # (mount point under the base, in the sandbox)
 MAX_PROCESSES = 16  # RLIMIT_NPROC, counted in the sandbox's own user namespace: this program's tasks, threads too
 MAX_OPEN_FILES = 32
+_KERNEL_BYTES = 32 << 20  # in a program's cgroup beside its memory limit and its folders: inodes, pipes, tasks
 NOBODY = 65534
 MODES = ("bwrap", "unsafe")
 MIN_BWRAP = "0.8.0"  # the first with --disable-userns
@@ -235,13 +237,15 @@ class SandboxResult:
 @dataclass
 class _Child:
     """A started program: bwrap (or, unconfined, the runner itself), the result pipe's read end, a pidfd on
-    the sandbox's pid 1 (confined), and the folder made for it (unconfined: its working folder; confined: the
-    empty mount points of its three folders)."""
+    the sandbox's pid 1 (confined), the folder made for it (unconfined: its working folder; confined: the
+    empty mount points of its three folders), and the cgroup that caps it as a whole (confined, where the
+    machine allows one)."""
 
     proc: subprocess.Popen
     result_fd: int
     init_fd: int | None = None
     workdir: str | None = None
+    group: ProgramCgroup | None = None
 
 
 def _world_runnable(interpreter: str) -> bool:
@@ -362,18 +366,18 @@ def _read_all(fd: int, deadline: float) -> bytes:
     return bytes(data)
 
 
-def _hold_init(info_fd: int, deadline: float) -> int | None:
-    """A pidfd on the sandbox's pid 1, from bwrap's info JSON; None when bwrap failed before making it.
-    Pid 1 waits on --block-fd until we release it, so the pid cannot have been reused meanwhile."""
+def _hold_init(info_fd: int, deadline: float) -> tuple[int | None, int | None]:
+    """The sandbox's pid 1 and a pidfd on it, from bwrap's info JSON; (None, None) when bwrap failed before
+    making it. Pid 1 waits on --block-fd until we release it, so the pid cannot have been reused meanwhile."""
     try:
         pid = json.loads(_read_all(info_fd, deadline))["child-pid"]
-        return os.pidfd_open(pid)
+        return pid, os.pidfd_open(pid)
     except (ValueError, KeyError, TypeError, OSError):
-        return None
+        return None, None
 
 
 def _spawn_confined(binary: str, python: str, as_nobody: bool, timeout_s: float, memory_mb: int,
-                    deadline: float) -> _Child:
+                    deadline: float, group: ProgramCgroup | None) -> _Child:
     result_r, result_w = os.pipe()
     info_r, info_w = os.pipe()
     block_r, block_w = os.pipe()
@@ -400,16 +404,24 @@ def _spawn_confined(binary: str, python: str, as_nobody: bool, timeout_s: float,
         for fd in passed:
             os.close(fd)
     try:
-        init_fd = _hold_init(info_r, deadline)
+        init_pid, init_fd = _hold_init(info_r, deadline)
     finally:
         os.close(info_r)
+    child = _Child(proc, result_r, init_fd=init_fd, workdir=base, group=group)
+    if group is not None and init_pid is not None:
+        try:  # pid 1 joins before it execs the runner: every process of the program is born inside
+            group.add(init_pid)
+        except OSError:
+            os.close(block_w)
+            _stop(child)
+            raise
     try:
         os.write(block_w, b"go")
     except BrokenPipeError:  # bwrap already gave up; its message is in the output
         pass
     finally:
         os.close(block_w)
-    return _Child(proc, result_r, init_fd=init_fd, workdir=base)
+    return child
 
 
 def _spawn_unconfined(python: str, as_nobody: bool, timeout_s: float, memory_mb: int) -> _Child:
@@ -456,6 +468,8 @@ def _stop(child: _Child) -> None:
     os.close(child.result_fd)
     if child.workdir:
         shutil.rmtree(child.workdir, ignore_errors=True)
+    if child.group is not None:
+        child.group.remove()
 
 
 def _drain(fd: int, limit: int) -> bytes:
@@ -570,7 +584,15 @@ def _run(code: str, timeout_s: float, memory_mb: int, confined: bool) -> Sandbox
     python, as_nobody = _interpreter()
     try:
         if confined:
-            child = _spawn_confined(_bwrap_binary() or "bwrap", python, as_nobody, timeout_s, memory_mb, deadline)
+            group = ProgramCgroup(_group_memory_bytes(memory_mb), MAX_PROCESSES) if cgroup.status()["cgroup"] \
+                else None
+            try:
+                child = _spawn_confined(_bwrap_binary() or "bwrap", python, as_nobody, timeout_s, memory_mb,
+                                        deadline, group)
+            except BaseException:
+                if group is not None:
+                    group.remove()
+                raise
         else:
             child = _spawn_unconfined(python, as_nobody, timeout_s, memory_mb)
     except OSError as exc:  # out of processes or memory on the host: this program gets no run, the rest do
@@ -608,44 +630,16 @@ def _problem(binary: str | None, uid: int) -> str | None:
             "kernel.apparmor_restrict_unprivileged_userns=0)")
 
 
-def _cgroup_v2_dir() -> tuple[Path | None, str]:
-    """This process's cgroup v2 folder, or None and why there is none (no v2 hierarchy, or not mounted)."""
-    try:
-        own = next((line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines()
-                    if line.startswith("0::")), None)
-        mounts = [line.split(" - ")[0].split() for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                  if " - cgroup2 " in line]
-    except OSError as exc:
-        return None, f"cannot read this process's cgroups ({exc.strerror})"
-    if own is None or not mounts:
-        return None, "no cgroup v2 hierarchy here"
-    root, mount_point = mounts[0][3], mounts[0][4]  # mountinfo: id parent dev root mount-point ...
-    if own != root and not own.startswith(root.rstrip("/") + "/"):
-        return None, f"this process's cgroup v2 {own} is outside the mounted hierarchy ({mount_point})"
-    return Path(mount_point) / own[len(root):].lstrip("/"), ""
-
-
-@functools.cache
 def cgroup_status() -> dict[str, bool | str]:
-    """What caps the sandbox's memory and processes as a whole, for the manifest: `cgroup` False with the
-    reason. The rlimits hold per process; a cgroup v2 would hold across a program's processes (and count the
-    kernel memory its files cost), but sandboxes are not placed in one yet, so this is always False; the reason
-    says what this machine lacks, or that it would allow one."""
-    folder, why = _cgroup_v2_dir()
-    if folder is not None:
-        try:
-            controllers = set((folder / "cgroup.controllers").read_text().split())
-        except OSError as exc:
-            return {"cgroup": False, "cgroup_reason": f"cannot read {folder / 'cgroup.controllers'} ({exc.strerror})"}
-        missing = sorted({"memory", "pids"} - controllers)
-        if missing:
-            why = (f"the cgroup v2 {folder} has no {' or '.join(missing)} controller (on a hybrid host they "
-                   f"are on cgroup v1)")
-        elif not os.access(folder, os.W_OK):
-            why = f"the cgroup v2 {folder} is not delegated to this user (not writable)"
-        else:
-            why = f"the cgroup v2 {folder} would allow one, but the sandbox does not place programs in cgroups yet"
-    return {"cgroup": False, "cgroup_reason": why}
+    """What caps a confined program's processes as a whole, for the manifest (toolkit.sandbox.cgroup): `cgroup`
+    True with its version, or False with the reason, when the rlimits (per process) are all there is."""
+    return cgroup.status()
+
+
+def _group_memory_bytes(memory_mb: int) -> int:
+    """A program's cgroup cap: one process's address-space limit, its three tmpfs folders full, and room for the
+    kernel objects of its files, pipes and tasks (every file of the folders costs ~1.3 KiB)."""
+    return (memory_mb << 20) + len(_FOLDERS) * TMPFS_BYTES + _KERNEL_BYTES
 
 
 def confinement_problem() -> str | None:
