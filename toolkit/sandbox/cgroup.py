@@ -22,6 +22,7 @@ _CONTROLLERS = ("memory", "pids")
 _PREFIX = "toolkit-sandbox"
 _names = itertools.count()
 _REMOVE_TRIES = 100  # of 10 ms each
+_PROBE_BYTES = 16 << 20  # the limit of the cgroup made once to check that this machine allows them
 log = logging.getLogger(__name__)
 
 
@@ -105,6 +106,10 @@ def _layout() -> tuple[_Layout | None, str]:
     layout, why = _find()
     if layout is not None:
         _remove_stale(layout)
+        try:  # a writable folder may still refuse children or limits (a v2 without delegation above it)
+            ProgramCgroup(_PROBE_BYTES, 1, layout).remove()
+        except OSError as exc:
+            return None, f"cannot make a cgroup under {layout.memory} ({exc.strerror or exc})"
     return layout, why
 
 
@@ -135,10 +140,11 @@ class ProgramCgroup:
     counts swap apart); tasks: the cap on its processes and threads.
     """
 
-    def __init__(self, memory_bytes: int, tasks: int):
-        layout, why = _layout()
+    def __init__(self, memory_bytes: int, tasks: int, layout: _Layout | None = None):
         if layout is None:
-            raise OSError(errno.ENOTSUP, why)
+            layout, why = _layout()
+            if layout is None:
+                raise OSError(errno.ENOTSUP, why)
         name = f"{_PREFIX}-{os.getpid()}-{next(_names)}"
         self.folders = list(dict.fromkeys([layout.memory / name, layout.pids / name]))  # v2: one folder
         made = []
