@@ -1,7 +1,12 @@
 """GGUF quantization through llama.cpp's own quantizer (llama-cpp-python), and what it actually stored."""
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from gguf import GGUFReader
@@ -35,9 +40,30 @@ def quantize(src: Path, out: Path, quant: str, threads: int) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = types[quant]
     params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
-    if rc != 0 or not out.is_file():
-        raise ExportError(f"llama.cpp could not quantize {src.name} to {quant} (return code {rc})")
+    with tempfile.TemporaryFile() as log:
+        # llama.cpp writes ~700 lines per model to stderr (every key, every tensor, every fallback); stored_types
+        # and the export's notes say what matters, and the log's last line explains a failure.
+        with _native_stderr(log):
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params)
+        if rc != 0 or not out.is_file():
+            log.seek(0)
+            last = next((line for line in reversed(log.read().decode(errors="replace").splitlines()) if line.strip()),
+                        "")
+            raise ExportError(f"llama.cpp could not quantize {src.name} to {quant} (return code {rc})"
+                              + (f": {last.strip()[:300]}" if last else ""))
+
+
+@contextmanager
+def _native_stderr(into) -> Iterator[None]:
+    """File descriptor 2, where native code writes, sent into the open file `into` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(into.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def stored_types(path: Path, quant: str) -> tuple[dict[str, int], list[str]]:

@@ -59,6 +59,7 @@ def test_cli(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     assert manifest == json.loads((tmp_path / "o" / "export.json").read_text())
+    assert "llama_model_loader" not in proc.stderr and "llama_model_quantize" not in proc.stderr  # quantizer's log
     bad = toolkit("export", str(tmp_path / "nope"), "--format", "gguf", "--quant", "f16", "--out",
                   str(tmp_path / "o2"), cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith("error: model") and "Traceback" not in bad.stderr
