@@ -13,7 +13,10 @@ import math
 import struct
 from pathlib import Path
 
-from gguf import GGUFReader, LlamaFileType
+from gguf import LlamaFileType
+
+from toolkit.core.errors import ModelError
+from toolkit.core.gguf_header import DAMAGE, read_tensors
 
 # ONNX TensorProto element types of 4 bits (INT4, UINT4, FLOAT4E2M1); the rest come from numpy.
 _FOUR_BIT = {21, 22, 23}
@@ -67,41 +70,48 @@ def folder_size(path: Path) -> int:
 
 
 def gguf_facts(path: Path) -> dict:
-    reader = GGUFReader(path)
-    kv_per_position, kv_note = _gguf_kv(reader)
-    sizes = {t.name: int(t.n_bytes) for t in reader.tensors}
+    try:
+        meta, tensors = read_tensors(path, lambda key: key == "general.file_type" or key == "general.architecture"
+                                     or key.endswith((".block_count", ".head_count", ".head_count_kv", ".key_length",
+                                                      ".value_length", ".embedding_length")))
+        kv_per_position, kv_note = _gguf_kv(meta)
+    except (*DAMAGE, KeyError, IndexError, TypeError) as exc:
+        raise ModelError(f"{path}: cannot read the GGUF's header ({type(exc).__name__}: {exc})") from None
+    sizes = {t.name: t.n_bytes for t in tensors}
     tied = "output.weight" not in sizes
     read = sum(sizes.values()) - (0 if tied else sizes.get("token_embd.weight", 0))
-    field = reader.fields.get("general.file_type")
     quant = "?"
-    if field:  # MOSTLY_Q4_K_M -> q4_k_m, ALL_F32 -> f32
-        quant = LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-        quant = quant.lower()
+    if isinstance(meta.get("general.file_type"), int):  # MOSTLY_Q4_K_M -> q4_k_m, ALL_F32 -> f32
+        try:
+            quant = LlamaFileType(meta["general.file_type"]).name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+        except ValueError:
+            pass
     return {"format": "gguf", "quant": quant, "weight_bytes": read,
             "bytes_note": "all tensors; token_embd is the tied output matrix, read every step" if tied
             else "all tensors except token_embd (gathered, one row per token)",
             "kv_bytes_per_position": kv_per_position, "kv_note": kv_note}
 
 
-def _gguf_ints(reader, key: str) -> list[int]:
-    """An integer metadata field as a list (one element, or one per layer), [] when absent."""
-    field = reader.fields.get(key)
-    return [int(field.parts[i][0]) for i in field.data] if field else []
+def _gguf_ints(meta: dict, key: str) -> list[int]:
+    """An integer metadata value as a list (one element, or one per layer), [] when absent."""
+    value = meta.get(key)
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list) else [int(value)]
 
 
-def _gguf_kv(reader) -> tuple[int, str]:
+def _gguf_kv(meta: dict) -> tuple[int, str]:
     """KV-cache bytes per position: per layer, KV heads × (key + value length) × 2 B (llama.cpp's f16 cache,
     the default that bench_runner keeps)."""
-    field = reader.fields["general.architecture"]
-    arch = bytes(field.parts[field.data[0]]).decode()
-    layers = _gguf_ints(reader, f"{arch}.block_count")[0]
-    heads = _gguf_ints(reader, f"{arch}.attention.head_count")
-    kv_heads = _gguf_ints(reader, f"{arch}.attention.head_count_kv") or heads
+    arch = meta["general.architecture"]
+    layers = _gguf_ints(meta, f"{arch}.block_count")[0]
+    heads = _gguf_ints(meta, f"{arch}.attention.head_count")
+    kv_heads = _gguf_ints(meta, f"{arch}.attention.head_count_kv") or heads
     if len(kv_heads) != layers:
         kv_heads = kv_heads[:1] * layers
-    key = (_gguf_ints(reader, f"{arch}.attention.key_length")
-           or [_gguf_ints(reader, f"{arch}.embedding_length")[0] // heads[0]])[0]
-    value = (_gguf_ints(reader, f"{arch}.attention.value_length") or [key])[0]
+    key = (_gguf_ints(meta, f"{arch}.attention.key_length")
+           or [_gguf_ints(meta, f"{arch}.embedding_length")[0] // heads[0]])[0]
+    value = (_gguf_ints(meta, f"{arch}.attention.value_length") or [key])[0]
     note = f"{layers} layers × {kv_heads[0]} KV heads × ({key} + {value}) × 2 B (f16)"
     return sum(kv_heads) * (key + value) * 2, note
 

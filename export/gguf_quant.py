@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gguf import GGUFReader
-
 from toolkit.core.errors import ExportError
+from toolkit.core.gguf_header import DAMAGE, read_tensors
 
 # Block width (elements along a row) each GGML type needs; a row length not divisible by it cannot take it.
 _K_BLOCK = 256
@@ -68,20 +67,23 @@ def _native_stderr(into) -> Iterator[None]:
 
 def stored_types(path: Path, quant: str) -> tuple[dict[str, int], list[str]]:
     """(count of tensors per GGML type, notes on tensors that could not take the requested type)."""
-    reader = GGUFReader(path)
-    counts = Counter(t.tensor_type.name for t in reader.tensors)
+    try:
+        tensors = read_tensors(path)[1]
+    except DAMAGE as exc:
+        raise ExportError(f"{path}: the quantized GGUF does not read back ({exc})") from None
+    counts = Counter(t.ggml_type.name for t in tensors)
     notes = []
     wanted = quant.upper()
     k_quant = "_K" in wanted
     odd: dict[str, list[str]] = {}
-    for t in reader.tensors:
+    for t in tensors:
         if len(t.shape) < 2:
             continue  # norms and biases stay f32 by design
         row = int(t.shape[0])  # GGUF shapes list the row length (columns) first
         if k_quant and row % _K_BLOCK:
-            odd.setdefault(f"{row} columns", []).append(f"{t.name}→{t.tensor_type.name}")
-        elif quant in _BASE_TYPE and t.tensor_type.name != _BASE_TYPE[quant]:
-            odd.setdefault(f"kept {t.tensor_type.name}", []).append(t.name)
+            odd.setdefault(f"{row} columns", []).append(f"{t.name}→{t.ggml_type.name}")
+        elif quant in _BASE_TYPE and t.ggml_type.name != _BASE_TYPE[quant]:
+            odd.setdefault(f"kept {t.ggml_type.name}", []).append(t.name)
     for why, names in odd.items():
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         if why.endswith("columns"):

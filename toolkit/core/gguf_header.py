@@ -7,7 +7,9 @@ and count is bounded, so a hostile header is a quick ValueError, not a hang or a
 """
 from __future__ import annotations
 
+import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -93,35 +95,53 @@ def read_metadata(path: Path, wanted: Callable[[str], bool], stop_after: int | N
         return {} if counts is None else header.metadata(counts[1], wanted, stop_after)
 
 
-def tensor_data_end(path: Path) -> int:
-    """The byte offset at which the file's last tensor ends: a whole file is at least this long. Raises ValueError
-    for a file that is not a GGUF, and one of DAMAGE for a damaged header or tensor table."""
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of the tensor table. shape: as GGUF lists it, the row length (columns) first; offset: bytes from
+    the start of the file; ggml_type: gguf's GGMLQuantizationType."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: GGMLQuantizationType
+    offset: int
+    n_bytes: int
+
+
+def read_tensors(path: Path, wanted: Callable[[str], bool] = lambda key: False) -> tuple[dict, list[TensorInfo]]:
+    """(the metadata keys for which `wanted(key)` holds, the tensor table). Raises ValueError for a file that is
+    not a GGUF, and one of DAMAGE for a damaged header or tensor table."""
     with open(path, "rb") as f:
         header = _Header(f)
         counts = header.start()
         if counts is None:
             raise ValueError("not a GGUF file of version 2 or later")
-        tensors, kv_count = counts
-        if tensors > _MAX_ITEMS:
-            raise ValueError(f"a GGUF table of {tensors} tensors")
-        alignment = header.metadata(kv_count, lambda key: key == "general.alignment", None).get(
-            "general.alignment", _DEFAULT_ALIGNMENT)
+        count, kv_count = counts
+        if count > _MAX_ITEMS:
+            raise ValueError(f"a GGUF table of {count} tensors")
+        metadata = header.metadata(kv_count, lambda key: key == "general.alignment" or wanted(key), None)
+        alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0:
             raise ValueError(f"general.alignment {alignment!r}")
-        end = 0
-        for _ in range(tensors):
-            header.string()  # the tensor's name
+        table = []
+        for _ in range(count):
+            name = header.string()
             n_dims = header.unpack("I")[0]
             if n_dims > _MAX_DIMS:
                 raise ValueError(f"a tensor of {n_dims} dimensions")
-            elements = 1
-            for dim in header.unpack("Q", n_dims):
-                elements *= dim
+            shape = header.unpack("Q", n_dims)
             kind, offset = header.unpack("IQ")
             try:
-                block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+                ggml_type = GGMLQuantizationType(kind)
+                block, block_bytes = GGML_QUANT_SIZES[ggml_type]
             except (ValueError, KeyError):
                 raise ValueError(f"unknown ggml tensor type {kind}") from None
-            end = max(end, offset + elements // block * block_bytes)
+            table.append((name, shape, ggml_type, offset, math.prod(shape) // block * block_bytes))
         data_start = -(-f.tell() // alignment) * alignment
-        return data_start + end
+    if not wanted("general.alignment"):
+        metadata.pop("general.alignment", None)
+    return metadata, [TensorInfo(n, shape, t, data_start + offset, size) for n, shape, t, offset, size in table]
+
+
+def tensor_data_end(path: Path) -> int:
+    """The byte offset at which the file's last tensor ends: a whole file is at least this long."""
+    return max((t.offset + t.n_bytes for t in read_tensors(path)[1]), default=0)
