@@ -14,10 +14,12 @@ from toolkit.data.prompt_rule import read_record, record_for
 from toolkit.runtime.models import resolve_model
 from toolkit.runtime.loading import load_model_and_tokenizer
 
-# Architectures each format takes (HF `model_type` == GGUF `general.architecture` for these). Our GGUF writer maps
-# llama and qwen2 tensors only (export/gguf_writer.py). onnxruntime-genai's model builder and optimum build more
-# families (gemma3 too), but only llama and qwen2 are checked here for parity with the source.
-SUPPORTED = {"gguf": ("llama", "qwen2"), "genai": ("llama", "qwen2"), "onnx": ("llama", "qwen2")}
+# Architectures each format takes: HF `model_type` or GGUF `general.architecture` (gemma3's HF model_type is
+# gemma3_text). Our GGUF writer maps llama, qwen2 and gemma3 tensors (export/gguf_writer.py). onnxruntime-genai's
+# model builder and optimum build more families (gemma3 too), but only llama and qwen2 are checked here for parity
+# with the source.
+SUPPORTED = {"gguf": ("llama", "qwen2", "gemma3", "gemma3_text"), "genai": ("llama", "qwen2"),
+             "onnx": ("llama", "qwen2")}
 WRITER = {"gguf": "our GGUF writer", "genai": "the onnxruntime-genai export", "onnx": "the optimum ONNX export"}
 
 

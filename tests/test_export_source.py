@@ -41,8 +41,7 @@ def test_unsupported_architecture_and_corrupt_inputs(tmp_path, tiny_model_dir):
         export_model(str(gguf), tmp_path / "o4", ExportConfig(format="gguf", quant="q8_0"))
 
 
-@pytest.mark.parametrize("fmt, quant, writer", [("gguf", "f16", "our GGUF writer"),
-                                                ("genai", "int4", "the onnxruntime-genai export"),
+@pytest.mark.parametrize("fmt, quant, writer", [("genai", "int4", "the onnxruntime-genai export"),
                                                 ("onnx", "int8", "the optimum ONNX export")])
 def test_toolkit_export_refuses_an_architecture_its_format_cannot_take_in_one_line(tmp_path, gemma3_dir, fmt, quant,
                                                                                      writer):
@@ -57,12 +56,13 @@ def test_toolkit_export_refuses_an_architecture_its_format_cannot_take_in_one_li
 def test_a_refusal_leaves_an_existing_empty_out_folder_empty(tmp_path, gemma3_dir):
     (tmp_path / "out").mkdir()
     with pytest.raises(ExportError, match="cannot take architecture"):
-        export_model(str(gemma3_dir), tmp_path / "out", ExportConfig(format="gguf", quant="q8_0"))
+        export_model(str(gemma3_dir), tmp_path / "out", ExportConfig(format="genai", quant="int4"))
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_toolkit_export_refuses_the_packaged_gemma3_gguf_in_one_line(tmp_path):
-    """The GGUF's general.architecture (gemma3) is refused before the 268M weights are dequantized."""
+    """The GGUF's general.architecture (gemma3) is refused by a format that cannot take it before the 268M weights
+    are dequantized."""
     from toolkit.runtime.models import resolve_model
 
     try:
@@ -71,6 +71,16 @@ def test_toolkit_export_refuses_the_packaged_gemma3_gguf_in_one_line(tmp_path):
         if "not installed" not in str(exc):  # only a missing install skips
             raise
         missing(str(exc))
-    r = toolkit("export", "pkg:gemma3-270m", "--format", "gguf", "--quant", "q8_0", "--out", str(tmp_path / "out"),
+    r = toolkit("export", "pkg:gemma3-270m", "--format", "onnx", "--quant", "int8", "--out", str(tmp_path / "out"),
                 cwd=tmp_path, timeout=60)
-    one_line_error(r, "--format gguf cannot take architecture 'gemma3'", "gemma-3-270m-q4_k_m.gguf")
+    one_line_error(r, "--format onnx cannot take architecture 'gemma3'", "gemma-3-270m-q4_k_m.gguf")
+
+
+def test_a_gemma3_student_exports_to_gguf_as_llama_cpp_runs_it(tmp_path, gemma3_dir):
+    """Gemma 3's norms (HF scales by 1 + w), query/key norms and query_pre_attn_scalar (256 here, against a head size
+    of 16; llama.cpp's gemma3 graph scales by the head size and reads no such key, so the ratio is folded into the
+    query norm): at f16 llama.cpp's greedy tokens are the source's."""
+    manifest = export_model(str(gemma3_dir), tmp_path / "out", ExportConfig(format="gguf", quant="f16"))
+    parity = manifest["parity"]
+    assert parity["passed"] and parity["tokenizer"]["exact"] and parity["greedy"]["token_agreement"] == 1.0, parity
+    assert manifest["source"]["architecture"] == "gemma3_text"

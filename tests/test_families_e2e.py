@@ -1,8 +1,9 @@
 """Each student family goes the whole way through the CLI: `toolkit distill` trains it, exports it as a GGUF,
 scores the export in llama.cpp and packs a bundle whose GGUF stops where the family's turn ends and whose
-runner asks as training did. The tiny llama (SmolLM2's shape) is test_deploy's; these are the other two shapes
-users bring: Qwen2.5 (qwen2: q/k/v biases, tied head, ChatML's <|im_end|>) and Llama-3.2 (three end tokens in
-the config, <|eot_id|> ending a turn)."""
+runner asks as training did. The tiny llama (SmolLM2's shape) is test_deploy's; these are the other shapes users
+bring: Qwen2.5 (qwen2: q/k/v biases, tied head, ChatML's <|im_end|>), Llama-3.2 (three end tokens in the config,
+<|eot_id|> ending a turn) and Gemma 3 (four norms per layer, query/key norms, query_pre_attn_scalar unlike its
+head size, <end_of_turn>)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ deploy:
 """
 # family: (how its tiny model is built, the token that ends its assistant turn)
 FAMILIES = {"qwen2": (lambda path: build_export_model(path, "qwen2"), "<|im_end|>"),
-            "llama3": (lambda path: build_turn_model(path, "llama3"), "<|eot_id|>")}
+            "llama3": (lambda path: build_turn_model(path, "llama3"), "<|eot_id|>"),
+            "gemma3": (lambda path: build_turn_model(path, "gemma3"), "<end_of_turn>")}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
