@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from toolkit.core.errors import ExportError
 from toolkit.export.gguf_vocab import Entry
+from toolkit.export.source import FAMILY
 
 # HF parameter name (inside model.layers.N.) → GGUF tensor name (inside blk.N.).
 _LAYER = {
@@ -37,8 +38,6 @@ _GEMMA3_LAYER = {**_LAYER,
                  "self_attn.k_norm.weight": "attn_k_norm.weight"}
 _TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
         "lm_head.weight": "output.weight"}
-# HF model_type → GGUF general.architecture, where they differ (Gemma3ForCausalLM saves gemma3_text).
-GGUF_ARCH = {"gemma3_text": "gemma3"}
 _LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
@@ -66,7 +65,7 @@ def rope_interleave(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _hparams(writer, cfg: dict, n_vocab: int) -> None:
+def _hparams(writer, arch: str, cfg: dict, n_vocab: int) -> None:
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     scaling = cfg.get("rope_scaling")
@@ -85,7 +84,7 @@ def _hparams(writer, cfg: dict, n_vocab: int) -> None:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_vocab_size(n_vocab)
-    if cfg.get("sliding_window") and cfg.get("model_type") in GGUF_ARCH:  # gemma3: local layers' window, tokens
+    if cfg.get("sliding_window") and arch == "gemma3":  # gemma3: local layers' window, tokens
         writer.add_sliding_window(cfg["sliding_window"])
     if cfg.get("final_logit_softcapping") or cfg.get("attn_logit_softcapping"):
         raise ExportError("logit soft-capping (gemma2) is not supported by the GGUF writer")
@@ -98,7 +97,7 @@ def write_gguf(hf_dir: Path, out: Path, arch: str, cfg: dict, tokenizer: list[En
 
     if outtype not in ("f16", "f32"):
         raise ExportError(f"GGUF base type {outtype!r}: use f16 or f32 (other types are quantized from f16)")
-    arch = GGUF_ARCH.get(arch, arch)
+    arch = FAMILY.get(arch, arch)
     heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
     # gemma3 scales attention by query_pre_attn_scalar^-0.5; llama.cpp's gemma3 graph (below 27B) by head_dim^-0.5
     # and reads no such key. The query norm comes right before RoPE (linear), so the ratio folds into its weight.
@@ -109,7 +108,7 @@ def write_gguf(hf_dir: Path, out: Path, arch: str, cfg: dict, tokenizer: list[En
     writer.add_name(cfg.get("_name_or_path") or hf_dir.name)
     writer.add_file_type(LlamaFileType.MOSTLY_F16 if outtype == "f16" else LlamaFileType.ALL_F32)
     n_vocab = cfg["vocab_size"]
-    _hparams(writer, cfg, n_vocab)
+    _hparams(writer, arch, cfg, n_vocab)
     for key, value, vtype, sub in tokenizer:
         writer.add_key_value(key, value, vtype, sub_type=sub)
     seen = set()
