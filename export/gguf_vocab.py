@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGUFValueType
 
 from toolkit.core.errors import ExportError
+from toolkit.core.gguf_header import DAMAGE, read_typed_metadata
 
 # One metadata entry: (key, value, value type, array element type or None), as GGUFWriter.add_key_value takes.
 Entry = tuple[str, Any, Any, Any]
@@ -25,14 +26,12 @@ NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
 def carried_metadata(base_gguf: Path, n_vocab: int) -> list[Entry]:
     """Every tokenizer.* key of `base_gguf`, with its stored types; refuses a vocabulary of another size."""
-    reader = GGUFReader(base_gguf)
-    entries: list[Entry] = []
-    for key, field in reader.fields.items():
-        if not key.startswith("tokenizer."):
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        entries.append((key, field.contents(), vtype, sub))
+    try:
+        found = read_typed_metadata(base_gguf, lambda key: key.startswith("tokenizer."))
+    except DAMAGE as exc:
+        raise ExportError(f"{base_gguf}: cannot read its tokenizer metadata ({exc})") from None
+    entries: list[Entry] = [(key, value, GGUFValueType(vtype), None if sub is None else GGUFValueType(sub))
+                            for key, (value, vtype, sub) in found.items()]
     tokens = next((v for k, v, _, _ in entries if k == "tokenizer.ggml.tokens"), None)
     if tokens is None:
         raise ExportError(f"{base_gguf}: has no tokenizer.ggml.tokens to carry over")

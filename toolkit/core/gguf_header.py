@@ -31,6 +31,7 @@ class _Header:
 
     def __init__(self, f: BinaryIO):
         self.f = f
+        self.types: dict[str, tuple[int, int | None]] = {}  # key -> (value type, array item type), kept keys
 
     def unpack(self, fmt: str, count: int = 1) -> tuple:
         layout = f"<{fmt * count}" if count < 8 else f"<{count}{fmt}"  # unpadded
@@ -78,9 +79,13 @@ class _Header:
             key = self.string()
             kind = self.unpack("I")[0]
             keep = wanted(key)
+            if keep and kind == _ARRAY:  # the item type, without consuming it: value() reads it again
+                item = self.unpack("I")[0]
+                self.f.seek(-4, 1)
             got = self.value(kind, keep)
             if keep:
                 found[key] = got
+                self.types[key] = (kind, item if kind == _ARRAY else None)
                 if stop_after is not None and len(found) == stop_after:
                     break
         return found
@@ -105,6 +110,16 @@ class TensorInfo:
     ggml_type: GGMLQuantizationType
     offset: int
     n_bytes: int
+
+
+def read_typed_metadata(path: Path, wanted: Callable[[str], bool]) -> dict[str, tuple[object, int, int | None]]:
+    """key -> (value, GGUF value type, array item type or None) for the metadata keys for which `wanted(key)` holds,
+    in file order: what a writer needs to copy them. Raises one of DAMAGE for a damaged or hostile header."""
+    with open(path, "rb") as f:
+        header = _Header(f)
+        counts = header.start()
+        found = {} if counts is None else header.metadata(counts[1], wanted, None)
+        return {key: (value, *header.types[key]) for key, value in found.items()}
 
 
 def read_tensors(path: Path, wanted: Callable[[str], bool] = lambda key: False) -> tuple[dict, list[TensorInfo]]:
