@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
 
 from export.source import gguf_architecture
 from toolkit.core.errors import ModelError
-from toolkit.core.gguf_header import read_metadata, tensor_data_end
+from toolkit.core.gguf_header import read_metadata, read_typed_metadata, tensor_data_end
 from toolkit.core.integrity import check_gguf
 
 
@@ -40,6 +40,9 @@ def test_the_tensor_table_ends_where_gguf_says(tmp_path, alignment):
     check_gguf(path)
     assert gguf_architecture(path) == "llama"
     assert read_metadata(path, lambda key: key.startswith("tokenizer."))["tokenizer.ggml.tokens"] == ["a", "b", "ab"]
+    typed = read_typed_metadata(path, lambda key: key.startswith(("tokenizer.", "general.arch")))
+    assert typed == {"general.architecture": ("llama", 8, None), "tokenizer.ggml.model": ("gpt2", 8, None),
+                     "tokenizer.ggml.tokens": (["a", "b", "ab"], 9, 8)}  # string 8, array 9 of strings
 
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(path.read_bytes()[:expected - 1])  # the writer pads after the last tensor
