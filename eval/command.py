@@ -52,10 +52,10 @@ def run_eval(model: str, out: str | Path, config: EvalConfig, *, quiet: bool = F
     shots = {s: fewshot_examples(s, config.fewshot, data_root, problems[s], seed=config.seed) for s in suites}
     export = export_info(model) if not model.startswith("openai:") else None
     # A student (or its export) is asked with the strategies it was trained on: a tagged prompt offers only those.
-    prompt = prompt_info(model)
+    prompt = prompt_info(config.tokenizer or model)
     gen = open_generator(model, config.backend, batch_size=config.batch_size, threads=config.threads,
                          seed=config.seed, concurrency=config.concurrency, api_key_env=config.api_key_env,
-                         calculator=config.calculator)
+                         calculator=config.calculator, tokenizer=config.tokenizer)
     console = Console(quiet=quiet)
     recorded = {"limit": config.limit, "suites": suites, "fewshot": config.fewshot, "seed": config.seed}
     if sandbox:

@@ -41,6 +41,10 @@ class EvalConfig(BaseModel):
                                       "never written")
     threads: int | None = Field(None, description="CPU threads (default: the cores this process may use)")
     data_root: str | None = Field(None, description="folder holding the suites (default: $TOOLKIT_DATA or ./data)")
+    tokenizer: Annotated[str | None, Flag(metavar="MODEL")] = Field(
+        None, description="openai only: the served model's folder or GGUF; each prompt is rendered with its tokenizer "
+                          "as it was trained (chat template, or the plain format of a model without one; its "
+                          "prompt.json's strategies) and sent to the completions endpoint, not the chat one")
 
 
 class BenchConfig(BaseModel):

@@ -11,7 +11,7 @@ from toolkit.core.model_kind import BACKEND_OF_KIND, local_model
 from toolkit.runtime.models import ModelRef, resolve_model
 from toolkit.data.calculator import Sequence
 from toolkit.data.prompt_rule import has_chat_template, read_record, render
-from toolkit.runtime.loading import fix_special_tokens, load_model_and_tokenizer
+from toolkit.runtime.loading import fix_special_tokens, load_model_and_tokenizer, load_tokenizer
 
 from toolkit.eval.backend import BatchAnswers, Generator, length_sorted_batches, llama_prompt
 from toolkit.eval.calc_decode import LlamaCppCalculator, TorchCalculator, assistant_prefix, hf_sequence
@@ -218,25 +218,31 @@ def _folder(model: str, backend: str, marker: str) -> Path:
 
 def open_generator(model: str, backend: str = "auto", *, batch_size: int = 16, threads: int | None = None,
                    n_ctx: int = 2048, seed: int = 0, concurrency: int = 4, api_key_env: str = "OPENAI_API_KEY",
-                   calculator: bool = False) -> Generator:
+                   calculator: bool = False, tokenizer: str | None = None) -> Generator:
     """The generator for a model reference under `backend` (`auto`: see `detect_backend`); `calculator`
-    switches the calculator in decoding on (eval/calc_decode.py)."""
-    if calculator and (backend == "openai" or backend == "auto" and detect_backend(model) == "openai"):
+    switches the calculator in decoding on (eval/calc_decode.py); `tokenizer` (a model reference, openai only):
+    the served model's tokenizer, with which prompts are rendered here and sent to the completions endpoint."""
+    remote = backend == "openai" or backend == "auto" and detect_backend(model) == "openai"
+    if calculator and remote:
         raise ModelError("--calculator needs to steer decoding, which a remote chat endpoint does not allow; "
                          "use a local model (torch, onnx, genai, llama.cpp) or --backend llama.cpp-server")
+    if tokenizer and not remote:
+        raise ModelError("--tokenizer goes with an openai:URL#MODEL endpoint; a local model brings its own")
     gen = _open(model, backend, batch_size=batch_size, threads=threads, n_ctx=n_ctx, seed=seed,
-                concurrency=concurrency, api_key_env=api_key_env)
+                concurrency=concurrency, api_key_env=api_key_env, tokenizer=tokenizer)
     gen.calculator = calculator
     gen.config["calculator"] = calculator
     return gen
 
 
 def _open(model: str, backend: str, *, batch_size: int, threads: int | None, n_ctx: int, seed: int,
-          concurrency: int, api_key_env: str) -> Generator:
+          concurrency: int, api_key_env: str, tokenizer: str | None) -> Generator:
     if backend == "auto":
         backend = detect_backend(model)
     if backend == "openai":
-        return OpenAIGenerator.from_ref(model, concurrency=concurrency, api_key_env=api_key_env, seed=seed)
+        tok = load_tokenizer(resolve_model(tokenizer)) if tokenizer else None
+        return OpenAIGenerator.from_ref(model, concurrency=concurrency, api_key_env=api_key_env, seed=seed,
+                                        tokenizer=tok)
     if backend == "genai":
         return GenaiGenerator(_folder(model, backend, "genai_config.json"), batch_size=batch_size,
                               threads=threads, seed=seed)

@@ -11,6 +11,7 @@ import openai
 from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError, redact
 from toolkit.data.calculator import CONTINUES, MAY_CONTINUE
+from toolkit.data.prompt_rule import has_chat_template, render
 from toolkit.runtime.llama_server import LlamaServer
 
 from toolkit.eval.backend import llama_prompt
@@ -36,13 +37,20 @@ class OpenAIGenerator:
     name = "openai"
 
     def __init__(self, base_url: str, model: str, *, concurrency: int = 4, api_key_env: str = "OPENAI_API_KEY",
-                 seed: int = 0, timeout_s: float = 600.0):
+                 seed: int = 0, timeout_s: float = 600.0, tokenizer=None):
         self.base_url, self.model, self.seed = base_url, model, seed
         self.concurrency = max(1, concurrency)
+        # With the served model's tokenizer, prompts are rendered here by the prompt rule (chat template or plain
+        # format, as the student was trained) and sent as text to the completions endpoint; without, the server
+        # applies its own chat template to the messages.
+        self.tok = tokenizer
         self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "not-needed",
                                     timeout=timeout_s, max_retries=2)
+        rendered = "prompt rule, rendered here ({}), completions endpoint".format(
+            "chat template" if tokenizer is not None and has_chat_template(tokenizer) else "plain")
         self.config = {"base_url": base_url, "served_model": model, "concurrency": self.concurrency,
-                       "api_key_env": api_key_env, "prompt_format": "server chat template"}
+                       "api_key_env": api_key_env,
+                       "prompt_format": rendered if tokenizer is not None else "server chat template"}
 
     @classmethod
     def from_ref(cls, model: str, **kwargs) -> OpenAIGenerator:
@@ -63,8 +71,15 @@ class OpenAIGenerator:
 
     def _one(self, messages, max_new_tokens: int, temperature: float) -> str:
         try:
-            resp = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_new_tokens,
-                                                       temperature=temperature, seed=self.seed)
+            if self.tok is not None:
+                text, stops = render(self.tok, messages)
+                resp = self.client.completions.create(
+                    model=self.model, prompt=text, max_tokens=max_new_tokens, temperature=temperature, seed=self.seed,
+                    stop=list(stops) or None, extra_body={"add_special_tokens": False})  # the text holds them all
+            else:
+                resp = self.client.chat.completions.create(model=self.model, messages=messages,
+                                                           max_tokens=max_new_tokens, temperature=temperature,
+                                                           seed=self.seed)
         except openai.APIConnectionError:
             raise ModelError(f"OpenAI-compatible endpoint {self.base_url} is unreachable") from None
         except openai.APIStatusError as exc:
@@ -72,12 +87,13 @@ class OpenAIGenerator:
                              f"{redact(str(exc.message), [self.client.api_key]).splitlines()[0]}") from None
         if not resp.choices:
             raise ModelError(f"endpoint {self.base_url} returned no choices for model {self.model}")
-        return resp.choices[0].message.content or ""
+        return (resp.choices[0].text if self.tok is not None else resp.choices[0].message.content) or ""
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
-        if any(p and p[-1]["role"] == "assistant" for p in prompts):  # chat APIs close that turn, not continue it
-            raise ModelError("a forced strategy tag (an assistant prefix) needs the torch, onnx or genai backend; "
-                             "use --strategy auto or cot with an endpoint")
+        if self.tok is None and any(p and p[-1]["role"] == "assistant" for p in prompts):
+            # chat APIs close that turn, not continue it; a rendered prompt continues it
+            raise ModelError("a forced strategy tag (an assistant prefix) needs the torch, onnx or genai backend, or "
+                             "an endpoint asked with --tokenizer; use --strategy auto or cot with a chat endpoint")
         out: list[str | None] = [None] * len(prompts)
         with ThreadPoolExecutor(self.concurrency) as pool:
             futures = {pool.submit(self._one, p, max_new_tokens, temperature): i for i, p in enumerate(prompts)}

@@ -163,7 +163,34 @@ def test_openai_backend_against_a_real_server_keeps_order_and_never_writes_the_k
         assert "sk-secret-123" not in f.read_text()
 
 
+def test_openai_backend_with_the_served_models_tokenizer_asks_the_text_it_was_trained_on(
+        teacher_server, smollm2_gguf, tmp_path, data_root):
+    """--tokenizer: each prompt is rendered here by the prompt rule and sent to the completions endpoint, so the
+    server's answers are llama.cpp's own greedy continuations of exactly that text."""
+    from llama_cpp import Llama
+
+    from toolkit.data.prompt_rule import render
+    from toolkit.runtime.loading import load_tokenizer
+    from toolkit.runtime.models import resolve_model
+
+    out = tmp_path / "results.json"
+    r = toolkit("eval", f"openai:{teacher_server.base_url}#smollm2", "--tokenizer", str(smollm2_gguf), "--suite",
+                "multiarith", "--limit", "3", "--max-new-tokens", "12", "--threads", "1", "--data-root",
+                str(data_root), "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["config"]["prompt_format"].startswith("prompt rule, rendered here (chat")
+    tok = load_tokenizer(resolve_model(str(smollm2_gguf)))
+    local = Llama(str(smollm2_gguf), n_ctx=1024, n_threads=2, verbose=False)
+    samples = [json.loads(line) for line in (tmp_path / "samples_multiarith.jsonl").read_text().splitlines()]
+    for s in samples:
+        text, stops = render(tok, s["prompt"])
+        want = local.create_completion(text, max_tokens=12, temperature=0.0, repeat_penalty=1.1,
+                                       stop=list(stops) or None)["choices"][0]["text"]
+        assert s["output"] == want
+
+
 @pytest.mark.parametrize("args, expected", [
+    (["{hf}", "--tokenizer", "{hf}"], "--tokenizer goes with an openai"),
     (["openai:127.0.0.1:8000#m"], "bad OpenAI model reference"),
     (["openai:http://127.0.0.1:9/v1#m"], "is unreachable"),
     (["{hf}", "--backend", "onnx"], "needs *.onnx"),
