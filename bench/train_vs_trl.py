@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,14 +31,9 @@ from pathlib import Path
 
 from _common import emit, machine, require_quiet
 
+from toolkit.core.memory import process_peak_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _peak_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _examples(args, tok):
@@ -101,7 +95,7 @@ def worker(args) -> None:
     tokens = sum(len(e.input_ids) for e in examples) * args.epochs
     print(json.dumps({"trainer": args.worker, "tokens": tokens, **figures,
                       "tokens_per_s": round(tokens / figures["train_seconds"], 1),
-                      "peak_rss_bytes": _peak_rss_bytes()}), flush=True)
+                      "peak_rss_bytes": process_peak_bytes()}), flush=True)
 
 
 def _spawn(args, which: str, save: Path) -> dict:

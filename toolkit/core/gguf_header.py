@@ -32,6 +32,7 @@ class _Header:
     def __init__(self, f: BinaryIO):
         self.f = f
         self.types: dict[str, tuple[int, int | None]] = {}  # key -> (value type, array item type), kept keys
+        self.item: int | None = None  # the item type of the last array value() read
 
     def unpack(self, fmt: str, count: int = 1) -> tuple:
         layout = f"<{fmt * count}" if count < 8 else f"<{count}{fmt}"  # unpadded
@@ -58,6 +59,7 @@ class _Header:
         if kind != _ARRAY:
             raise ValueError(f"unknown GGUF value type {kind}")
         item, count = self.unpack("IQ")
+        self.item = item
         if item == _ARRAY or count > _MAX_ITEMS:
             raise ValueError(f"a GGUF array of {count} items of type {item}")
         if item in _SCALAR and not keep:
@@ -79,25 +81,34 @@ class _Header:
             key = self.string()
             kind = self.unpack("I")[0]
             keep = wanted(key)
-            if keep and kind == _ARRAY:  # the item type, without consuming it: value() reads it again
-                item = self.unpack("I")[0]
-                self.f.seek(-4, 1)
             got = self.value(kind, keep)
             if keep:
                 found[key] = got
-                self.types[key] = (kind, item if kind == _ARRAY else None)
+                self.types[key] = (kind, self.item if kind == _ARRAY else None)  # arrays do not nest
                 if stop_after is not None and len(found) == stop_after:
                     break
         return found
 
 
-def read_metadata(path: Path, wanted: Callable[[str], bool], stop_after: int | None = None) -> dict:
-    """The values of the metadata keys for which `wanted(key)` holds, in file order; {} for a file that is not a
-    GGUF. Raises one of DAMAGE for a damaged or hostile header."""
+def _read_metadata(path: Path, wanted: Callable[[str], bool], stop_after: int | None) -> tuple[dict, dict]:
+    """(values, types) of the metadata keys of `path` for which `wanted(key)` holds; both {} for a non-GGUF."""
     with open(path, "rb") as f:
         header = _Header(f)
         counts = header.start()
-        return {} if counts is None else header.metadata(counts[1], wanted, stop_after)
+        return ({} if counts is None else header.metadata(counts[1], wanted, stop_after)), header.types
+
+
+def read_metadata(path: Path, wanted: Callable[[str], bool], stop_after: int | None = None) -> dict:
+    """The values of the metadata keys for which `wanted(key)` holds, in file order; {} for a file that is not a
+    GGUF. Raises one of DAMAGE for a damaged or hostile header."""
+    return _read_metadata(path, wanted, stop_after)[0]
+
+
+def read_typed_metadata(path: Path, wanted: Callable[[str], bool]) -> dict[str, tuple[object, int, int | None]]:
+    """key -> (value, GGUF value type, array item type or None) for the metadata keys for which `wanted(key)` holds,
+    in file order: what a writer needs to copy them. Raises one of DAMAGE for a damaged or hostile header."""
+    found, types = _read_metadata(path, wanted, None)
+    return {key: (value, *types[key]) for key, value in found.items()}
 
 
 @dataclass(frozen=True)
@@ -110,16 +121,6 @@ class TensorInfo:
     ggml_type: GGMLQuantizationType
     offset: int
     n_bytes: int
-
-
-def read_typed_metadata(path: Path, wanted: Callable[[str], bool]) -> dict[str, tuple[object, int, int | None]]:
-    """key -> (value, GGUF value type, array item type or None) for the metadata keys for which `wanted(key)` holds,
-    in file order: what a writer needs to copy them. Raises one of DAMAGE for a damaged or hostile header."""
-    with open(path, "rb") as f:
-        header = _Header(f)
-        counts = header.start()
-        found = {} if counts is None else header.metadata(counts[1], wanted, None)
-        return {key: (value, *header.types[key]) for key, value in found.items()}
 
 
 def read_tensors(path: Path, wanted: Callable[[str], bool] = lambda key: False) -> tuple[dict, list[TensorInfo]]:

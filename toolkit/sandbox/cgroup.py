@@ -167,7 +167,6 @@ class ProgramCgroup:
             for folder in made:
                 folder.rmdir()
             raise
-        self.version = layout.version
 
     def add(self, pid: int) -> None:
         """Move `pid` (one process, before it has made any other) into the cgroup."""
