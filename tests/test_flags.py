@@ -23,7 +23,7 @@ CHANGED = {
                                tokenizer_gguf="pkg:base"),
     EvalConfig: EvalConfig(suite="svamp,asdiv", limit=3, backend="llama.cpp-server", strategy="pot", fewshot=2,
                            seed=7, max_new_tokens=32, calculator=True, batch_size=4, concurrency=9,
-                           api_key_env="MY_KEY", threads=2, data_root="/d"),
+                           api_key_env="MY_KEY", threads=2, data_root="/d", tokenizer="/student"),
     BenchConfig: BenchConfig(prompt_tokens=8, gen_tokens=6, reps=2, warmup=0, threads=[1, 2, 4], allow_busy=True,
                              remote="ssh://me@edge:2222", remote_python="/opt/py", ssh_option=["A=1", "B=2"]),
 }
