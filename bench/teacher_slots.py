@@ -2,8 +2,9 @@
 
 Each setting runs the recipe's own teacher path: `open_teacher` with `teacher.server: llama-server`
 and `teacher.slots: N` starts the server and sends `--requests` distinct math questions (the
-teacher's few-shot CoT prompt) through toolkit's OpenAI client with N in flight, into a fresh
-request cache. Generated tokens are the server's own count, from the timing summary it logs for
+teacher's few-shot CoT prompt) through toolkit's OpenAI client with N × `--in-flight` in flight (the
+recipe's `teacher.concurrency`), into a fresh request cache. `--server-env KEY=VALUE` hands the server
+one of llama.cpp's LLAMA_ARG_* settings (its environment form of a flag), to try one without a code change. Generated tokens are the server's own count, from the timing summary it logs for
 every finished request. Then llama-batched-bench decodes 1, 2 and 4 sequences with prompts of the
 same length on the same model and threads: the engine's own bound, before any server cost.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -39,9 +41,9 @@ _PROMPT_LINE = re.compile(r"prompt eval time =\s+[\d.]+ ms /\s+(\d+) tokens")
 _EVAL_LINE = re.compile(r"\|\s+eval time =\s+[\d.]+ ms /\s+(\d+) tokens")
 
 
-def measure(model: str, slots: int, requests: int, max_tokens: int, threads: int, n_ctx: int) -> dict:
+def measure(model: str, slots: int, in_flight: int, requests: int, max_tokens: int, threads: int, n_ctx: int) -> dict:
     cfg = TeacherConfig(model=model, server="llama-server", slots=slots, n_ctx=n_ctx, threads=threads,
-                        max_tokens=max_tokens)
+                        max_tokens=max_tokens, concurrency=slots * in_flight)
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "teacher-server.log"
         with open_teacher(cfg, RequestCache(Path(tmp) / "teacher.sqlite"), base_dir=Path.cwd(),
@@ -60,7 +62,7 @@ def measure(model: str, slots: int, requests: int, max_tokens: int, threads: int
     if prompt is None or not tokens:
         raise SystemExit(f"no per-request timing lines in the llama-server log ({len(text)} characters): "
                          "this llama-server does not log them at its default verbosity")
-    return {"slots": slots, "requests": requests, "requests_sent": sent - 1, "completion_tokens": tokens,
+    return {"slots": slots, "in_flight_per_slot": in_flight, "requests": requests, "requests_sent": sent - 1, "completion_tokens": tokens,
             "prompt_tokens": int(prompt.group(1)),
             "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
 
@@ -85,6 +87,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="pkg:qwen2.5-coder-0.5b-instruct", help="teacher GGUF reference")
     ap.add_argument("--slots", default="1,2,4")
+    ap.add_argument("--in-flight", default="1", help="requests in flight per slot, one row each (e.g. 1,2)")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="a llama-server setting as its environment variable, e.g. LLAMA_ARG_UBATCH=256 (repeatable)")
     # 32: with 4 slots that is 8 waves, so the first wave's four prefills of the shared few-shot
     # prompt and the last wave's idle slots weigh little (measured: it did not raise the 4-slot gain).
     ap.add_argument("--requests", type=int, default=32, help=f"requests per setting (at most {len(QUESTIONS)})")
@@ -98,17 +103,23 @@ def main() -> None:
         ap.error(f"--requests must be between 1 and {len(QUESTIONS)} (the distinct questions)")
     require_quiet(args.threads, args.force)
     slots = [int(n) for n in args.slots.split(",")]
-    rows = [measure(args.model, n, args.requests, args.max_tokens, args.threads, args.n_ctx) for n in slots]
+    server_env = dict(kv.split("=", 1) for kv in args.server_env)
+    os.environ.update(server_env)  # inherited by the llama-server the teacher starts, and by llama-batched-bench
+    rows = [measure(args.model, n, k, args.requests, args.max_tokens, args.threads, args.n_ctx)
+            for n in slots for k in (int(x) for x in args.in_flight.split(","))]
     gen = round(rows[0]["completion_tokens"] / rows[0]["requests"])  # the mean answer length
-    ceiling = engine_ceiling(resolve_model(args.model).path, slots, args.threads, rows[0]["prompt_tokens"], gen)
+    ceiling = engine_ceiling(resolve_model(args.model).path, sorted({1, *slots}), args.threads, rows[0]["prompt_tokens"], gen)
     base = ceiling["decode"][0]["tokens_per_s"]
-    for row, bound in zip(rows, ceiling["decode"]):
+    bound_at = {b["sequences"]: b["tokens_per_s"] for b in ceiling["decode"]}
+    for row in rows:
         row["vs_first"] = round(row["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
-        row["engine_bound"] = round(bound["tokens_per_s"] / base, 2)
+        row["engine_bound"] = round(bound_at[row["slots"]] / base, 2)
+        # the server's tokens/s over the engine's own decode tokens/s with as many sequences as slots
+        row["share_of_bound"] = round(row["tokens_per_s"] / bound_at[row["slots"]], 3)
         print(json.dumps(row), flush=True)
     print(json.dumps({"engine_ceiling": ceiling}), flush=True)
     result = {"bench": "teacher_slots", "model": args.model, "binary": str(require_tool("llama-server")),
-              "max_tokens": args.max_tokens, "rows": rows, "engine_ceiling": ceiling,
+              "max_tokens": args.max_tokens, "server_env": server_env, "rows": rows, "engine_ceiling": ceiling,
               "machine": machine(args.threads)}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

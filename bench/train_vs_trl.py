@@ -99,7 +99,8 @@ def worker(args) -> None:
 
 
 def _spawn(args, which: str, save: Path) -> dict:
-    command = [sys.executable, __file__, "--worker", which, "--save", str(save), "--rows", args.rows,
+    # The worker runs in bench/ (for _common); the rows path is the user's, relative to where they ran this.
+    command = [sys.executable, __file__, "--worker", which, "--save", str(save), "--rows", str(Path(args.rows).resolve()),
                "--model", args.model, "--epochs", str(args.epochs), "--batch", str(args.batch), "--seq-len",
                str(args.seq_len), "--lr", str(args.lr), "--threads", str(args.threads), "--seed", str(args.seed)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT / "bench")
