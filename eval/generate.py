@@ -17,7 +17,8 @@ from toolkit.eval.backend import BatchAnswers, Generator, length_sorted_batches,
 from toolkit.eval.calc_decode import LlamaCppCalculator, TorchCalculator, assistant_prefix, hf_sequence
 from toolkit.eval.genai_backend import GenaiGenerator
 from toolkit.eval.gqa_attention import grouped_sdpa
-from toolkit.eval.openai_backend import LlamaServerGenerator, OpenAIGenerator
+from toolkit.eval.openai_backend import LlamaServerGenerator
+from toolkit.runtime.openai_generator import OpenAIGenerator
 
 
 class TorchGenerator:

@@ -1,9 +1,8 @@
-"""OpenAI-compatible endpoints as a generation backend, and a local llama.cpp server behind one."""
+"""A local llama.cpp server as a generation backend, asked through the OpenAI-compatible client
+(toolkit/runtime/openai_generator.py), with the calculator's streamed decoding."""
 from __future__ import annotations
 
-import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import openai
@@ -11,100 +10,11 @@ import openai
 from toolkit.core.defaults import default_threads
 from toolkit.core.errors import ModelError, redact
 from toolkit.data.calculator import CONTINUES, MAY_CONTINUE
-from toolkit.data.prompt_rule import has_chat_template, render
 from toolkit.runtime.llama_server import LlamaServer
+from toolkit.runtime.openai_generator import OpenAIGenerator
 
 from toolkit.eval.backend import llama_prompt
 from toolkit.eval.calc_decode import End, assistant_prefix, stream_with_calculator
-
-
-def parse_openai_ref(model: str) -> tuple[str, str]:
-    """`openai:http://host:port/v1#model-name` -> (base URL, model name)."""
-    body = model.removeprefix("openai:")
-    base_url, _, name = body.partition("#")
-    if not base_url.startswith(("http://", "https://")) or not name:
-        raise ModelError(f"bad OpenAI model reference {model!r}: write openai:http://HOST:PORT/v1#MODEL")
-    return base_url.rstrip("/"), name
-
-
-class OpenAIGenerator:
-    """Chat completions from any OpenAI-compatible server, `concurrency` requests in flight at once.
-
-    The API key is read from the environment variable named `api_key_env` (unset: a placeholder
-    that local servers accept); it is never logged or written into results.
-    """
-
-    name = "openai"
-
-    def __init__(self, base_url: str, model: str, *, concurrency: int = 4, api_key_env: str = "OPENAI_API_KEY",
-                 seed: int = 0, timeout_s: float = 600.0, tokenizer=None):
-        self.base_url, self.model, self.seed = base_url, model, seed
-        self.concurrency = max(1, concurrency)
-        # With the served model's tokenizer, prompts are rendered here by the prompt rule (chat template or plain
-        # format, as the student was trained) and sent as text to the completions endpoint; without, the server
-        # applies its own chat template to the messages.
-        self.tok = tokenizer
-        self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "not-needed",
-                                    timeout=timeout_s, max_retries=2)
-        rendered = "prompt rule, rendered here ({}), completions endpoint".format(
-            "chat template" if tokenizer is not None and has_chat_template(tokenizer) else "plain")
-        self.config = {"base_url": base_url, "served_model": model, "concurrency": self.concurrency,
-                       "api_key_env": api_key_env,
-                       "prompt_format": rendered if tokenizer is not None else "server chat template"}
-
-    @classmethod
-    def from_ref(cls, model: str, **kwargs) -> OpenAIGenerator:
-        base_url, name = parse_openai_ref(model)
-        gen = cls(base_url, name, **kwargs)
-        gen.check()
-        return gen
-
-    def check(self) -> None:
-        """Fail early, in one line, when the endpoint is down or refuses the key."""
-        try:
-            self.client.with_options(timeout=10.0, max_retries=0).models.list()
-        except openai.APIConnectionError:
-            raise ModelError(f"OpenAI-compatible endpoint {self.base_url} is unreachable") from None
-        except openai.APIStatusError as exc:
-            raise ModelError(f"endpoint {self.base_url} answered {exc.status_code} to /models: "
-                             f"{redact(str(exc.message), [self.client.api_key]).splitlines()[0]}") from None
-
-    def _one(self, messages, max_new_tokens: int, temperature: float) -> str:
-        try:
-            if self.tok is not None:
-                text, stops = render(self.tok, messages)
-                resp = self.client.completions.create(
-                    model=self.model, prompt=text, max_tokens=max_new_tokens, temperature=temperature, seed=self.seed,
-                    stop=list(stops) or None, extra_body={"add_special_tokens": False})  # the text holds them all
-            else:
-                resp = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                           max_tokens=max_new_tokens, temperature=temperature,
-                                                           seed=self.seed)
-        except openai.APIConnectionError:
-            raise ModelError(f"OpenAI-compatible endpoint {self.base_url} is unreachable") from None
-        except openai.APIStatusError as exc:
-            raise ModelError(f"endpoint {self.base_url} answered {exc.status_code}: "
-                             f"{redact(str(exc.message), [self.client.api_key]).splitlines()[0]}") from None
-        if not resp.choices:
-            raise ModelError(f"endpoint {self.base_url} returned no choices for model {self.model}")
-        return (resp.choices[0].text if self.tok is not None else resp.choices[0].message.content) or ""
-
-    def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
-        if self.tok is None and any(p and p[-1]["role"] == "assistant" for p in prompts):
-            # chat APIs close that turn, not continue it; a rendered prompt continues it
-            raise ModelError("a forced strategy tag (an assistant prefix) needs the torch, onnx or genai backend, or "
-                             "an endpoint asked with --tokenizer; use --strategy auto or cot with a chat endpoint")
-        out: list[str | None] = [None] * len(prompts)
-        with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = {pool.submit(self._one, p, max_new_tokens, temperature): i for i, p in enumerate(prompts)}
-            for fut in as_completed(futures):
-                out[futures[fut]] = fut.result()
-                if on_done:
-                    on_done(1)
-        return out  # type: ignore[return-value]
-
-    def close(self) -> None:
-        self.client.close()
 
 
 class LlamaServerGenerator(OpenAIGenerator):

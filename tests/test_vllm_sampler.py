@@ -7,7 +7,8 @@ import pytest
 
 from toolkit.core.errors import ModelError
 from toolkit.core.recipe import StudentConfig
-from toolkit.teacher.vllm_sampler import OpenAIGenerator, VllmServer
+from toolkit.runtime.openai_generator import OpenAIGenerator
+from toolkit.teacher.vllm_sampler import VllmServer
 
 PROMPTS = [[{"role": "user", "content": q}] for q in ("What is 2 plus 3?", "What is 4 plus 4?", "What is 9 minus 4?")]
 
@@ -21,7 +22,7 @@ def smollm2_tokenizer(smollm2_gguf):
 
 
 def test_generator_answers_every_prompt_in_order(teacher_server, smollm2_tokenizer):
-    gen = OpenAIGenerator(teacher_server.base_url, "student", smollm2_tokenizer, concurrency=2)
+    gen = OpenAIGenerator(teacher_server.base_url, "student", tokenizer=smollm2_tokenizer, concurrency=2)
     done: list[int] = []
     first = gen.generate(PROMPTS, max_new_tokens=12, temperature=0.0, on_done=done.append)
     assert len(first) == 3 and all(isinstance(t, str) and t.strip() for t in first)
@@ -46,7 +47,7 @@ def test_the_server_is_asked_the_text_the_student_learned(teacher_server, smollm
     local = Llama(str(smollm2_gguf), n_ctx=1024, n_threads=2, verbose=False)
     answers = []
     for tok in (smollm2_tokenizer, plain_tok):
-        got = OpenAIGenerator(teacher_server.base_url, "student", tok).generate(tagged, max_new_tokens=24)
+        got = OpenAIGenerator(teacher_server.base_url, "student", tokenizer=tok).generate(tagged, max_new_tokens=24)
         want = []
         for messages in tagged:
             text, stops = render(tok, messages)

@@ -413,6 +413,7 @@ def _spawn_confined(binary: str, python: str, as_nobody: bool, timeout_s: float,
             group.add(init_pid)
         except OSError:
             os.close(block_w)
+            child.group = None  # _run removes it once _stop has waited for the program: removed once
             _stop(child)
             raise
     try:

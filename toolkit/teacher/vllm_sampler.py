@@ -1,17 +1,13 @@
 """Student sampling through an OpenAI-compatible server: a local vLLM server for each round's student on a GPU."""
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import openai
-
-from toolkit.core.errors import TeacherError
-from toolkit.data.prompt_rule import render
 from toolkit.runtime.llama_server import LlamaServer
+from toolkit.runtime.openai_generator import OpenAIGenerator
 
 SERVED_NAME = "student"  # the name vLLM serves the student under, whatever its folder
 
@@ -43,54 +39,6 @@ class VllmServer(LlamaServer):
                 "--seed", str(self.seed), "--max-model-len", str(self.max_model_len), *self.extra_args]
 
 
-class OpenAIGenerator:
-    """The eval Generator interface over an OpenAI-compatible completions endpoint serving the student,
-    `concurrency` requests in flight.
-
-    Each prompt is rendered here by the prompt rule with the student's own tokenizer (chat template, or the plain
-    format for a student without one) and sent as text to /v1/completions with `add_special_tokens: false` (vLLM's
-    extension; the rendered text already holds every special token): the server sees the ids the student trained
-    on. The chat endpoint would apply the server's idea of the template, which a plain-format student never saw,
-    and would close an assistant prefix (a forced strategy tag) instead of continuing it.
-
-    Not cached: the student changes every round, and its answers are recorded in the run folder.
-    """
-
-    name = "openai"
-
-    def __init__(self, base_url: str, model: str, tokenizer, concurrency: int = 64, seed: int = 0,
-                 timeout_s: float = 600.0):
-        self.base_url, self.model, self.tok = base_url, model, tokenizer
-        self.concurrency, self.seed, self.timeout_s = concurrency, seed, timeout_s
-
-    def generate(self, prompts, max_new_tokens, temperature=0.0, on_done: Callable[[int], None] | None = None):
-        return asyncio.run(self._all([render(self.tok, p) for p in prompts], max_new_tokens, temperature, on_done))
-
-    async def _all(self, rendered, max_new_tokens, temperature, on_done) -> list[str]:
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key="not-needed", timeout=self.timeout_s,
-                                    max_retries=2)
-        gate = asyncio.Semaphore(self.concurrency)
-
-        async def one(i: int, text: str, stops: tuple[str, ...]) -> str:
-            async with gate:
-                try:
-                    resp = await client.completions.create(
-                        model=self.model, prompt=text, max_tokens=max_new_tokens, temperature=temperature,
-                        stop=list(stops) or None, seed=self.seed + i,  # a seed per prompt: reproducible samples
-                        extra_body={"add_special_tokens": False})
-                except openai.OpenAIError as exc:
-                    raise TeacherError(f"student server at {self.base_url} failed: "
-                                       f"{str(exc).splitlines()[0][:200]}") from None
-            if on_done:
-                on_done(1)
-            return resp.choices[0].text or ""
-
-        try:
-            return list(await asyncio.gather(*(one(i, text, stops) for i, (text, stops) in enumerate(rendered))))
-        finally:
-            await client.close()
-
-
 @contextmanager
 def vllm_generator(model: str | Path, tokenizer, log_path: Path, *, seed: int, max_model_len: int, concurrency: int,
                    extra_args: list[str]) -> Iterator[OpenAIGenerator]:
@@ -98,4 +46,11 @@ def vllm_generator(model: str | Path, tokenizer, log_path: Path, *, seed: int, m
     student's) renders each prompt."""
     server = VllmServer(model, log_path, seed=seed, max_model_len=max_model_len, extra_args=extra_args)
     with server:
-        yield OpenAIGenerator(server.base_url, SERVED_NAME, tokenizer, concurrency=concurrency, seed=seed)
+        # The key, if the user's extra_args gave vLLM one (--api-key), comes from this variable; OPENAI_API_KEY
+        # is a cloud key that a local server has no use for.
+        gen = OpenAIGenerator(server.base_url, SERVED_NAME, tokenizer=tokenizer, concurrency=concurrency, seed=seed,
+                              api_key_env="TOOLKIT_VLLM_API_KEY")
+        try:
+            yield gen
+        finally:
+            gen.close()
