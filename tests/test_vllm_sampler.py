@@ -31,6 +31,18 @@ def test_generator_answers_every_prompt_in_order(teacher_server, smollm2_tokeniz
     assert gen.generate(PROMPTS[1:2], max_new_tokens=12, temperature=0.0) == first[1:2]
 
 
+def test_samples_of_one_prompt_differ_and_a_rerun_draws_the_same(teacher_server, smollm2_tokenizer):
+    """SIKeD samples k answers of each problem as k requests with one prompt: each request gets its own seed
+    (seed + its index), so the k differ, and the same seed draws the same k again."""
+    prompts = PROMPTS[:1] * 4
+    first = OpenAIGenerator(teacher_server.base_url, "student", tokenizer=smollm2_tokenizer, seed=3).generate(
+        prompts, max_new_tokens=16, temperature=1.0)
+    again = OpenAIGenerator(teacher_server.base_url, "student", tokenizer=smollm2_tokenizer, seed=3).generate(
+        prompts, max_new_tokens=16, temperature=1.0)
+    assert again == first
+    assert len(set(first)) > 1
+
+
 def test_the_server_is_asked_the_text_the_student_learned(teacher_server, smollm2_gguf, smollm2_tokenizer):
     """The sampler sends the prompt rule's text to the completions endpoint: the server's answers are llama.cpp's
     own greedy continuations of that text, in the chat template and in the plain format (a student without a
