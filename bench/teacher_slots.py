@@ -4,8 +4,8 @@ Each setting runs the recipe's own teacher path: `open_teacher` with `teacher.se
 and `teacher.slots: N` starts the server and sends `--requests` distinct math questions (the
 teacher's few-shot CoT prompt) through toolkit's OpenAI client with N × `--in-flight` in flight (the
 recipe's `teacher.concurrency`), into a fresh request cache. `--server-env KEY=VALUE` hands the server
-one of llama.cpp's LLAMA_ARG_* settings (its environment form of a flag), to try one without a code change. Generated tokens are the server's own count, from the timing summary it logs for
-every finished request. Then llama-batched-bench decodes 1, 2 and 4 sequences with prompts of the
+one of llama.cpp's LLAMA_ARG_* settings (its environment form of a flag), to try one without a code change.
+Generated tokens are the server's own count, from the timing summary it logs for every finished request. Then llama-batched-bench decodes 1, 2 and 4 sequences with prompts of the
 same length on the same model and threads: the engine's own bound, before any server cost.
 
     python bench/teacher_slots.py --model pkg:qwen2.5-coder-0.5b-instruct --threads 2 --requests 32 --out bench/results/teacher_slots.json
@@ -62,8 +62,8 @@ def measure(model: str, slots: int, in_flight: int, requests: int, max_tokens: i
     if prompt is None or not tokens:
         raise SystemExit(f"no per-request timing lines in the llama-server log ({len(text)} characters): "
                          "this llama-server does not log them at its default verbosity")
-    return {"slots": slots, "in_flight_per_slot": in_flight, "requests": requests, "requests_sent": sent - 1, "completion_tokens": tokens,
-            "prompt_tokens": int(prompt.group(1)),
+    return {"slots": slots, "in_flight_per_slot": in_flight, "requests": requests, "requests_sent": sent - 1,
+            "completion_tokens": tokens, "prompt_tokens": int(prompt.group(1)),
             "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
 
 

@@ -223,7 +223,9 @@ def open_generator(model: str, backend: str = "auto", *, batch_size: int = 16, t
     """The generator for a model reference under `backend` (`auto`: see `detect_backend`); `calculator`
     switches the calculator in decoding on (eval/calc_decode.py); `tokenizer` (a model reference, openai only):
     the served model's tokenizer, with which prompts are rendered here and sent to the completions endpoint."""
-    remote = backend == "openai" or backend == "auto" and detect_backend(model) == "openai"
+    if backend == "auto":
+        backend = detect_backend(model)
+    remote = backend == "openai"
     if calculator and remote:
         raise ModelError("--calculator needs to steer decoding, which a remote chat endpoint does not allow; "
                          "use a local model (torch, onnx, genai, llama.cpp) or --backend llama.cpp-server")
@@ -238,8 +240,6 @@ def open_generator(model: str, backend: str = "auto", *, batch_size: int = 16, t
 
 def _open(model: str, backend: str, *, batch_size: int, threads: int | None, n_ctx: int, seed: int,
           concurrency: int, api_key_env: str, tokenizer: str | None) -> Generator:
-    if backend == "auto":
-        backend = detect_backend(model)
     if backend == "openai":
         tok = load_tokenizer(resolve_model(tokenizer)) if tokenizer else None
         return OpenAIGenerator.from_ref(model, concurrency=concurrency, api_key_env=api_key_env, seed=seed,
