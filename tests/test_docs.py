@@ -37,3 +37,15 @@ def test_no_link_leaves_the_repository_or_misses_its_file():
                 bad.append(f"{page.relative_to(ROOT)}: {target}")
     assert not bad
     assert "../" not in (ROOT / "README.md").read_text()  # no path outside the clone, linked or not
+
+
+def test_the_fresh_clone_bench_times_the_commands_ci_runs(monkeypatch):
+    """bench/quickstart_fresh_clone.py times the README's Quickstart block line by line: the lines it reads are
+    the ones .ci/run runs."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    bench = importlib.import_module("quickstart_fresh_clone")
+    readme = (ROOT / "README.md").read_text()
+    assert bench.quickstart_lines(readme) == _block("Quickstart").splitlines()
+    assert bench.quickstart_lines("## Quickstart\n```bash\n# a comment\nmake\n\n```\n") == ["make"]
