@@ -5,10 +5,14 @@ and `teacher.slots: N` starts the server and sends `--requests` distinct math qu
 teacher's few-shot CoT prompt) through toolkit's OpenAI client with N × `--in-flight` in flight (the
 recipe's `teacher.concurrency`), into a fresh request cache. `--server-env KEY=VALUE` hands the server
 one of llama.cpp's LLAMA_ARG_* settings (its environment form of a flag), to try one without a code change.
-Generated tokens are the server's own count, from the timing summary it logs for every finished request. Then llama-batched-bench decodes 1, 2 and 4 sequences with prompts of the
-same length on the same model and threads: the engine's own bound, before any server cost.
+Generated tokens are the server's own count, from the timing summary it logs for every finished request.
+Then llama-batched-bench decodes 1, 2 and 4 sequences with prompts of the same length on the same model and
+threads: the engine's own bound, before any server cost. Two bounds per row: decode only (as if every prompt
+token came from a cache), and prefill-aware (the prompt tokens the server computed, per its log, at the
+engine's prefill rate, plus the answers at its decode rate).
 
-    python bench/teacher_slots.py --model pkg:qwen2.5-coder-0.5b-instruct --threads 2 --requests 32 --out bench/results/teacher_slots.json
+    python bench/teacher_slots.py --model pkg:qwen2.5-coder-0.5b-instruct --threads 2 --requests 32 \
+        --out bench/results/teacher_slots.json
 """
 from __future__ import annotations
 
@@ -64,6 +68,8 @@ def measure(model: str, slots: int, in_flight: int, requests: int, max_tokens: i
                          "this llama-server does not log them at its default verbosity")
     return {"slots": slots, "in_flight_per_slot": in_flight, "requests": requests, "requests_sent": sent - 1,
             "completion_tokens": tokens, "prompt_tokens": int(prompt.group(1)),
+            # the prompt tokens the server computed in the timed part (the rest came from its slots' caches)
+            "prompt_tokens_computed": sum(int(n) for n in _PROMPT_LINE.findall(text[mark:])),
             "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
 
 
@@ -108,14 +114,24 @@ def main() -> None:
     rows = [measure(args.model, n, k, args.requests, args.max_tokens, args.threads, args.n_ctx)
             for n in slots for k in (int(x) for x in args.in_flight.split(","))]
     gen = round(rows[0]["completion_tokens"] / rows[0]["requests"])  # the mean answer length
-    ceiling = engine_ceiling(resolve_model(args.model).path, sorted({1, *slots}), args.threads, rows[0]["prompt_tokens"], gen)
+    ceiling = engine_ceiling(resolve_model(args.model).path, sorted({1, *slots}), args.threads,
+                             rows[0]["prompt_tokens"], gen)
     base = ceiling["decode"][0]["tokens_per_s"]
     bound_at = {b["sequences"]: b["tokens_per_s"] for b in ceiling["decode"]}
+    prefill_at = {b["sequences"]: b["prefill_tokens_per_s"] for b in ceiling["decode"]}
     for row in rows:
         row["vs_first"] = round(row["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
         row["engine_bound"] = round(bound_at[row["slots"]] / base, 2)
         # the server's tokens/s over the engine's own decode tokens/s with as many sequences as slots
         row["share_of_bound"] = round(row["tokens_per_s"] / bound_at[row["slots"]], 3)
+        # The prefill-aware bound: the engine's seconds for the same work, the prompt tokens the server computed
+        # at the engine's prefill rate for as many prompts as slots, plus the answers at its decode rate; the
+        # server's tokens/s over it is what its scheduling keeps (the decode-only bound above also asks
+        # every prompt token to come from a cache).
+        n = row["slots"]
+        engine_s = row["prompt_tokens_computed"] / prefill_at[n] + row["completion_tokens"] / bound_at[n]
+        row["prefill_aware_bound_tokens_per_s"] = round(row["completion_tokens"] / engine_s, 1)
+        row["share_of_prefill_aware_bound"] = round(row["tokens_per_s"] * engine_s / row["completion_tokens"], 3)
         print(json.dumps(row), flush=True)
     print(json.dumps({"engine_ceiling": ceiling}), flush=True)
     result = {"bench": "teacher_slots", "model": args.model, "binary": str(require_tool("llama-server")),

@@ -84,6 +84,27 @@ def test_teacher_slots_bench_counts_the_servers_tokens(smollm2_gguf, tmp_path):
         assert row["requests_sent"] == 4  # every request reached the server once, none from a cache
         assert 4 <= row["completion_tokens"] <= 4 * 8  # from the server's log, capped by max_tokens
         assert row["prompt_tokens"] > 100  # the few-shot teacher prompt, not just the question
+        # each request computed at least its own question's tokens; the shared few-shot part may come from a cache
+        assert 4 * 10 <= row["prompt_tokens_computed"] <= 4 * row["prompt_tokens"] + 8
+        # prefill costs time, so the prefill-aware bound is the lower one and the server keeps more of it
+        assert row["share_of_prefill_aware_bound"] > row["share_of_bound"] > 0
     decode = result["engine_ceiling"]["decode"]
     assert [d["sequences"] for d in decode] == [1, 2] and all(d["tokens_per_s"] > 0 for d in decode)
     assert result["rows"][0]["engine_bound"] == 1.0 and result["rows"][1]["engine_bound"] > 0
+
+
+@pytest.mark.skipif(find_tool("llama-bench") is None, reason="llama-bench not built (run scripts/build-llama-tools.sh)")
+def test_decode_settings_bench_runs_every_setting_against_the_default(smollm2_gguf, tmp_path, monkeypatch):
+    """bench/decode_settings.py on a small model: every setting's flags are ones this llama-bench accepts (a
+    refused flag fails the run), each gets a row, and the default is the ratios' 1."""
+    out = tmp_path / "settings.json"
+    subprocess.run([sys.executable, "bench/decode_settings.py", str(smollm2_gguf), "--threads", "1", "--passes", "1",
+                    "--reps", "1", "--gen-tokens", "4", "--depth", "8", "--force", "--out", str(out)],
+                   cwd=REPO, check=True, capture_output=True, timeout=300)
+    rows = json.loads(out.read_text())["rows"]
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from decode_settings import SETTINGS
+
+    assert [r["setting"] for r in rows] == list(SETTINGS)
+    assert all(r["decode_tok_s"] > 0 and r["runs"] == [r["decode_tok_s"]] for r in rows)
+    assert rows[0]["setting"] == "default" and rows[0]["over_default"] == 1.0
