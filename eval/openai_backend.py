@@ -5,13 +5,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import openai
-
 from toolkit.core.defaults import default_threads
-from toolkit.core.errors import ModelError, redact
 from toolkit.data.calculator import CONTINUES, MAY_CONTINUE
 from toolkit.runtime.llama_server import LlamaServer
-from toolkit.runtime.openai_generator import OpenAIGenerator
+from toolkit.runtime.openai_generator import OpenAIGenerator, client_errors
 
 from toolkit.eval.backend import llama_prompt
 from toolkit.eval.calc_decode import End, assistant_prefix, stream_with_calculator
@@ -24,6 +21,7 @@ class LlamaServerGenerator(OpenAIGenerator):
     """
 
     name = "llama.cpp-server"
+    label = "llama.cpp server"
     calculator = False
 
     def __init__(self, path: Path, *, n_ctx: int = 2048, threads: int | None = None, seed: int = 0):
@@ -70,7 +68,7 @@ class LlamaServerGenerator(OpenAIGenerator):
         """The server's raw completion of `prompt`, one piece per token, then an End; with `guard` the
         first tokens come from one-token requests that keep them from extending the number `prompt` ends with."""
         args = dict(model=self.model, temperature=temperature, seed=self.seed, stop=stops)
-        try:
+        with client_errors(self.label, self.base_url, self.client.api_key, " to a raw completion"):
             after = "" if guard else None  # the text since the forced result while it could still be extended
             while after is not None:
                 bias = self._no_digits if after else self._no_extension
@@ -95,11 +93,6 @@ class LlamaServerGenerator(OpenAIGenerator):
                 yield End(False)
             finally:
                 stream.close()  # the server stops decoding when the client goes
-        except openai.APIConnectionError:
-            raise ModelError(f"llama.cpp server {self.base_url} is unreachable") from None
-        except openai.APIStatusError as exc:
-            raise ModelError(f"llama.cpp server {self.base_url} answered {exc.status_code} to a raw completion: "
-                             f"{redact(str(exc.message), [self.client.api_key]).splitlines()[0]}") from None
 
     def close(self) -> None:
         if self._vocab is not None:

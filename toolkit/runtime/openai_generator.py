@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 
 import openai
 
@@ -18,6 +19,22 @@ def parse_openai_ref(model: str) -> tuple[str, str]:
     if not base_url.startswith(("http://", "https://")) or not name:
         raise ModelError(f"bad OpenAI model reference {model!r}: write openai:http://HOST:PORT/v1#MODEL")
     return base_url.rstrip("/"), name
+
+
+@contextmanager
+def client_errors(label: str, base_url: str, api_key: str, request: str = ""):
+    """The openai client's exceptions inside the block as one ModelError line each, naming the server as
+    `label` and `base_url` and the `request` it answered; the API key never appears in the line."""
+    try:
+        yield
+    except openai.APIConnectionError:
+        raise ModelError(f"{label} {base_url} is unreachable") from None
+    except openai.APIStatusError as exc:
+        raise ModelError(f"{label} {base_url} answered {exc.status_code}{request}: "
+                         f"{redact(str(exc.message), [api_key]).splitlines()[0]}") from None
+    except openai.OpenAIError as exc:  # a timeout, or a reply the client cannot read
+        raise ModelError(f"{label} {base_url} failed: "
+                         f"{redact(str(exc), [api_key]).splitlines()[0][:200]}") from None
 
 
 class OpenAIGenerator:
@@ -36,6 +53,7 @@ class OpenAIGenerator:
     """
 
     name = "openai"
+    label = "OpenAI-compatible endpoint"  # how error lines name the server
 
     def __init__(self, base_url: str, model: str, *, tokenizer=None, concurrency: int = 4,
                  api_key_env: str = "OPENAI_API_KEY", seed: int = 0, timeout_s: float = 600.0):
@@ -58,16 +76,11 @@ class OpenAIGenerator:
 
     def check(self) -> None:
         """Fail early, in one line, when the endpoint is down or refuses the key."""
-        try:
+        with client_errors(self.label, self.base_url, self.client.api_key, " to /models"):
             self.client.with_options(timeout=10.0, max_retries=0).models.list()
-        except openai.APIConnectionError:
-            raise ModelError(f"OpenAI-compatible endpoint {self.base_url} is unreachable") from None
-        except openai.APIStatusError as exc:
-            raise ModelError(f"endpoint {self.base_url} answered {exc.status_code} to /models: "
-                             f"{redact(str(exc.message), [self.client.api_key]).splitlines()[0]}") from None
 
     def _one(self, messages, max_new_tokens: int, temperature: float, seed: int) -> str:
-        try:
+        with client_errors(self.label, self.base_url, self.client.api_key):
             if self.tok is not None:
                 text, stops = render(self.tok, messages)
                 resp = self.client.completions.create(
@@ -77,16 +90,8 @@ class OpenAIGenerator:
                 resp = self.client.chat.completions.create(model=self.model, messages=messages,
                                                            max_tokens=max_new_tokens, temperature=temperature,
                                                            seed=seed)
-        except openai.APIConnectionError:
-            raise ModelError(f"OpenAI-compatible endpoint {self.base_url} is unreachable") from None
-        except openai.APIStatusError as exc:
-            raise ModelError(f"endpoint {self.base_url} answered {exc.status_code}: "
-                             f"{redact(str(exc.message), [self.client.api_key]).splitlines()[0]}") from None
-        except openai.OpenAIError as exc:  # a timeout, or a reply the client cannot read
-            raise ModelError(f"endpoint {self.base_url} failed: "
-                             f"{redact(str(exc), [self.client.api_key]).splitlines()[0][:200]}") from None
         if not resp.choices:
-            raise ModelError(f"endpoint {self.base_url} returned no choices for model {self.model}")
+            raise ModelError(f"{self.label} {self.base_url} returned no choices for model {self.model}")
         return (resp.choices[0].text if self.tok is not None else resp.choices[0].message.content) or ""
 
     def generate(self, prompts, max_new_tokens, temperature=0.0, on_done=None):
