@@ -18,7 +18,8 @@ REQUEST = httpx.Request("POST", URL + "/completions")
     (openai.APIConnectionError(request=REQUEST), f"a server {URL} is unreachable"),
     (openai.APIStatusError(f"invalid key {KEY}\nsecond line", response=httpx.Response(401, request=REQUEST), body=None),
      f"a server {URL} answered 401 to a test: invalid key [redacted]"),
-    (openai.APITimeoutError(request=REQUEST), f"a server {URL} failed: Request timed out."),
+    (openai.APITimeoutError(request=REQUEST), f"a server {URL} did not answer in time"),
+    (openai.OpenAIError(f"unreadable reply for {KEY}\nmore"), f"a server {URL} failed: unreadable reply for [redacted]"),
 ])
 def test_each_client_failure_is_one_line_without_the_key(exc, expected):
     with pytest.raises(ModelError) as err, client_errors("a server", URL, KEY, " to a test"):

@@ -27,12 +27,14 @@ def client_errors(label: str, base_url: str, api_key: str, request: str = ""):
     `label` and `base_url` and the `request` it answered; the API key never appears in the line."""
     try:
         yield
+    except openai.APITimeoutError:  # a subclass of the connection error, but the server was there
+        raise ModelError(f"{label} {base_url} did not answer in time") from None
     except openai.APIConnectionError:
         raise ModelError(f"{label} {base_url} is unreachable") from None
     except openai.APIStatusError as exc:
         raise ModelError(f"{label} {base_url} answered {exc.status_code}{request}: "
                          f"{redact(str(exc.message), [api_key]).splitlines()[0]}") from None
-    except openai.OpenAIError as exc:  # a timeout, or a reply the client cannot read
+    except openai.OpenAIError as exc:  # a reply the client cannot read
         raise ModelError(f"{label} {base_url} failed: "
                          f"{redact(str(exc), [api_key]).splitlines()[0][:200]}") from None
 
