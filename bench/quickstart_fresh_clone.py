@@ -63,11 +63,14 @@ def run_summary(run: Path) -> dict:
               for name, v in manifest["stages"].items()}
     peaks = [v["peak_rss_bytes"] for v in stages.values() if "peak_rss_bytes" in v]
     rounds = json.loads((run / "rounds.json").read_text())
-    deploy = run / "deploy" / "deploy.json"
+    deploy_json = run / "deploy" / "deploy.json"
+    deploy = json.loads(deploy_json.read_text()) if deploy_json.is_file() else {}
     return {"stages": stages, "stage_seconds_total": round(sum(v.get("seconds", 0) for v in stages.values()), 1),
             "peak_rss_bytes": max(peaks) if peaks else None,
             "strict_match": {row["model"]: row["strict_match"] for row in rounds},
-            "deploy_pick": json.loads(deploy.read_text()).get("chosen") if deploy.is_file() else None}
+            "exports": {row["name"]: {k: row.get(k) for k in ("strict_match", "decode_tok_s", "size_bytes")}
+                        for row in deploy.get("rows", [])},
+            "deploy_pick": deploy.get("pick", {}).get("chosen")}
 
 
 def main() -> None:
@@ -95,9 +98,10 @@ def main() -> None:
         print(f"{line}: {timings[-1]['seconds']} s, exit {r.returncode}", file=sys.stderr)
         if r.returncode:
             break
+    venv_python = into / ".venv" / "bin" / "python"
     result = {"bench": "quickstart_fresh_clone", "commit": commit,
-              "setup_python": subprocess.run([str(into / ".venv/bin/python"), "--version"], capture_output=True,
-                                             text=True).stdout.strip() if (into / ".venv/bin/python").exists() else None,
+              "setup_python": subprocess.run([str(venv_python), "--version"], capture_output=True,
+                                             text=True).stdout.strip() if venv_python.exists() else None,
               "llama_wheel_cached_before": cached_wheel, "teacher_cache": "empty", "lines": timings,
               "command": "python bench/quickstart_fresh_clone.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": machine(2)}
