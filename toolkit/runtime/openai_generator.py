@@ -2,7 +2,9 @@
 client that `toolkit eval openai:…` and the vLLM student sampler share."""
 from __future__ import annotations
 
+import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 
@@ -21,6 +23,10 @@ def parse_openai_ref(model: str) -> tuple[str, str]:
     return base_url.rstrip("/"), name
 
 
+# openai's own prefix of a refusal's message, which the line already says: "Error code: 401 - "
+_STATUS_PREFIX = re.compile(r"^Error code: \d+ - ")
+
+
 @contextmanager
 def client_errors(label: str, base_url: str, api_key: str, request: str = ""):
     """The openai client's exceptions inside the block as one ModelError line each, naming the server as
@@ -32,11 +38,14 @@ def client_errors(label: str, base_url: str, api_key: str, request: str = ""):
     except openai.APIConnectionError:
         raise ModelError(f"{label} {base_url} is unreachable") from None
     except openai.APIStatusError as exc:
-        raise ModelError(f"{label} {base_url} answered {exc.status_code}{request}: "
-                         f"{redact(str(exc.message), [api_key]).splitlines()[0]}") from None
+        message = _STATUS_PREFIX.sub("", redact(str(exc.message), [api_key]).splitlines()[0])
+        raise ModelError(f"{label} {base_url} answered {exc.status_code}{request}: {message}") from None
     except openai.OpenAIError as exc:  # a reply the client cannot read
         raise ModelError(f"{label} {base_url} failed: "
                          f"{redact(str(exc), [api_key]).splitlines()[0][:200]}") from None
+    except json.JSONDecodeError:  # the client parses replies (and each streamed event) as JSON itself
+        raise ModelError(f"{label} {base_url} sent a reply that is not JSON (is it an OpenAI-compatible "
+                         f"server?)") from None
 
 
 class OpenAIGenerator:
