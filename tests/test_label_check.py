@@ -11,7 +11,7 @@ from rich.console import Console
 
 from tests.conftest import DATA, DEAD, one_line_error, toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher, solve
-from tests.test_eval_backend import BEFORE_BACKEND, RECIPES
+from tests.test_eval_backend import BEFORE_BACKEND, at_release
 from tests.test_sandbox import _one_line_refusal
 from toolkit.core.recipe import load_recipe
 from toolkit.data.problems import Problem
@@ -127,9 +127,9 @@ def test_nonsense_label_checks_stop_with_one_line(tmp_path, tiny_model_dir, over
 
 def test_label_check_changes_the_digest_only_when_set():
     for name, digest in BEFORE_BACKEND.items():
-        assert load_recipe(RECIPES / name).digest() == digest  # runs made before the option still resume
-        assert load_recipe(RECIPES / name, ["distill.label_check=none"]).digest() == digest
-        assert load_recipe(RECIPES / name, ["distill.label_check=pot"]).digest() != digest
+        assert at_release(name).digest() == digest  # runs made before the option still resume
+        assert at_release(name, "distill.label_check=none").digest() == digest
+        assert at_release(name, "distill.label_check=pot").digest() != digest
 
 
 def test_label_check_without_a_sandbox_is_refused_before_any_work(no_bwrap, tmp_path, tiny_model_dir):  # noqa: F811
