@@ -406,12 +406,14 @@ class Attacker:
 def _ordinary_user() -> pwd.struct_passwd:
     if os.getuid() != 0:
         pytest.skip("as an ordinary user the 'invoker' runs already are the ordinary-user attacks")
-    if not (shutil.which("useradd") and shutil.which("setpriv") and os.path.exists("/usr/bin/python3")):
+    # root's tools live in /usr/sbin, which a PATH such as /usr/bin:/bin leaves out: these attacks then skipped
+    useradd = shutil.which("useradd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    if not (useradd and shutil.which("setpriv") and os.path.exists("/usr/bin/python3")):
         pytest.skip("switching to an ordinary user needs useradd, setpriv and /usr/bin/python3")
     try:
         return pwd.getpwnam(ATTACK_USER)
     except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/usr/sbin/nologin", ATTACK_USER], check=True)
+        subprocess.run([useradd, "--create-home", "--shell", "/usr/sbin/nologin", ATTACK_USER], check=True)
         return pwd.getpwnam(ATTACK_USER)
 
 
