@@ -28,6 +28,8 @@ from pathlib import Path
 
 from _common import emit, machine
 
+from toolkit.core.defaults import user_cache
+
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_WHEEL = "llama_cpp_python-0.3.36-*.whl"  # scripts/setup.sh's LLAMA_VERSION
 
@@ -52,8 +54,8 @@ def quickstart_lines(readme: str) -> list[str]:
 
 
 def wheel_cached() -> bool:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    wheels = Path(os.environ.get("TOOLKIT_WHEELS") or base / "toolkit" / "wheels")
+    """Whether setup.sh's wheel folder ($TOOLKIT_WHEELS, else the user cache's wheels/) holds the wheel."""
+    wheels = Path(os.environ.get("TOOLKIT_WHEELS") or user_cache() / "wheels")
     return any(wheels.glob(LLAMA_WHEEL))
 
 
