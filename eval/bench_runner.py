@@ -72,8 +72,9 @@ class LlamaCppLoop:
         import numpy as np
 
         self.np, self.lib = np, llama_cpp
+        # flash_attn as in llama-bench's default and the deploy runtime (eval/generate.py)
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-                                   n_threads_batch=threads, verbose=False)
+                                   n_threads_batch=threads, flash_attn=True, verbose=False)
         self.vocab, self.bos = self.llm.n_vocab(), self.llm.token_bos()
 
     def _argmax(self) -> int:

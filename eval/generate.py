@@ -131,9 +131,11 @@ class LlamaCppGenerator:
         if not Path(path).is_file():
             raise ModelError(f"GGUF file not found: {path}")
         self.threads = threads or default_threads()
+        # flash_attn: llama-cpp-python turns flash attention off unless asked, where llama.cpp's own tools turn it
+        # on; off, decode ran at 0.90-0.93x (bench/results/decode_settings.json)
         try:
             self.llm = Llama(str(path), n_ctx=n_ctx, n_threads=self.threads, n_threads_batch=self.threads,
-                             seed=seed, verbose=False)
+                             seed=seed, flash_attn=True, verbose=False)
         except ValueError as exc:
             raise ModelError(f"llama.cpp cannot load {path}: {exc}") from None
         self.seed = seed

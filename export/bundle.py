@@ -48,7 +48,8 @@ ap.add_argument("--prefix", default="", help="text the answer starts with (the m
 ap.add_argument("--print-prompt", action="store_true", help="print the prompt the model would get, then exit")
 args = ap.parse_args()
 rule = json.loads((here / "prompt.json").read_text(encoding="utf-8"))
-llm = Llama(str(here / "{model}"), n_ctx=2048, n_threads=args.threads, verbose=False,
+# flash attention on, as llama.cpp's own tools default to (llama-cpp-python turns it off unless asked)
+llm = Llama(str(here / "{model}"), n_ctx=2048, n_threads=args.threads, flash_attn=True, verbose=False,
             vocab_only=args.print_prompt)
 sys.path.insert(0, str(here))  # calculator.py ships beside this file (python -I leaves the folder off sys.path)
 import calculator as calc  # noqa: E402

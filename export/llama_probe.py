@@ -15,7 +15,7 @@ def probe(spec: dict) -> dict:
 
     n_ctx = max([len(p) for p in spec["prompts"]] + [0]) + spec["max_new_tokens"] + 16
     llm = Llama(spec["model"], n_ctx=max(64, n_ctx), n_threads=spec["threads"], n_threads_batch=spec["threads"],
-                n_batch=min(512, max(64, n_ctx)), verbose=False)
+                n_batch=min(512, max(64, n_ctx)), flash_attn=True, verbose=False)
     tokens = [llm.tokenize(t.encode(), add_bos=False, special=True) for t in spec["texts"]]
     greedy = []
     for ids in spec["prompts"]:

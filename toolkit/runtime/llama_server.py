@@ -93,7 +93,9 @@ class LlamaServer:
                     "-t", str(self.threads), "-tb", str(self.threads), "--jinja", "--no-webui"]
         return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx),
-                "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads)]
+                "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads),
+                # llama_cpp.server turns flash attention off unless asked; llama-server's default turns it on
+                "--flash_attn", "true"]
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
