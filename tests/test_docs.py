@@ -22,7 +22,7 @@ def test_readme_is_short_and_keeps_the_two_commands():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 150
     assert _block("Quickstart") == "./scripts/setup.sh\n.venv/bin/toolkit distill recipes/quickstart.yaml\n"
-    assert _block("Tests") == ".venv/bin/python -m pytest -q --durations=15\n"
+    assert _block("Tests") == '.venv/bin/python -m pytest -q -m "not slow" --durations=15\n'
     assert "## Does a feedback round earn its teacher requests?" in lines
 
 

@@ -147,6 +147,7 @@ def _stages(run: Path) -> dict:
     return json.loads((run / "manifest.json").read_text())["stages"]
 
 
+@pytest.mark.slow
 def test_distill_through_faults_then_kill_9_and_resume_repeat_no_request(tmp_path, tiny_model_dir, monkeypatch):
     # 1. A whole two-round run through seeded faults: every request is answered exactly once.
     ref = tmp_path / "ref"

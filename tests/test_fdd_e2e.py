@@ -18,6 +18,7 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_rounds_grow_the_data_and_report_each_round(tmp_path, tiny_model_dir, teacher_server):
     """Two rounds, then the same recipe with a third: the finished run goes on (raising distill.rounds alone
     changes nothing already done), and a recipe with fewer rounds than the run has is refused."""
@@ -78,6 +79,7 @@ def _served(server) -> int:
     return server.requests_served()
 
 
+@pytest.mark.slow
 def test_kill_9_at_several_moments_then_resume(tmp_path, tiny_model_dir, teacher_server):
     """Killed during teacher calls, training, student generation (round-0 eval, feedback) and question
     labelling, the run resumes to the same data.

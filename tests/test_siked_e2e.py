@@ -28,6 +28,7 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_three_strategies_and_two_self_guided_iterations(tmp_path, tiny_model_dir, one_thread_teacher):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, one_thread_teacher.base_url)
     r = toolkit("distill", str(recipe), *SIKED, cwd=tmp_path)
@@ -98,6 +99,7 @@ def test_three_strategies_and_two_self_guided_iterations(tmp_path, tiny_model_di
             assert all(x["strategy"] == "pot" and x["strict"] == x["flexible"] for x in samples)
 
 
+@pytest.mark.slow
 def test_self_guided_backend_torch_samples_the_trained_folder(tmp_path, tiny_model_dir, one_thread_teacher):
     recipe = write_tiny_recipe(tmp_path, tiny_model_dir, one_thread_teacher.base_url)
     r = toolkit("distill", str(recipe), *SIKED, "distill.self_guided.iterations=1", "distill.self_guided.alpha=[0.9]",
@@ -109,6 +111,7 @@ def test_self_guided_backend_torch_samples_the_trained_folder(tmp_path, tiny_mod
     assert not list(run.glob("**/sampler-*")) and len(_rows(run / "iter-1" / "samples.jsonl")) == 12
 
 
+@pytest.mark.slow
 def test_auto_backend_falls_back_to_torch_for_a_student_genai_cannot_export(tmp_path, tiny_gpt2_dir,
                                                                             one_thread_teacher):
     """`toolkit export` refuses GPT-2: `auto` notes the failed genai export and samples with torch."""

@@ -2,6 +2,8 @@
 and it still exports to GGUF and onnxruntime-genai."""
 from __future__ import annotations
 
+import pytest
+
 from toolkit.core.recipe import TrainConfig
 from toolkit.export.config import ExportConfig
 from toolkit.export.run import export_model
@@ -20,6 +22,7 @@ TEXTS = [
 RUNTIME_TEXTS = TEXTS[:2]
 
 
+@pytest.mark.slow
 def test_a_student_trained_from_a_packaged_gguf_holds_no_copy_of_it(tmp_path, smollm2_gguf):
     import onnxruntime_genai as og
     from llama_cpp import Llama
