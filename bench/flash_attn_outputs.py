@@ -39,7 +39,10 @@ assert gen.llm.context_params.flash_attn_type == (1 if flash == "on" else 0)
 start = time.perf_counter()
 evaluate(gen, {"heldout": read_jsonl(problems)}, Path(out) / "results.json", model=model,
          max_new_tokens=int(max_new))
-print(json.dumps({"seconds": round(time.perf_counter() - start, 2)}))
+seconds = time.perf_counter() - start
+rows = [json.loads(line) for line in (Path(out) / "samples_heldout.jsonl").read_text().splitlines()]
+tokens = sum(len(gen.llm.tokenize(r["output"].encode(), add_bos=False, special=True)) for r in rows)
+print(json.dumps({"seconds": round(seconds, 2), "generated_tokens": tokens}))
 """
 
 
@@ -48,7 +51,7 @@ def arm(model: Path, problems: Path, folder: Path, flash: str, max_new: int, thr
     r = subprocess.run([sys.executable, "-c", CHILD, str(model), str(problems), str(folder), flash, str(max_new),
                         str(threads)], capture_output=True, text=True, check=True)
     rows = [json.loads(line) for line in (folder / "samples_heldout.jsonl").read_text().splitlines()]
-    return {"seconds": json.loads(r.stdout.strip().splitlines()[-1])["seconds"], "rows": rows}
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "rows": rows}
 
 
 def main() -> None:
@@ -71,6 +74,10 @@ def main() -> None:
         "bench": "flash_attn_outputs", "model": str(args.model), "problems": str(args.problems), "n": len(off),
         "max_new_tokens": args.max_new_tokens, "threads": args.threads, "machine": machine(args.threads),
         "eval_seconds": {f: runs[f]["seconds"] for f in runs},
+        # the outputs' tokens re-tokenized (prompt and forced calculator results not told apart): a rate, not a bench
+        "generated_tokens": {f: runs[f]["generated_tokens"] for f in runs},
+        "ms_per_generated_token": {f: round(1000 * runs[f]["seconds"] / max(1, runs[f]["generated_tokens"]), 2)
+                                   for f in runs},
         "strict_match": {f: sum(strict[f].values()) / len(strict[f]) for f in strict},
         "outputs_identical": len(same), "outputs_differ": sorted(set(off) - set(same)),
         "paired_on_minus_off": compare("flash attention on", strict["on"], "off", strict["off"]),
