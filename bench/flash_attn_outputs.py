@@ -67,9 +67,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = {flash: arm(args.model, args.problems, Path(tmp) / flash, flash, args.max_new_tokens, args.threads)
                 for flash in ("off", "on")}
-    off, on = ({r["id"]: r for r in runs[f]["rows"]} for f in ("off", "on"))
+    by_id = {f: {r["id"]: r for r in runs[f]["rows"]} for f in runs}
+    off, on = by_id["off"], by_id["on"]
     same = [i for i in off if off[i]["output"] == on[i]["output"]]
-    strict = {f: {i: r["strict_match"] for i, r in ((r["id"], r) for r in runs[f]["rows"])} for f in runs}
+    strict = {f: {i: r["strict_match"] for i, r in rows.items()} for f, rows in by_id.items()}
     result = {
         "bench": "flash_attn_outputs", "model": str(args.model), "problems": str(args.problems), "n": len(off),
         "max_new_tokens": args.max_new_tokens, "threads": args.threads, "machine": machine(args.threads),
