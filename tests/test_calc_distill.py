@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import toolkit, write_tiny_recipe
 from tests.fault_teacher import FaultTeacher
+from tests.test_eval_backend import at_release
 
 from toolkit.core.errors import RecipeError
 from toolkit.data.problems import Problem
@@ -48,9 +48,6 @@ def test_round_evals_decode_with_the_calculator(tmp_path, tiny_model_dir):
 
 # recipes/quickstart.yaml's digest on main before eval.calculator could be "both": a recipe with calculator
 # false or true must hash as before, or every existing run folder would refuse to resume.
-QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
-# the job it had then (30 problems, 3 epochs, 128 eval tokens; 20, 2 and 96 since 2026-12-08)
-THEN = ["data.train_size=30", "train.epochs=3", "eval.max_new_tokens=128"]
 QUICKSTART_SHA256 = {False: "c97206dd6763d58a4383c2a0b3757a5e8a1d644b658606909c35705a85f1a145",
                      True: "071e859ea324cd463cd2c84a0dc4fe7a563f8d67a0ca198e28bbaf57adb04517"}
 
@@ -69,9 +66,10 @@ def test_calculator_both_is_accepted_and_other_words_refused_in_one_line(tmp_pat
 
 def test_recipes_with_calculator_false_or_true_hash_as_before():
     for value in (False, True):
-        recipe = load_recipe(QUICKSTART, [*THEN, f"eval.calculator={str(value).lower()}"])
+        # at_release: the quickstart's job as it was then; the calculator set after it
+        recipe = at_release("quickstart.yaml", f"eval.calculator={str(value).lower()}")
         assert recipe.digest() == QUICKSTART_SHA256[value]
-    assert load_recipe(QUICKSTART, [*THEN, "eval.calculator=both"]).digest() not in QUICKSTART_SHA256.values()
+    assert at_release("quickstart.yaml", "eval.calculator=both").digest() not in QUICKSTART_SHA256.values()
 
 
 def test_feedback_decodes_with_the_calculator_under_both(tmp_path, tiny_model_dir):
